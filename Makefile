@@ -1,0 +1,31 @@
+# fused-rnn: `make test` installs everything it needs and runs the suite; `make demo` runs the
+# Keras-tutorial examples; `make bench` runs the benchmark grid (GPU) or a smoke grid (CPU).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+STAMP := .make-deps
+
+.PHONY: deps test demo bench plots clean
+
+# On a CPU-only machine `torch==2.13.0` is the local CPU build; an unpinned torch would pull
+# several GB of CUDA wheels, so torch is installed pinned first and only if it is missing.
+$(STAMP): pyproject.toml
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[test,triton,bench]"
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+test: $(STAMP)
+	$(PYTHON) -m pytest -q
+
+demo: $(STAMP)
+	$(PYTHON) -m examples
+
+bench: $(STAMP)
+	$(PYTHON) -m profiling
+
+plots: $(STAMP)
+	$(PYTHON) -m profiling.plot
+
+clean:
+	rm -rf $(STAMP) build *.egg-info .pytest_cache

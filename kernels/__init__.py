@@ -1,0 +1,17 @@
+"""GPU kernels for fused-rnn: Triton (`kernels.triton`) and CUDA C through CuPy (`kernels.cupy`).
+
+Kernels never import `rnn`; they receive plain tensors and the cell description as arguments.
+"""
+import os
+
+import torch
+
+POISON_ENV = "FUSED_RNN_DEBUG_POISON"
+
+
+def new_empty(shape, dtype, device):
+    """Allocate a kernel output. With FUSED_RNN_DEBUG_POISON=1 it is filled with NaN so that a
+    test catches any element a kernel forgets to write."""
+    if os.environ.get(POISON_ENV) == "1" and (dtype.is_floating_point if isinstance(dtype, torch.dtype) else True):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)

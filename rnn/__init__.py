@@ -1,0 +1,26 @@
+"""fused-rnn: fused LSTM / GRU / SimpleRNN recurrences for PyTorch.
+
+    rnn.LSTM, rnn.GRU, rnn.RNN    drop-ins for torch.nn.LSTM / GRU / RNN (plus `backend=`)
+    rnn.keras                     Keras-semantics layers (LSTM, GRU, SimpleRNN, cells, Bidirectional)
+    rnn.functional                one layer, one direction, any backend
+    rnn.backends                  the backend registry ("auto", "torch", "triton", "cupy")
+    rnn.reference                 the NumPy float64 oracle (never imports torch)
+
+Submodules load lazily so that `import rnn.reference` stays free of torch.
+"""
+import importlib
+
+__version__ = "0.1.0"
+_LAZY = {"LSTM": "modules", "GRU": "modules", "RNN": "modules"}
+_SUBMODULES = ("functional", "backends", "cells", "reference", "modules", "autograd", "keras")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'rnn' has no attribute {name!r}")
+
+
+__all__ = ["LSTM", "GRU", "RNN", *_SUBMODULES]

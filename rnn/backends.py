@@ -1,0 +1,158 @@
+"""The one registry of recurrence backends.
+
+Names: "auto", "torch", "triton", "cupy". The default is "auto"; the environment variable
+FUSED_RNN_BACKEND overrides that default (never an explicit `backend=` argument). An explicitly
+requested backend that cannot run raises `BackendUnavailable` with the reason: it never falls
+back. "auto" may fall back, and `explain()` says what it picked and why.
+
+Every backend implements the recurrence contract of `rnn.cells` with these two methods:
+
+    forward(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse)
+        xg (T, B, G*H) = x @ w_ih^T + b_ih, already computed (one GEMM) by rnn.autograd
+        -> Saved(out, hT, cT, gates, extra)
+           out   (T, B, H)   carried hidden state after each step, dtype of xg
+           hT/cT (B, H)      final states, dtype of xg (cT None unless LSTM)
+           gates (T, B, G*H) gate values AFTER their activation, in the compute dtype
+                             (float32 for fp16/bf16 inputs); garbage is allowed at masked steps
+           extra (T, B, H)   LSTM: the carried cell state c_t (valid at masked steps too: it
+                             is the c the next step starts from); GRU reset_after=True:
+                             h W_n^T + b_hn (garbage allowed at masked steps); otherwise None
+                             (compute dtype)
+
+    backward(spec, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, saved, dout, dhT, dcT)
+        dout (T, B, H), dhT, dcT (B, H) upstream gradients (dhT / dcT may be None)
+        -> (dxg (T, B, G*H) gradient of the gate pre-activations, zero at masked steps,
+            dh0 (B, H), dc0 (B, H) or None)
+
+The weight gradients (dW_hh, db_hh, dW_ih, db_ih) and dx are large GEMMs done once in
+rnn.autograd, identical for every backend.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import NamedTuple
+
+import torch
+
+NAMES = ("auto", "torch", "triton", "cupy")
+ENV_VAR = "FUSED_RNN_BACKEND"
+
+# name -> "module:attribute" of a zero-argument factory; imported lazily so that a missing
+# optional dependency only matters when that backend is asked for.
+_IMPLEMENTATIONS = {
+    "torch": "rnn.recurrence_torch:TorchBackend",
+    "triton": "kernels.triton:TritonBackend",
+    "cupy": "kernels.cupy:CupyBackend",
+}
+_cache: dict = {}
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run this call (missing package, device, size)."""
+
+
+class Saved(NamedTuple):
+    out: torch.Tensor
+    hT: torch.Tensor
+    cT: torch.Tensor | None
+    gates: torch.Tensor
+    extra: torch.Tensor | None
+
+
+class Choice(NamedTuple):
+    backend: object
+    name: str
+    reason: str
+
+
+def validate(name) -> str:
+    """Return the backend name to use: the argument, or the env override when it is None/"auto"."""
+    if name is None:
+        name = "auto"
+    if not isinstance(name, str) or name.lower() not in NAMES:
+        raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(NAMES)}")
+    name = name.lower()
+    if name == "auto":
+        env = os.environ.get(ENV_VAR, "").strip().lower()
+        if env:
+            if env not in NAMES:
+                raise ValueError(
+                    f"environment variable {ENV_VAR}={env!r} is not a backend: "
+                    f"expected one of {', '.join(NAMES)}"
+                )
+            name = env
+    return name
+
+
+def _load(name):
+    if name not in _cache:
+        module, attr = _IMPLEMENTATIONS[name].split(":")
+        try:
+            factory = getattr(importlib.import_module(module), attr)
+            _cache[name] = factory()
+        except ImportError as exc:  # optional dependency missing
+            _cache[name] = exc
+    return _cache[name]
+
+
+def get(name):
+    """The backend object for an explicit name, or BackendUnavailable if its package is missing."""
+    if name not in _IMPLEMENTATIONS:
+        raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(_IMPLEMENTATIONS)}")
+    impl = _load(name)
+    if isinstance(impl, Exception):
+        raise BackendUnavailable(f"backend {name!r} is not installed: {impl}")
+    return impl
+
+
+def _unavailable(name, device, spec, hidden, batch, dtype):
+    try:
+        impl = get(name)
+    except BackendUnavailable as exc:
+        return None, str(exc)
+    return impl, impl.unavailable_reason(device, spec, hidden, batch, dtype)
+
+
+def choose(name, device, spec, hidden, batch, dtype) -> Choice:
+    """Resolve a backend name for one recurrence call.
+
+    An explicit name either works or raises BackendUnavailable; "auto" tries cupy, then triton on
+    CUDA devices, and torch everywhere else.
+    """
+    name = validate(name)
+    device = torch.device(device)
+    if name != "auto":
+        impl, why = _unavailable(name, device, spec, hidden, batch, dtype)
+        if why:
+            raise BackendUnavailable(f"backend {name!r} was requested but cannot run: {why}")
+        return Choice(impl, name, "requested explicitly")
+    skipped = []
+    if device.type == "cuda":
+        for candidate in ("cupy", "triton"):
+            impl, why = _unavailable(candidate, device, spec, hidden, batch, dtype)
+            if not why:
+                note = "; ".join(skipped)
+                return Choice(impl, candidate, f"fastest available on CUDA{' (' + note + ')' if note else ''}")
+            skipped.append(f"{candidate}: {why}")
+    else:
+        skipped.append(f"device {device} is not CUDA")
+    return Choice(get("torch"), "torch", "fallback: " + "; ".join(skipped))
+
+
+def explain(name="auto", device="cpu", spec=None, hidden=128, batch=1, dtype=torch.float32) -> str:
+    """One line saying which backend a call with these properties would run on, and why."""
+    from .cells import CellSpec
+
+    spec = spec or CellSpec("lstm")
+    choice = choose(name, device, spec, hidden, batch, dtype)
+    return f"{choice.name}: {choice.reason}"
+
+
+def available() -> dict:
+    """{name: None if importable else the reason} for every concrete backend."""
+    out = {}
+    for name in _IMPLEMENTATIONS:
+        impl = _load(name)
+        out[name] = str(impl) if isinstance(impl, Exception) else None
+    return out

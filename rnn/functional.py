@@ -1,0 +1,136 @@
+"""One recurrent layer, one direction: validate the call, pick a backend, run the Function.
+
+Both public faces (the torch.nn drop-ins in rnn.modules and the Keras layers in rnn.keras) end up
+in `recurrence`. Layouts and equations: rnn.cells.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import backends
+from .autograd import RecurrentFunction
+from .cells import CellSpec, gru as _gru_spec, lstm as _lstm_spec, simple_rnn as _rnn_spec
+
+
+def _shape(t):
+    return tuple(t.shape)
+
+
+def _check_tensor(name, t, shape, dtype, device, floating=True):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if _shape(t) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {_shape(t)}")
+    if floating and t.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), got {t.dtype}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on device {device} (the device of x), got {t.device}")
+
+
+def validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask):
+    """Raise a clear error for every inconsistent argument; return (T, B, I, H)."""
+    if not isinstance(spec, CellSpec):
+        raise TypeError(f"spec must be an rnn.cells.CellSpec, got {type(spec).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be 3-D (T, B, input_size), got {x.dim()}-D with shape {_shape(x)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    T, B, I = x.shape
+    G = spec.n_gates
+    if w_hh.dim() != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
+        raise ValueError(f"w_hh must have shape ({G}*H, H) for a {spec.kind} cell, got {_shape(w_hh)}")
+    H = w_hh.shape[1]
+    dt, dev = x.dtype, x.device
+    _check_tensor("w_ih", w_ih, (G * H, I), dt, dev)
+    _check_tensor("w_hh", w_hh, (G * H, H), dt, dev)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _check_tensor(name, b, (G * H,), dt, dev)
+    if h0 is not None:
+        _check_tensor("h0", h0, (B, H), dt, dev)
+    if c0 is not None:
+        if spec.kind != "lstm":
+            raise ValueError(f"c0 is only for LSTM cells, got one for a {spec.kind} cell")
+        _check_tensor("c0", c0, (B, H), dt, dev)
+    if mask is not None:
+        _check_tensor("mask", mask, (T, B), None, dev, floating=False)
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor (True = valid step), got dtype {mask.dtype}")
+    if in_mask is not None:
+        if _shape(in_mask) not in ((B, I), (G, B, I)):
+            raise ValueError(f"in_mask must have shape {(B, I)} or {(G, B, I)}, got {_shape(in_mask)}")
+        _check_tensor("in_mask", in_mask, _shape(in_mask), dt, dev)
+    if rec_mask is not None:
+        _check_tensor("rec_mask", rec_mask, (G, B, H), dt, dev)
+    return T, B, I, H
+
+
+def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, mask=None,
+               in_mask=None, rec_mask=None, reverse=False, backend="auto", batch_first=False):
+    """Run one recurrent layer in one direction.
+
+    x (T, B, I) (or (B, T, I) with batch_first), weights in torch.nn layout, h0/c0 (B, H) or None
+    (zeros), mask (T, B) (or (B, T)) bool with True = valid step, in_mask / rec_mask dropout masks
+    already scaled. Returns (out, hT, cT): out (T, B, H) (or (B, T, H)) is the carried hidden state
+    after every step; cT is None unless LSTM. Differentiable with respect to every tensor argument
+    except the masks.
+    """
+    if batch_first:
+        x = x.transpose(0, 1) if isinstance(x, torch.Tensor) else x
+        mask = mask.transpose(0, 1) if isinstance(mask, torch.Tensor) else mask
+    T, B, I, H = validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask)
+    choice = backends.choose(backend, x.device, spec, H, B, x.dtype)
+    if h0 is None:
+        h0 = x.new_zeros(B, H)
+    if spec.kind == "lstm" and c0 is None:
+        c0 = x.new_zeros(B, H)
+    x = x.contiguous()
+    mask = None if mask is None else mask.contiguous()
+    res = RecurrentFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
+                                  spec, bool(reverse), choice.backend)
+    out, hT = res[0], res[1]
+    cT = res[2] if spec.kind == "lstm" else None
+    if batch_first:
+        out = out.transpose(0, 1)
+    return out, hT, cT
+
+
+def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, activation="tanh",
+         recurrent_activation="sigmoid", **kwargs):
+    return recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                      spec=_lstm_spec(activation, recurrent_activation), **kwargs)
+
+
+def gru(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, activation="tanh",
+        recurrent_activation="sigmoid", reset_after=True, **kwargs):
+    out, hT, _ = recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, None,
+                            spec=_gru_spec(activation, recurrent_activation, reset_after), **kwargs)
+    return out, hT
+
+
+def simple_rnn(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, activation="tanh", **kwargs):
+    out, hT, _ = recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, None, spec=_rnn_spec(activation), **kwargs)
+    return out, hT
+
+
+def mask_outputs(out, mask, mode, batch_first=False):
+    """Outputs at masked steps, from the carried states `out` returned by `recurrence`.
+
+    mode "zeros": 0 at masked steps (torch.nn packed sequences, Keras inside Bidirectional).
+    mode "previous": Keras's rule: the last valid output, zeros before the first valid step.
+    """
+    if mode not in ("zeros", "previous"):
+        raise ValueError(f"mode must be 'zeros' or 'previous', got {mode!r}")
+    if batch_first:
+        out, mask = out.transpose(0, 1), mask.transpose(0, 1)
+    keep = mask.unsqueeze(-1)
+    zeroed = torch.where(keep, out, torch.zeros((), dtype=out.dtype, device=out.device))
+    if mode == "previous":
+        T = out.shape[0]
+        steps = torch.arange(T, device=out.device).unsqueeze(1).expand_as(mask)
+        last = torch.where(mask, steps, -1).cummax(0).values  # index of the last valid step <= t
+        gathered = zeroed.gather(0, last.clamp(min=0).unsqueeze(-1).expand_as(out))
+        zeroed = torch.where((last >= 0).unsqueeze(-1), gathered, zeroed)
+    return zeroed.transpose(0, 1) if batch_first else zeroed

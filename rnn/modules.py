@@ -1,0 +1,153 @@
+"""Drop-ins for torch.nn.LSTM / GRU / RNN.
+
+They subclass the torch.nn modules, so the constructor, parameter names, shapes, initialisation,
+state_dict and repr are torch's own; only `forward` is replaced (plus a `backend=` argument).
+Every layer and direction is one `rnn.functional.recurrence` call. PackedSequence input is
+padded once and run with a (T, B) validity mask inside the recurrence, not a loop over sequences.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from . import backends, cells
+from .functional import recurrence
+
+
+class _Fused:
+    """forward() shared by the three drop-ins; `_spec()` says which cell."""
+
+    def _setup_backend(self, backend):
+        backends.validate(backend)  # raises on an unknown name now, not at the first call
+        if getattr(self, "proj_size", 0):
+            raise NotImplementedError("fused-rnn does not support proj_size > 0 yet (LSTM with projections)")
+        self.backend = backend
+
+    def extra_repr(self):
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+    def forward(self, input, hx=None):
+        spec = self._spec()
+        lstm = spec.kind == "lstm"
+        D = 2 if self.bidirectional else 1
+        L, H = self.num_layers, self.hidden_size
+        packed = isinstance(input, PackedSequence)
+        mask = None
+        unbatched = False
+        if packed:
+            data, batch_sizes, sorted_idx, unsorted_idx = input
+            T, B = batch_sizes.numel(), int(batch_sizes[0])
+            steps = torch.arange(T).unsqueeze(1)
+            mask = (steps < (batch_sizes.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)).to(data.device)
+            if data.dim() != 2:
+                raise ValueError(f"packed data must be 2-D (sum of lengths, input_size), got shape {tuple(data.shape)}")
+            x = data.new_zeros(T, B, data.shape[-1])
+            x[mask] = data
+        else:
+            if not isinstance(input, torch.Tensor):
+                raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{type(self).__name__}: expected input to be 2-D (unbatched) or 3-D "
+                                 f"(batched), got {input.dim()}-D with shape {tuple(input.shape)}")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            sorted_idx = unsorted_idx = None
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}")
+        B = x.shape[1]
+        h0, c0 = self._initial_states(hx, lstm, L * D, B, H, x, unbatched, sorted_idx)
+
+        hn, cn = [], []
+        layer_in = x
+        for layer in range(L):
+            outs = []
+            for d in range(D):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                k = layer * D + d
+                out, hT, cT = recurrence(
+                    layer_in, getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
+                    getattr(self, "bias_ih" + sfx) if self.bias else None,
+                    getattr(self, "bias_hh" + sfx) if self.bias else None,
+                    h0[k], c0[k] if lstm else None, spec=spec, mask=mask, reverse=bool(d),
+                    backend=self.backend)
+                outs.append(out)
+                hn.append(hT)
+                cn.append(cT)
+            layer_in = outs[0] if D == 1 else torch.cat(outs, -1)
+            if self.dropout and self.training and layer < L - 1:
+                layer_in = torch.nn.functional.dropout(layer_in, self.dropout, True)
+        h_n = torch.stack(hn)
+        c_n = torch.stack(cn) if lstm else None
+        if packed:
+            output = PackedSequence(layer_in[mask], batch_sizes, sorted_idx, unsorted_idx)
+            if unsorted_idx is not None:
+                h_n = h_n.index_select(1, unsorted_idx)
+                c_n = c_n.index_select(1, unsorted_idx) if lstm else None
+        elif unbatched:
+            output, h_n = layer_in.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if lstm else None
+        else:
+            output = layer_in.transpose(0, 1) if self.batch_first else layer_in
+        return output, ((h_n, c_n) if lstm else h_n)
+
+    def _initial_states(self, hx, lstm, LD, B, H, x, unbatched, sorted_idx):
+        if hx is None:
+            z = x.new_zeros(LD, B, H)
+            return z, z
+        if lstm:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+                raise TypeError(f"LSTM expects hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
+            h0, c0 = hx
+        else:
+            if not isinstance(hx, torch.Tensor):
+                raise TypeError(f"{type(self).__name__} expects hx to be a Tensor, got {type(hx).__name__}")
+            h0, c0 = hx, None
+        want = (LD, H) if unbatched else (LD, B, H)
+        for name, s in (("h_0", h0), ("c_0", c0)):
+            if s is None:
+                continue
+            if tuple(s.shape) != want:
+                raise ValueError(f"Expected hidden size {want} for {name}, got {tuple(s.shape)}")
+            if s.dtype != x.dtype:
+                raise TypeError(f"{name} must have dtype {x.dtype} (the input's), got {s.dtype}")
+        if unbatched:
+            h0 = h0.unsqueeze(1)
+            c0 = c0.unsqueeze(1) if c0 is not None else None
+        if sorted_idx is not None:  # torch.nn reorders the given states like the packed batch
+            h0 = h0.index_select(1, sorted_idx)
+            c0 = c0.index_select(1, sorted_idx) if c0 is not None else None
+        return h0, c0
+
+
+class LSTM(_Fused, torch.nn.LSTM):
+    """torch.nn.LSTM with fused recurrence kernels. Extra argument: backend ("auto", "torch",
+    "triton", "cupy"; default "auto", overridable by FUSED_RNN_BACKEND)."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_backend(backend)
+
+    def _spec(self):
+        return cells.lstm()
+
+
+class GRU(_Fused, torch.nn.GRU):
+    """torch.nn.GRU with fused recurrence kernels (gate order r, z, n; reset_after form)."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_backend(backend)
+
+    def _spec(self):
+        return cells.gru()
+
+
+class RNN(_Fused, torch.nn.RNN):
+    """torch.nn.RNN (Elman, tanh or relu) with fused recurrence kernels."""
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._setup_backend(backend)
+
+    def _spec(self):
+        return cells.simple_rnn(self.nonlinearity)
