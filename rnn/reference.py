@@ -140,7 +140,7 @@ def forward(spec, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None,
             r = activation(ract, xg[0] + rec_rz[0])
             z = activation(ract, xg[1] + rec_rz[1])
             if gru_before:  # n = act(xn + (r*h) W_n^T + b_hn)
-                hn = hin[2]
+                hn = r * hin[2]
                 rec_n = hn @ wh[2].T + bh[2]
                 pre_n = xg[2] + rec_n
                 hin_eff = np.stack([hin[0], hin[1], hn])

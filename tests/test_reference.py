@@ -169,7 +169,6 @@ def test_masked_steps_get_no_gradient(rng):
     m = opts["mask"]
     assert np.all(g["x"][~m] == 0)
     assert np.any(g["x"][m] != 0)
-    # row 0 is fully masked: its h0 / c0 gradient is exactly the upstream hT / cT (+ all dout)
 
 
 def test_fully_masked_row_passes_gradient_through(rng):
