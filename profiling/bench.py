@@ -1,0 +1,341 @@
+"""The benchmark CLI: `python -m profiling [options]` (`make bench`).
+
+For every configuration (cell x dtype x batch x hidden, input size = hidden) and mode
+("forward": inference, no grad; "forward_backward": forward plus gradients of the input and all
+weights for random upstream gradients on every output, final states included) it runs, in one
+process and with the same weights: torch.nn (cuDNN on a GPU; called "cudnn" in the records even
+on a CPU, where `reference_impl` says what ran), our drop-ins per backend, a torch.compile'd step
+loop and FlashRNN when installed.
+
+Each implementation is first checked against a float64 run of torch.nn (outputs, final states
+and, when training, the input gradient): the max error relative to the largest reference value
+must stay under max(TOLERANCE[dtype], 2 x torch.nn's own error). A case that fails is recorded
+as "wrong" with its error and is never timed. Then: warm-up and median / 20 % / 80 % quantiles
+(triton.testing.do_bench on CUDA, a perf_counter timer on a CPU), peak device memory, and the
+floor of profiling.floor. Statuses: ok, wrong, skipped (cannot run this case; the note says
+why), error (raised; the note has the exception).
+
+Defaults: on a GPU the full grid (lstm,gru x bf16,fp16,fp32 x B 1,16,64,256 x H 256,768,1024,
+T 1024, backends torch,triton,cupy,compile,flashrnn); on a CPU a smoke grid (lstm,gru x fp32 x
+B 2 x H 32 x T 16, backend torch, no compile). --quick: a few cases (GPU: bf16, B 16,64, H 768,
+T 256, no compile).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import math
+import os
+import sys
+import traceback
+
+import torch
+
+from . import floor, impls, report, timing
+
+OUR_BACKENDS = ("auto", "torch", "triton", "cupy")
+BASELINES = ("compile", "flashrnn")
+CELLS = ("lstm", "gru")
+MODES = ("forward", "forward_backward")
+# Max error relative to max |reference| against the float64 oracle. Loose on purpose: this
+# catches wrong kernels (gate order, skipped steps, races), not precision regressions (the test
+# suite does those); fp32 allows TF32 matmuls over T=1024 steps.
+TOLERANCE = {"fp32": 1e-2, "fp16": 3e-2, "bf16": 1e-1}
+
+GPU_DEFAULTS = dict(cells=["lstm", "gru"], dtypes=["bf16", "fp16", "fp32"], batches=[1, 16, 64, 256],
+                    hiddens=[256, 768, 1024], seq_len=1024,
+                    backends=["torch", "triton", "cupy", "compile", "flashrnn"])
+GPU_QUICK = dict(GPU_DEFAULTS, dtypes=["bf16"], batches=[16, 64], hiddens=[768], seq_len=256)
+CPU_DEFAULTS = dict(cells=["lstm", "gru"], dtypes=["fp32"], batches=[2], hiddens=[32], seq_len=16,
+                    backends=["torch"])
+CPU_QUICK = dict(CPU_DEFAULTS, seq_len=8)
+
+
+def _csv(kind, choices=None, alias=None):
+    def parse(text):
+        items = [t.strip().lower() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind}, got {text!r}")
+        out = []
+        for item in items:
+            if kind == "integers":
+                try:
+                    value = int(item)
+                except ValueError:
+                    raise argparse.ArgumentTypeError(f"expected positive integers, got {item!r}") from None
+                if value < 1:
+                    raise argparse.ArgumentTypeError(f"expected positive integers, got {item!r}")
+                out.append(value)
+                continue
+            item = alias.get(item, item) if alias else item
+            if item not in choices:
+                raise argparse.ArgumentTypeError(f"unknown {kind} {item!r}: expected one of {', '.join(choices)}")
+            out.append(item)
+        return out
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m profiling",
+        description="Time fused-rnn against torch.nn (cuDNN), torch.compile and FlashRNN; "
+        "write a JSON record and print a markdown table.",
+    )
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
+    p.add_argument("--cells", type=_csv("cell", CELLS), help="comma list of lstm,gru")
+    p.add_argument("--dtypes", type=_csv("dtype", tuple(impls.TORCH_DTYPES), impls.DTYPE_ALIASES),
+                   help="comma list of bf16,fp16,fp32")
+    p.add_argument("--batches", type=_csv("integers"), help="comma list of batch sizes")
+    p.add_argument("--hiddens", type=_csv("integers"), help="comma list of hidden sizes")
+    p.add_argument("--input-size", type=int, default=None, help="input features (default: = hidden)")
+    p.add_argument("--seq-len", type=int, default=None, help="time steps T")
+    p.add_argument("--backends", type=_csv("backend", OUR_BACKENDS + BASELINES),
+                   help="comma list of our backends (auto,torch,triton,cupy) and baselines "
+                   "(compile,flashrnn); torch.nn always runs as the reference")
+    p.add_argument("--modes", type=_csv("mode", MODES), default=list(MODES),
+                   help="comma list of forward,forward_backward")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="time the torch.compile'd step loop (default: on a GPU yes, on a CPU no)")
+    p.add_argument("--quick", action="store_true", help="a small grid (see the module docstring)")
+    p.add_argument("--warmup-ms", type=float, default=None, help="warm-up per timing (default 25 GPU, 10 CPU)")
+    p.add_argument("--rep-ms", type=float, default=None, help="repeat budget per timing (default 100 GPU, 50 CPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(report.RESULTS_DIR), help="directory for the JSON record")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def resolve(args) -> dict:
+    """Fill the options left unset from the device's defaults; return the run's config."""
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else "cpu" if args.device == "auto" else args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
+    cuda = device.type == "cuda"
+    defaults = (GPU_QUICK if args.quick else GPU_DEFAULTS) if cuda else (CPU_QUICK if args.quick else CPU_DEFAULTS)
+    backends = list(args.backends or defaults["backends"])
+    use_compile = args.compile if args.compile is not None else (cuda and not args.quick)
+    if not use_compile and "compile" in backends:
+        backends.remove("compile")
+    if use_compile and "compile" not in backends:
+        backends.append("compile")
+    if not cuda and "triton" in backends and not torch.cuda.is_available():
+        # Asked for explicitly on a CPU-only machine: run the kernels under the Triton
+        # interpreter (slow; only sensible on tiny grids). Must be set before triton loads.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise SystemExit(f"--seq-len must be a positive integer, got {args.seq_len}")
+    return {
+        "device": str(device),
+        "cells": args.cells or defaults["cells"],
+        "dtypes": args.dtypes or defaults["dtypes"],
+        "batches": args.batches or defaults["batches"],
+        "hiddens": args.hiddens or defaults["hiddens"],
+        "input_size": args.input_size,
+        "seq_len": args.seq_len or defaults["seq_len"],
+        "backends": backends,
+        "backends_explicit": args.backends is not None,
+        "modes": args.modes,
+        "warmup_ms": args.warmup_ms if args.warmup_ms is not None else (25.0 if cuda else 10.0),
+        "rep_ms": args.rep_ms if args.rep_ms is not None else (100.0 if cuda else 50.0),
+        "seed": args.seed,
+        "quick": args.quick,
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+        "argv": list(sys.argv[1:]),
+    }
+
+
+def _factories(cfg, notes, extra_impls):
+    """Ordered {row backend name: factory(case, ref) -> Impl}; torch.nn first."""
+    out = {"cudnn": lambda case, ref: impls.module_impl(ref, case.cell)}
+    for name in cfg["backends"]:
+        if name in OUR_BACKENDS:
+            out[name] = impls.ours(name)
+        elif name == "compile":
+            out[name] = impls.compiled
+        elif name == "flashrnn":
+            why = impls.flashrnn_available()
+            if why and not cfg["backends_explicit"]:
+                notes.append(f"flashrnn not timed: {why}")  # optional baseline: a note, no rows
+                continue
+            out[name] = impls.flashrnn_impl
+    out.update(extra_impls or {})
+    return out
+
+
+def _is_skip(exc):
+    # BackendUnavailable comes from rnn.backends; matched by name so this module never needs rnn.
+    return isinstance(exc, impls.Skip) or type(exc).__name__ == "BackendUnavailable"
+
+
+def _is_oom(exc):
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+
+
+def _describe(exc):
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return text[:300]
+
+
+def _reference_name(case, x):
+    name = f"torch.nn.{case.cell.upper()}"
+    if x.device.type != "cuda":
+        return f"{name} (CPU, native kernels)"
+    if torch.backends.cudnn.is_acceptable(x):
+        return f"{name} (cuDNN {torch.backends.cudnn.version()})"
+    return f"{name} (CUDA native kernels: cuDNN not used for {case.dtype})"
+
+
+def _check(impl, inputs, expected, mode):
+    """Max relative error of outputs (and, when training, the input gradient) vs the oracle."""
+    outs_ref, dx_ref = expected
+    if mode == "forward":
+        with torch.no_grad():
+            outs = impl.run(inputs.x, inputs.state)
+        return max(impls.rel_err(a, e) for a, e in zip(outs, outs_ref, strict=True))
+    x = inputs.x.detach().requires_grad_(True)
+    outs = impl.run(x, inputs.state)
+    errs = [impls.rel_err(a, e) for a, e in zip(outs, outs_ref, strict=True)]
+    (dx,) = torch.autograd.grad(outs, [x], grad_outputs=inputs.grads)
+    errs.append(impls.rel_err(dx, dx_ref))
+    return max(errs)
+
+
+def _timed_fn(impl, inputs, mode):
+    """The timed region: everything it needs is built before."""
+    if mode == "forward":
+        def fn():
+            with torch.no_grad():
+                impl.run(inputs.x, inputs.state)
+        return fn
+    x = inputs.x.detach().requires_grad_(True)
+    wrt = [x] + [p for p in impl.params if p.requires_grad]
+
+    def fn():
+        outs = impl.run(x, inputs.state)
+        torch.autograd.grad(outs, wrt, grad_outputs=inputs.grads)
+    return fn
+
+
+def _run_one(name, factory, case, mode, ref, inputs, expected, baseline_err, cfg):
+    """One row: build, check, time. Never raises."""
+    row = {"backend": name, "status": "ok", "note": "", "ms": None, "ms_q20": None, "ms_q80": None,
+           "max_err": None, "tolerance": None, "peak_mem_bytes": None}
+    impl = None
+    try:
+        impl = factory(case, ref)
+        row["note"] = impl.note
+        err = _check(impl, inputs, expected, mode)
+        tol = max(TOLERANCE[case.dtype], 2 * baseline_err if baseline_err is not None else 0.0)
+        row["max_err"] = err if math.isfinite(err) else None
+        row["tolerance"] = tol
+        if not err <= tol:
+            row["status"] = "wrong"
+            row["note"] = ("non-finite output" if not math.isfinite(err)
+                           else f"max rel err {err:.3g} > tolerance {tol:.3g}")
+            return row
+        fn = _timed_fn(impl, inputs, mode)
+        row["ms"], row["ms_q20"], row["ms_q80"] = timing.bench(fn, case.device, cfg["warmup_ms"], cfg["rep_ms"])
+        row["peak_mem_bytes"] = timing.peak_memory_bytes(fn, case.device)
+    except Exception as exc:  # a backend that fails must not stop the grid
+        row.update(ms=None, ms_q20=None, ms_q80=None, peak_mem_bytes=None)
+        if _is_skip(exc):
+            row.update(status="skipped", note=str(exc))
+        elif _is_oom(exc):
+            row.update(status="skipped", note="out of memory")
+        else:
+            row.update(status="error", note=_describe(exc))
+            if cfg.get("verbose_errors"):
+                traceback.print_exc()
+    finally:
+        del impl
+        if torch.device(case.device).type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+    return row
+
+
+def run(cfg, extra_impls=None) -> dict:
+    """Run the grid described by `cfg` (see resolve); return the record (not yet written).
+
+    extra_impls: {name: factory(case, ref_module) -> impls.Impl}, timed beside the others
+    (the tests inject a deliberately wrong implementation through it)."""
+    device = torch.device(cfg["device"])
+    notes = []
+    factories = _factories(cfg, notes, extra_impls)
+    rates = floor.measure_rates(device, cfg["dtypes"], impls.TORCH_DTYPES)
+    notes.extend(rates.notes)
+    configs = list(itertools.product(cfg["cells"], cfg["dtypes"], cfg["batches"], cfg["hiddens"]))
+    progress = Progress(len(configs) * len(cfg["modes"]) * len(factories), not cfg.get("no_progress"))
+    need_grad = "forward_backward" in cfg["modes"]
+    rows = []
+    for index, (cell, dtype, batch, hidden) in enumerate(configs):
+        case = impls.Case(cell, dtype, batch, hidden, cfg["input_size"] or hidden, cfg["seq_len"], str(device))
+        base = {"cell": cell, "dtype": dtype, "batch": batch, "hidden": hidden,
+                "input_size": case.input_size, "seq_len": case.seq_len}
+        seed = cfg["seed"] * 100003 + index
+        ref = inputs = expected = None
+        setup_error = None
+        try:
+            ref = impls.reference_module(case, seed)
+            inputs = impls.make_inputs(case, seed)
+            expected = impls.oracle(case, ref, inputs, need_grad)
+            ref_name = _reference_name(case, inputs.x)
+        except Exception as exc:
+            setup_error = "skipped" if _is_oom(exc) else "error"
+            setup_note = "out of memory" if _is_oom(exc) else f"reference failed: {_describe(exc)}"
+            ref_name = None
+        for mode in cfg["modes"]:
+            est = floor.estimate(cell, mode, batch, hidden, case.input_size, case.seq_len, dtype, rates)
+            mode_rows = []
+            baseline_err = ms_cudnn = None
+            for name, factory in factories.items():
+                progress.update(f"{cell} {dtype} B{batch} H{hidden} {mode} {name}")
+                if setup_error:
+                    row = {"backend": name, "status": setup_error, "note": setup_note, "ms": None,
+                           "ms_q20": None, "ms_q80": None, "max_err": None, "tolerance": None,
+                           "peak_mem_bytes": None}
+                else:
+                    row = _run_one(name, factory, case, mode, ref, inputs, expected, baseline_err, cfg)
+                if name == "cudnn":
+                    baseline_err = row["max_err"]
+                    ms_cudnn = row["ms"] if row["status"] == "ok" else None
+                mode_rows.append(row)
+            for row in mode_rows:
+                ms = row["ms"]
+                row.update(base, mode=mode, reference_impl=ref_name, ms_cudnn=ms_cudnn,
+                           speedup_vs_cudnn=ms_cudnn / ms if ms and ms_cudnn else None,
+                           floor_ms=est["floor_ms"], floor_bound=est["bound"],
+                           pct_of_floor=100.0 * ms / est["floor_ms"] if ms and est["floor_ms"] else None)
+                rows.append({k: row.get(k) for k in report.ROW_KEYS})
+        del ref, inputs, expected
+        if device.type == "cuda":
+            gc.collect()
+            torch.cuda.empty_cache()
+    progress.close()
+    record = report.environment(device)
+    record.update(config=cfg, rates=rates.as_dict(), notes=notes, rows=rows)
+    return record
+
+
+Progress = report.Progress
+
+
+def main(argv=None, extra_impls=None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = resolve(args)
+    if argv is not None:
+        cfg["argv"] = list(argv)
+    cfg["no_progress"] = args.no_progress
+    record = run(cfg, extra_impls)
+    path = report.write_record(record, args.out)
+    print(report.markdown_table(record["rows"]))
+    for note in record["notes"]:
+        print(f"note: {note}")
+    counts = {s: sum(r["status"] == s for r in record["rows"]) for s in report.STATUSES}
+    print(f"\n{record['device']}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    print(f"record: {path}")
+    return 0
