@@ -10,7 +10,7 @@ STAMP := .make-deps
 # several GB of CUDA wheels, so torch is installed pinned first and only if it is missing.
 $(STAMP): pyproject.toml
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[test,triton,bench]"
+	$(PIP) install -e ".[test,triton,bench,examples]"
 	touch $(STAMP)
 
 deps: $(STAMP)

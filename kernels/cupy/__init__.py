@@ -1,0 +1,565 @@
+"""CuPy backend: persistent CUDA C recurrence kernels (forward.cu, backward.cu) and their loader.
+
+One cooperative launch runs a whole sequence (forward) or its reverse (backward). The grid's
+blocks split the hidden units; each keeps its slice of W_hh in shared memory for the whole
+sequence and exchanges h (or the gate gradients) through global memory and a grid barrier.
+
+Everything up to the launch is pure Python and runs without a GPU or CuPy: `plan(...)` picks the
+configuration (units per block, grid, batch tile, shared memory) from device limits and says why a
+size cannot run; `kernel_source(...)` returns the exact source, compiler options and kernel name
+that get compiled. CuPy is imported lazily, only to compile and launch; CuPy never allocates:
+every buffer is a torch tensor, passed by pointer, on torch's current stream.
+
+Legend: T steps, B batch, H hidden, G gates (LSTM 4, GRU 3, RNN 1).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from .. import new_empty
+
+__all__ = ["CupyBackend", "DeviceLimits", "Config", "SizeLimitError", "plan", "max_hidden", "kernel_source"]
+
+SOURCE_DIR = Path(__file__).resolve().parent
+INSTALL_HINT = "cupy is not installed (pip install fused-rnn[cuda12] or [cuda13])"
+BARRIER_ENV = "FUSED_RNN_CUPY_BARRIER"  # "cg" (cooperative_groups grid.sync, default) or "atomic"
+
+KIND_CODES = {"lstm": 0, "gru": 1, "rnn": 2}
+N_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+ACT_CODES = {"tanh": 0, "relu": 1, "sigmoid": 2, "hard_sigmoid": 3, "linear": 4}
+# torch dtype -> (CUDA storage type, bytes per element, accumulation dtype)
+DTYPES = {
+    torch.float32: ("float", 4, torch.float32),
+    torch.float64: ("double", 8, torch.float64),
+    torch.bfloat16: ("frnn::bf16", 2, torch.float32),
+    torch.float16: ("frnn::f16", 2, torch.float32),
+}
+THREADS = 256  # threads per block: 8 warps
+ROWS = 4  # batch rows per warp tile
+REGS_PER_THREAD_ESTIMATE = 64  # ptxas reports 48-64 (sm_90); the launch re-checks with the real kernel
+MIN_COMPUTE_CAPABILITY = (7, 0)  # ld.acquire in the atomic barrier; Volta+ cooperative launches
+
+
+class SizeLimitError(ValueError):
+    """The problem does not fit the persistent kernels on this device (W_hh must stay on chip)."""
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What the configuration choice needs to know about a GPU (all sizes in bytes)."""
+
+    name: str
+    sm_count: int
+    smem_per_block_optin: int
+    smem_per_sm: int
+    max_threads_per_sm: int = 2048
+    regs_per_sm: int = 65536
+    max_blocks_per_sm: int = 32
+    reserved_smem_per_block: int = 1024
+    compute_capability: tuple = (9, 0)
+    cooperative_launch: bool = True
+
+
+H100 = DeviceLimits("H100 SXM", 132, 232448, 233472, compute_capability=(9, 0))
+A100 = DeviceLimits("A100", 108, 166912, 167936, compute_capability=(8, 0))
+
+
+@dataclass(frozen=True)
+class Config:
+    """One compiled-and-launched configuration of a kernel (forward or backward)."""
+
+    direction: str  # "forward" | "backward"
+    kind: str
+    activation: str
+    recurrent_activation: str
+    reset_after: bool
+    dtype: torch.dtype
+    rec_mask: bool
+    hidden: int
+    batch: int
+    units: int  # hidden units per block (U)
+    grid: int  # blocks
+    batch_tile: int  # batch rows staged in shared memory at a time (BB)
+    smem: int  # dynamic shared memory per block, bytes
+    blocks_per_sm: int  # co-resident blocks per SM the plan relies on
+    threads: int = THREADS
+    rows: int = ROWS
+
+    @property
+    def template_args(self) -> str:
+        return ", ".join(
+            str(a)
+            for a in (
+                KIND_CODES[self.kind],
+                ACT_CODES[self.activation],
+                ACT_CODES[self.recurrent_activation],
+                "true" if self.reset_after else "false",
+                DTYPES[self.dtype][0],
+                "true" if self.rec_mask else "false",
+                self.rows,
+                self.threads,
+            )
+        )
+
+    @property
+    def compile_key(self) -> tuple:
+        """What the compiled code depends on (sizes are run-time arguments)."""
+        return (self.direction, self.template_args)
+
+
+def _gates(kind):
+    if kind not in N_GATES:
+        raise ValueError(f"cell kind must be one of {tuple(N_GATES)}, got {kind!r}")
+    return N_GATES[kind]
+
+
+def _dtype_info(dtype):
+    if dtype not in DTYPES:
+        raise ValueError(f"the cupy backend supports dtypes {[str(d) for d in DTYPES]}, got {dtype}")
+    return DTYPES[dtype]
+
+
+def _align16(n):
+    return (n + 15) // 16 * 16
+
+
+def _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, batch_tile):
+    """Dynamic shared memory of one block: staged rows (accumulation type) + the W_hh slice."""
+    g = _gates(kind)
+    _, itemsize, acc = _dtype_info(dtype)
+    acc_size = torch.empty((), dtype=acc).element_size()
+    copies = g if (direction == "backward" or rec_mask) else 1
+    return _align16(copies * batch_tile * hidden * acc_size) + g * units * hidden * itemsize
+
+
+def _blocks_per_sm_limit(limits: DeviceLimits, threads, regs_per_thread):
+    by_threads = limits.max_threads_per_sm // threads
+    by_regs = limits.regs_per_sm // (threads * regs_per_thread)
+    return max(0, min(limits.max_blocks_per_sm, by_threads, by_regs))
+
+
+def plan(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, activation="tanh",
+         recurrent_activation="sigmoid", reset_after=True, rec_mask=False, threads=THREADS, rows=ROWS,
+         regs_per_thread=REGS_PER_THREAD_ESTIMATE, max_blocks_per_sm=None, max_batch_tile=None) -> Config:
+    """Choose units per block, grid and batch tile so that all blocks are co-resident and each
+    block's W_hh slice fits in shared memory. Prefers one block per SM (the h exchange is staged
+    once per block, so fewer, larger blocks move less data); raises SizeLimitError otherwise.
+    `max_batch_tile` caps the staged batch rows (tests use it to exercise batch tiling)."""
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    g = _gates(kind)
+    _, itemsize, acc = _dtype_info(dtype)
+    if not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"hidden size must be a positive int, got {hidden!r}")
+    if not isinstance(batch, int) or batch < 0:
+        raise ValueError(f"batch size must be a non-negative int, got {batch!r}")
+    batch_eff = max(batch, 1)
+    bps_max = _blocks_per_sm_limit(limits, threads, regs_per_thread)
+    if max_blocks_per_sm is not None:
+        bps_max = min(bps_max, max_blocks_per_sm)
+    for bps in range(1, bps_max + 1):
+        grid_max = bps * limits.sm_count
+        units = math.ceil(hidden / min(hidden, grid_max))
+        grid = math.ceil(hidden / units)
+        cap = min(limits.smem_per_block_optin, limits.smem_per_sm // bps - limits.reserved_smem_per_block)
+        fixed = _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, 0)
+        per_row = _smem_bytes(direction, kind, hidden, dtype, rec_mask, 0, 1)
+        if fixed + per_row > cap:
+            continue
+        batch_tile = min(batch_eff, (cap - fixed - 16) // per_row, max_batch_tile or batch_eff)
+        smem = _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, batch_tile)
+        assert smem <= cap
+        return Config(direction, kind, activation, recurrent_activation, bool(reset_after) if kind == "gru" else True,
+                      dtype, bool(rec_mask), hidden, batch, units, grid, batch_tile, smem, bps, threads, rows)
+    # nothing fits: report the one-block-per-SM numbers, the most room a block can get
+    grid = min(hidden, limits.sm_count)
+    units = math.ceil(hidden / grid)
+    w_bytes = g * units * hidden * itemsize
+    row_bytes = _smem_bytes(direction, kind, hidden, dtype, rec_mask, 0, 1)
+    cap = min(limits.smem_per_block_optin, limits.smem_per_sm - limits.reserved_smem_per_block)
+    limit = max_hidden(direction, kind, batch, dtype, limits, rec_mask=rec_mask, upper=hidden,
+                       regs_per_thread=regs_per_thread, max_blocks_per_sm=max_blocks_per_sm)
+    raise SizeLimitError(
+        f"{direction} W_hh needs {w_bytes / 1024:.1f} KiB of shared memory per block with {grid} blocks "
+        f"({units} of {hidden} hidden units each, {g} gates, {itemsize}-byte {str(dtype).replace('torch.', '')}) "
+        f"plus {row_bytes / 1024:.1f} KiB per staged batch row; the device ({limits.name}) allows "
+        f"{cap / 1024:.1f} KiB: hidden size {hidden} is above the cupy backend's limit {limit} for this "
+        f"dtype/cell ({kind}{', recurrent dropout' if rec_mask else ''}); use backend='triton'"
+    )
+
+
+def max_hidden(direction, kind, batch, dtype, limits: DeviceLimits, *, rec_mask=False, upper=1 << 16,
+               regs_per_thread=REGS_PER_THREAD_ESTIMATE, max_blocks_per_sm=None) -> int:
+    """The largest hidden size below `upper` that `plan` accepts (0 if none)."""
+
+    def fits(h):
+        try:
+            plan(direction, kind, h, batch, dtype, limits, rec_mask=rec_mask, regs_per_thread=regs_per_thread,
+                 max_blocks_per_sm=max_blocks_per_sm)
+            return True
+        except SizeLimitError:
+            return False
+
+    lo, hi = 0, upper  # invariant: fits(lo) or lo == 0; not fits(hi) or hi == upper
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+# ----------------------------------------------------------------------------------------------
+# sources
+
+_INCLUDE = re.compile(r'^#include "cupy/recurrence\.cuh"\s*$', re.MULTILINE)
+
+
+def _read(name):
+    return (SOURCE_DIR / name).read_text()
+
+
+def kernel_source(config: Config, barrier="cg"):
+    """(source, compiler options, name expression) of one configuration.
+
+    The shared header is inlined, so the text is self-contained (and CuPy's on-disk cache key,
+    which hashes the source, changes whenever any of it changes); the default instantiations are
+    switched off and the one configuration is instantiated explicitly."""
+    if barrier not in ("cg", "atomic"):
+        raise ValueError(f"barrier must be 'cg' or 'atomic', got {barrier!r}")
+    file = "forward.cu" if config.direction == "forward" else "backward.cu"
+    header = _read("recurrence.cuh").replace("#pragma once", "")
+    source, n = _INCLUDE.subn(lambda _: header, _read(file))
+    if n != 1:
+        raise RuntimeError(f"{file}: expected exactly one #include \"cupy/recurrence.cuh\"")
+    macro = "FRNN_INSTANTIATE_FORWARD" if config.direction == "forward" else "FRNN_INSTANTIATE_BACKWARD"
+    source += f"\n{macro}({config.template_args})\n"
+    options = ["-std=c++17", "-DFRNN_NO_DEFAULT_INSTANTIATIONS"]
+    if barrier == "atomic":
+        options.append("-DFRNN_ATOMIC_BARRIER")
+    name = f"frnn::rnn_{config.direction}<{config.template_args}>"
+    return source, tuple(options), name
+
+
+# ----------------------------------------------------------------------------------------------
+# CUDA device attributes (cudaDeviceAttr values, stable across CUDA versions)
+_ATTR = {
+    "sm_count": 16,
+    "max_threads_per_sm": 39,
+    "cc_major": 75,
+    "cc_minor": 76,
+    "smem_per_sm": 81,
+    "regs_per_sm": 82,
+    "cooperative_launch": 95,
+    "smem_per_block_optin": 97,
+    "max_blocks_per_sm": 106,
+    "reserved_smem_per_block": 111,
+}
+
+
+def _import_cupy():
+    import cupy  # noqa: F401  (lazy: the package imports without it)
+
+    return cupy
+
+
+class CupyBackend:
+    """The "cupy" backend of rnn.backends (see the interface there)."""
+
+    name = "cupy"
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._limits = {}  # device index -> DeviceLimits
+        self._kernels = {}  # (device index, barrier, compile key) -> cupy RawKernel
+        self._barrier = os.environ.get(BARRIER_ENV, "cg").strip().lower() or "cg"
+        if self._barrier not in ("cg", "atomic"):
+            raise ValueError(f"{BARRIER_ENV} must be 'cg' or 'atomic', got {self._barrier!r}")
+
+    # ---- availability ------------------------------------------------------------------------
+    def _cupy_problem(self):
+        """None if cupy imports, else why not."""
+        try:
+            _import_cupy()
+        except ImportError:
+            return INSTALL_HINT
+        except Exception as exc:  # e.g. a cupy wheel for another CUDA major version
+            return f"cupy is installed but cannot be imported: {type(exc).__name__}: {exc}"
+        return None
+
+    def device_limits(self, device) -> DeviceLimits:
+        device = torch.device(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index not in self._limits:
+            cupy = _import_cupy()
+            get = cupy.cuda.runtime.deviceGetAttribute
+            a = {key: get(code, index) for key, code in _ATTR.items()}
+            self._limits[index] = DeviceLimits(
+                name=f"cuda:{index} ({torch.cuda.get_device_name(index)})",
+                sm_count=a["sm_count"],
+                smem_per_block_optin=a["smem_per_block_optin"],
+                smem_per_sm=a["smem_per_sm"],
+                max_threads_per_sm=a["max_threads_per_sm"],
+                regs_per_sm=a["regs_per_sm"],
+                max_blocks_per_sm=a["max_blocks_per_sm"],
+                reserved_smem_per_block=a["reserved_smem_per_block"],
+                compute_capability=(a["cc_major"], a["cc_minor"]),
+                cooperative_launch=bool(a["cooperative_launch"]),
+            )
+        return self._limits[index]
+
+    def unavailable_reason(self, device, spec, hidden, batch, dtype):
+        """None if this call can run here, else one sentence saying why not."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            return f"the cupy backend runs on CUDA devices only, got device {device}"
+        problem = self._cupy_problem()
+        if problem:
+            return problem
+        if dtype not in DTYPES:
+            return f"the cupy backend supports dtypes {', '.join(str(d) for d in DTYPES)}, got {dtype}"
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device"
+        try:
+            limits = self.device_limits(device)
+        except Exception as exc:  # driver/runtime trouble: report, do not crash "auto"
+            return f"cannot query {device} through cupy: {exc}"
+        if limits.compute_capability < MIN_COMPUTE_CAPABILITY:
+            return f"the cupy backend needs compute capability >= 7.0, {device} has {limits.compute_capability}"
+        if not limits.cooperative_launch:
+            return f"{device} does not support cooperative launches"
+        try:
+            for direction in ("forward", "backward"):
+                plan(direction, spec.kind, int(hidden), int(batch), dtype, limits)
+        except SizeLimitError as exc:
+            return str(exc)
+        return None
+
+    # ---- compile + launch --------------------------------------------------------------------
+    def _kernel(self, index, config: Config):
+        key = (index, self._barrier, config.compile_key)
+        with self._lock:
+            kernel = self._kernels.get(key)
+            if kernel is None:
+                kernel = self._compile(config)
+                self._kernels[key] = kernel
+        return kernel
+
+    def _compile(self, config):
+        cupy = _import_cupy()
+        source, options, name = kernel_source(config, self._barrier)
+        module = cupy.RawModule(code=source, options=options, name_expressions=(name,))
+        try:
+            kernel = module.get_function(name)
+            kernel.kernel  # compile now, so that a missing header surfaces here
+            return kernel
+        except cupy.cuda.compiler.CompileException as exc:
+            if self._barrier != "cg" or "cooperative_groups" not in str(exc):
+                raise
+        # NVRTC without the CUDA toolkit headers: same kernels with the hand-written barrier
+        warnings.warn(
+            "cooperative_groups.h is not reachable by NVRTC; the cupy backend uses its atomic grid "
+            f"barrier instead (set {BARRIER_ENV}=atomic to silence this)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        self._barrier = "atomic"
+        source, options, name = kernel_source(config, "atomic")
+        module = cupy.RawModule(code=source, options=options, name_expressions=(name,))
+        kernel = module.get_function(name)
+        kernel.kernel
+        return kernel
+
+    def _launch(self, device, config: Config, args):
+        cupy = _import_cupy()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        with cupy.cuda.Device(index):
+            kernel = self._kernel(index, config)
+            function = kernel.kernel
+            if config.smem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < config.smem:
+                kernel.max_dynamic_shared_size_bytes = config.smem
+            limits = self.device_limits(device)
+            occupancy = getattr(cupy.cuda.driver, "occupancyMaxActiveBlocksPerMultiprocessor", None)
+            resident = None
+            if occupancy is not None:
+                resident = occupancy(function.ptr, config.threads, config.smem) * limits.sm_count
+            if resident is not None and config.grid > resident:
+                raise SizeLimitError(
+                    f"the cupy {config.direction} kernel needs {config.grid} co-resident blocks of "
+                    f"{config.threads} threads and {config.smem / 1024:.1f} KiB shared memory, but "
+                    f"{limits.name} holds only {resident} ({kernel.num_regs} registers per thread); "
+                    "use backend='triton'"
+                )
+            stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+            with warnings.catch_warnings():
+                # CuPy would shrink an oversized cooperative grid; that would drop hidden units
+                warnings.filterwarnings("error", message=".*grid size will be reduced.*")
+                function(
+                    (config.grid, 1, 1),
+                    (config.threads, 1, 1),
+                    args,
+                    shared_mem=config.smem,
+                    stream=stream,
+                    enable_cooperative_groups=True,
+                )
+
+    def _plan(self, direction, spec, hidden, batch, dtype, device, rec_mask):
+        return plan(direction, spec.kind, hidden, batch, dtype, self.device_limits(device),
+                    activation=spec.activation, recurrent_activation=spec.recurrent_activation,
+                    reset_after=spec.reset_after, rec_mask=rec_mask)
+
+    # ---- the backend interface ---------------------------------------------------------------
+    def forward(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse):
+        """One layer, one direction; see rnn.backends for the contract."""
+        steps, batch, hidden, device, dtype, acc = _check_common(spec, xg, "xg", w_hh)
+        lstm = spec.kind == "lstm"
+        xg = xg.contiguous()
+        w_hh, b_hh, h0, c0, mask, rec_mask = _prepare(spec, steps, batch, hidden, device, dtype, acc,
+                                                      w_hh, b_hh, h0, c0, mask, rec_mask)
+        g = N_GATES[spec.kind]
+        out = new_empty((steps, batch, hidden), dtype, device)
+        hT = new_empty((batch, hidden), dtype, device)
+        cT = new_empty((batch, hidden), dtype, device) if lstm else None
+        gates = new_empty((steps, batch, g * hidden), acc, device)
+        has_extra = lstm or (spec.kind == "gru" and spec.reset_after)
+        extra = new_empty((steps, batch, hidden), acc, device) if has_extra else None
+        if batch == 0:
+            return Saved(out, hT, cT, gates, extra)
+        config = self._plan("forward", spec, hidden, batch, dtype, device, rec_mask is not None)
+        state = torch.empty((2, batch, hidden), dtype=acc, device=device)
+        two_phase = spec.kind == "gru" and not spec.reset_after
+        scratch = torch.empty((batch, hidden), dtype=acc, device=device) if two_phase else None
+        barrier = torch.zeros(1, dtype=torch.int32, device=device)
+        args = (
+            _ptr(xg), _ptr(w_hh), _ptr(b_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask),
+            _ptr(out), _ptr(hT), _ptr(cT), _ptr(gates), _ptr(extra), _ptr(state), _ptr(scratch),
+            _ptr(barrier),
+            _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.batch_tile),
+            _i32(bool(reverse)),
+        )
+        self._launch(device, config, args)
+        return Saved(out, hT, cT, gates, extra)
+
+    def backward(self, spec, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, saved, dout, dhT, dcT):
+        """Reverse-time recurrence: (dxg, dh0, dc0); see rnn.backends for the contract."""
+        steps, batch, hidden, device, dtype, acc = _check_common(spec, saved.out, "saved.out", w_hh, gates_tensor=False)
+        lstm = spec.kind == "lstm"
+        g = N_GATES[spec.kind]
+        w_hh, b_hh, h0, c0, mask, rec_mask = _prepare(spec, steps, batch, hidden, device, dtype, acc,
+                                                      w_hh, b_hh, h0, c0, mask, rec_mask)
+        gates = _expect(saved.gates, "saved.gates", (steps, batch, g * hidden), acc, device)
+        has_extra = lstm or (spec.kind == "gru" and spec.reset_after)
+        extra = _expect(saved.extra, "saved.extra", (steps, batch, hidden), acc, device) if has_extra else None
+        out = saved.out.contiguous()
+        dout = _optional(dout, "dout", (steps, batch, hidden), dtype, device)
+        dhT = _optional(dhT, "dhT", (batch, hidden), dtype, device)
+        dcT = _optional(dcT, "dcT", (batch, hidden), dtype, device) if lstm else None
+        dxg = new_empty((steps, batch, g * hidden), dtype, device)
+        dh0 = new_empty((batch, hidden), dtype, device)
+        dc0 = new_empty((batch, hidden), dtype, device) if lstm else None
+        if batch == 0:
+            return dxg, dh0, dc0
+        config = self._plan("backward", spec, hidden, batch, dtype, device, rec_mask is not None)
+        state = torch.empty((2, batch, hidden), dtype=acc, device=device)
+        scratch = torch.empty((2, batch, g * hidden), dtype=acc, device=device)
+        barrier = torch.zeros(1, dtype=torch.int32, device=device)
+        args = (
+            _ptr(w_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask), _ptr(out), _ptr(gates), _ptr(extra),
+            _ptr(dout), _ptr(dhT), _ptr(dcT), _ptr(dxg), _ptr(dh0), _ptr(dc0), _ptr(state), _ptr(scratch),
+            _ptr(barrier),
+            _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.batch_tile),
+            _i32(bool(reverse)),
+        )
+        self._launch(device, config, args)
+        return dxg, dh0, dc0
+
+
+class Saved(NamedTuple):
+    """Same fields as rnn.backends.Saved (kernels never import rnn)."""
+
+    out: torch.Tensor
+    hT: torch.Tensor
+    cT: "torch.Tensor | None"
+    gates: torch.Tensor
+    extra: "torch.Tensor | None"
+
+
+# ----------------------------------------------------------------------------------------------
+# argument checks and conversion (torch only; every tensor handed to a kernel is contiguous)
+
+def _ptr(t):
+    import numpy
+
+    return numpy.uint64(0 if t is None else t.data_ptr())
+
+
+def _i32(v):
+    import numpy
+
+    return numpy.int32(v)
+
+
+def _shape(t):
+    return tuple(t.shape)
+
+
+def _check_common(spec, x, name, w_hh, gates_tensor=True):
+    """(T, B, H, device, dtype, accumulation dtype) from the leading tensor and w_hh."""
+    if spec.kind not in N_GATES:
+        raise ValueError(f"cell kind must be one of {tuple(N_GATES)}, got {spec.kind!r}")
+    for act in (spec.activation, spec.recurrent_activation):
+        if act not in ACT_CODES:
+            raise ValueError(f"activation must be one of {tuple(ACT_CODES)}, got {act!r}")
+    g = N_GATES[spec.kind]
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"{name} must be a 3-d tensor (T, B, {'G*H' if gates_tensor else 'H'}), got "
+                         f"{_shape(x) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.device.type != "cuda":
+        raise ValueError(f"the cupy backend needs CUDA tensors, {name} is on {x.device}")
+    if x.dtype not in DTYPES:
+        raise ValueError(f"the cupy backend supports dtypes {[str(d) for d in DTYPES]}, {name} is {x.dtype}")
+    if not isinstance(w_hh, torch.Tensor) or w_hh.dim() != 2 or w_hh.shape[0] != g * w_hh.shape[1]:
+        raise ValueError(f"w_hh must have shape (G*H, H) with G={g} for {spec.kind}, got "
+                         f"{_shape(w_hh) if isinstance(w_hh, torch.Tensor) else type(w_hh).__name__}")
+    hidden = w_hh.shape[1]
+    steps, batch, width = x.shape
+    expected = g * hidden if gates_tensor else hidden
+    if width != expected:
+        raise ValueError(f"{name} must have shape (T, B, {expected}) for {spec.kind} with H={hidden}, got {_shape(x)}")
+    return steps, batch, hidden, x.device, x.dtype, DTYPES[x.dtype][2]
+
+
+def _expect(t, name, shape, dtype, device):
+    if not isinstance(t, torch.Tensor) or _shape(t) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {_shape(t) if isinstance(t, torch.Tensor) else t!r}")
+    if t.device != device:
+        raise ValueError(f"{name} must be on {device}, got {t.device}")
+    return t.to(dtype).contiguous()
+
+
+def _optional(t, name, shape, dtype, device):
+    return None if t is None else _expect(t, name, shape, dtype, device)
+
+
+def _prepare(spec, steps, batch, hidden, device, dtype, acc, w_hh, b_hh, h0, c0, mask, rec_mask):
+    g = N_GATES[spec.kind]
+    w_hh = _expect(w_hh, "w_hh", (g * hidden, hidden), dtype, device)
+    b_hh = _optional(b_hh, "b_hh", (g * hidden,), dtype, device)
+    h0 = _optional(h0, "h0", (batch, hidden), dtype, device)
+    c0 = _optional(c0, "c0", (batch, hidden), dtype, device) if spec.kind == "lstm" else None
+    if mask is not None:
+        if _shape(mask) != (steps, batch):
+            raise ValueError(f"mask must have shape (T, B) = {(steps, batch)}, got {_shape(mask)}")
+        mask = mask.to(device=device, dtype=torch.bool).contiguous()  # bool is one byte: 0 / 1
+    rec_mask = _optional(rec_mask, "rec_mask", (g, batch, hidden), acc, device)
+    return w_hh, b_hh, h0, c0, mask, rec_mask

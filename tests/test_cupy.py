@@ -1,0 +1,594 @@
+"""The CuPy backend: CUDA sources compile (nvcc, sm_90 and sm_80), the pure-Python configuration
+choice and its limits, availability reasons without CuPy / without CUDA, and (GPU only) forward
+and gradients against the NumPy reference, poisoned outputs, masked NaN steps, determinism."""
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import kernels.cupy as kc
+from tests.tolerances import assert_close
+
+ROOT = Path(__file__).resolve().parents[1]
+NVCC = shutil.which("nvcc")
+needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+
+
+def spec(kind, activation="tanh", recurrent_activation="sigmoid", reset_after=True):
+    """A stand-in with CellSpec's attributes (the kernels package never imports rnn)."""
+    return types.SimpleNamespace(kind=kind, activation=activation, recurrent_activation=recurrent_activation,
+                                 reset_after=reset_after if kind == "gru" else True)
+
+
+# ------------------------------------------------------------------------------------------------
+# import / availability without CuPy or CUDA
+
+def test_import_does_not_import_cupy():
+    code = "import sys, kernels.cupy; assert 'cupy' not in sys.modules, 'cupy imported eagerly'; print('ok')"
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def test_unavailable_without_cupy(monkeypatch):
+    def missing():
+        raise ImportError("No module named 'cupy'")
+
+    monkeypatch.setattr(kc, "_import_cupy", missing)
+    why = kc.CupyBackend().unavailable_reason(torch.device("cuda"), spec("lstm"), 128, 4, torch.float32)
+    assert why == "cupy is not installed (pip install fused-rnn[cuda12] or [cuda13])"
+
+
+def test_unavailable_on_cpu():
+    why = kc.CupyBackend().unavailable_reason(torch.device("cpu"), spec("gru"), 128, 4, torch.float32)
+    assert why is not None and "CUDA" in why and "cpu" in why
+
+
+def _fake_gpu_backend(monkeypatch, limits=kc.H100):
+    """A backend that believes CuPy and a GPU with `limits` are present (pure-Python checks)."""
+    monkeypatch.setattr(kc, "_import_cupy", lambda: types.SimpleNamespace())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    backend = kc.CupyBackend()
+    monkeypatch.setattr(backend, "device_limits", lambda device: limits)
+    return backend
+
+
+def test_unavailable_reasons_with_limits(monkeypatch):
+    backend = _fake_gpu_backend(monkeypatch)
+    dev = torch.device("cuda:0")
+    assert backend.unavailable_reason(dev, spec("lstm"), 768, 16, torch.bfloat16) is None
+    assert backend.unavailable_reason(dev, spec("gru", reset_after=False), 37, 3, torch.float32) is None
+    why = backend.unavailable_reason(dev, spec("lstm"), 4096, 16, torch.float32)
+    assert why is not None and "shared memory" in why and "4096" in why and "backend='triton'" in why
+    why = backend.unavailable_reason(dev, spec("rnn"), 64, 2, torch.int32)
+    assert why is not None and "int32" in why
+    old = kc.DeviceLimits("old", 80, 98304, 98304, compute_capability=(6, 1))
+    backend = _fake_gpu_backend(monkeypatch, old)
+    assert "compute capability" in backend.unavailable_reason(dev, spec("rnn"), 64, 2, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration choice (pure Python)
+
+@pytest.mark.parametrize("limits", [kc.H100, kc.A100], ids=lambda l: l.name)
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("hidden,batch", [(1, 1), (37, 3), (256, 64), (768, 16), (1000, 7)])
+def test_plan_invariants(limits, direction, kind, dtype, hidden, batch):
+    try:
+        c = kc.plan(direction, kind, hidden, batch, dtype, limits, rec_mask=hidden == 37)
+    except kc.SizeLimitError as exc:  # only the big fp64 / fp32 cells on the smaller GPU
+        assert hidden >= 768 and dtype in (torch.float64, torch.float32), exc
+        limit = kc.max_hidden(direction, kind, batch, dtype, limits, rec_mask=hidden == 37)
+        assert limit < hidden and f"limit {limit} " in str(exc)
+        return
+    assert c.units >= 1 and (c.grid - 1) * c.units < hidden <= c.grid * c.units  # every unit owned once
+    assert c.grid <= c.blocks_per_sm * limits.sm_count  # co-resident
+    assert 1 <= c.batch_tile <= batch
+    assert c.smem == kc._smem_bytes(direction, kind, hidden, dtype, c.rec_mask, c.units, c.batch_tile)
+    assert c.smem <= limits.smem_per_block_optin
+    assert c.blocks_per_sm * (c.smem + limits.reserved_smem_per_block) <= limits.smem_per_sm
+    # W_hh slice: G gates x U rows x H of the storage type
+    w = kc.N_GATES[kind] * c.units * hidden * kc.DTYPES[dtype][1]
+    assert c.smem >= w
+
+
+def test_plan_known_configurations():
+    c = kc.plan("forward", "lstm", 768, 16, torch.float16, kc.H100)
+    assert (c.units, c.grid, c.batch_tile, c.blocks_per_sm) == (6, 128, 16, 1)
+    assert c.smem == 16 * 768 * 4 + 4 * 6 * 768 * 2
+    c = kc.plan("backward", "gru", 37, 3, torch.float32, kc.H100)
+    assert (c.units, c.grid, c.batch_tile) == (1, 37, 3)
+    c = kc.plan("forward", "rnn", 1024, 256, torch.float32, kc.H100)
+    assert (c.units, c.grid) == (8, 128) and c.batch_tile < 256  # batch is staged in tiles
+
+
+def test_size_limit_message_and_limit():
+    limit = kc.max_hidden("forward", "lstm", 16, torch.float32, kc.H100)
+    assert 1000 < limit < 2000
+    kc.plan("forward", "lstm", limit, 16, torch.float32, kc.H100)  # the limit itself fits
+    with pytest.raises(kc.SizeLimitError) as info:
+        kc.plan("forward", "lstm", 4096, 16, torch.float32, kc.H100)
+    msg = str(info.value)
+    for part in ("W_hh needs 2048.0 KiB of shared memory per block with 132 blocks", "227.0 KiB",
+                 "hidden size 4096", f"limit {limit}", "use backend='triton'"):
+        assert part in msg, msg
+    # half precision stores W_hh in 2 bytes: a larger limit
+    assert kc.max_hidden("forward", "lstm", 16, torch.bfloat16, kc.H100) > limit
+
+
+def test_plan_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="direction"):
+        kc.plan("sideways", "lstm", 8, 1, torch.float32, kc.H100)
+    with pytest.raises(ValueError, match="cell kind"):
+        kc.plan("forward", "mgu", 8, 1, torch.float32, kc.H100)
+    with pytest.raises(ValueError, match="dtypes"):
+        kc.plan("forward", "lstm", 8, 1, torch.int8, kc.H100)
+    with pytest.raises(ValueError, match="hidden size"):
+        kc.plan("forward", "lstm", 0, 1, torch.float32, kc.H100)
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA sources compile (nvcc --ptx is enough to type-check and code-generate the kernels)
+
+def _nvcc(args, source_file, cwd=ROOT):
+    cmd = [NVCC, "-std=c++17", "--ptx", "-o", os.devnull, *args, str(source_file)]
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr[-4000:]}"
+    return res
+
+
+@needs_nvcc
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+@pytest.mark.parametrize("file", ["forward.cu", "backward.cu"])
+def test_sources_compile_standalone(file, arch):
+    res = _nvcc([f"-arch={arch}", "-I", "kernels", "-Werror", "all-warnings"], Path("kernels/cupy") / file)
+    assert "warning" not in res.stderr.lower(), res.stderr
+
+
+GENERATED = [
+    ("forward", "lstm", "tanh", "sigmoid", True, torch.bfloat16, False, "cg"),
+    ("backward", "lstm", "relu", "hard_sigmoid", True, torch.float16, True, "cg"),
+    ("forward", "gru", "tanh", "sigmoid", False, torch.float32, True, "atomic"),
+    ("backward", "gru", "linear", "sigmoid", False, torch.bfloat16, False, "cg"),
+    ("backward", "gru", "tanh", "hard_sigmoid", True, torch.float32, False, "atomic"),
+    ("forward", "rnn", "relu", "sigmoid", True, torch.float64, True, "cg"),
+]
+
+
+@needs_nvcc
+@pytest.mark.parametrize("case", GENERATED, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
+def test_generated_configurations_compile(case, tmp_path):
+    direction, kind, act, ract, reset_after, dtype, rec_mask, barrier = case
+    config = kc.plan(direction, kind, 37, 3, dtype, kc.H100, activation=act, recurrent_activation=ract,
+                     reset_after=reset_after, rec_mask=rec_mask)
+    source, options, name = kc.kernel_source(config, barrier)
+    assert name.startswith(f"frnn::rnn_{direction}<") and "#include \"cupy/" not in source
+    path = tmp_path / "k.cu"
+    path.write_text(source)
+    _nvcc(["-arch=sm_90", *options], path, cwd=tmp_path)  # self-contained: no -I needed
+
+
+def test_kernel_source_options():
+    config = kc.plan("forward", "gru", 64, 2, torch.float32, kc.H100, reset_after=False)
+    _, options, name = kc.kernel_source(config)
+    assert "-DFRNN_NO_DEFAULT_INSTANTIATIONS" in options and "-DFRNN_ATOMIC_BARRIER" not in options
+    assert name == "frnn::rnn_forward<1, 0, 2, false, float, false, 4, 256>"
+    _, options, _ = kc.kernel_source(config, "atomic")
+    assert "-DFRNN_ATOMIC_BARRIER" in options
+    with pytest.raises(ValueError, match="barrier"):
+        kc.kernel_source(config, "spin")
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: against the NumPy float64 reference
+
+def _case_id(c):
+    return "-".join(str(v).replace("torch.", "") for v in c)
+
+
+GPU_CASES = [
+    # kind, activation, recurrent_activation, reset_after, dtype, T, B, H, reverse, mask, rec_mask
+    ("lstm", "tanh", "sigmoid", True, torch.float32, 7, 3, 37, False, False, False),
+    ("lstm", "tanh", "sigmoid", True, torch.float32, 7, 3, 37, True, True, True),
+    ("lstm", "relu", "hard_sigmoid", True, torch.float64, 5, 4, 19, False, True, False),
+    ("gru", "tanh", "sigmoid", True, torch.float32, 7, 3, 37, False, True, True),
+    ("gru", "tanh", "sigmoid", False, torch.float32, 7, 3, 37, True, True, True),
+    ("gru", "linear", "hard_sigmoid", False, torch.float64, 6, 2, 21, False, False, False),
+    ("rnn", "tanh", "sigmoid", True, torch.float32, 7, 3, 37, False, True, True),
+    ("rnn", "relu", "sigmoid", True, torch.float64, 9, 5, 13, True, False, False),
+    # real sizes
+    ("lstm", "tanh", "sigmoid", True, torch.float32, 50, 16, 768, False, True, False),
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 50, 16, 768, False, False, False),
+    ("lstm", "tanh", "sigmoid", True, torch.float16, 50, 16, 768, True, True, True),
+    ("gru", "tanh", "sigmoid", True, torch.bfloat16, 40, 33, 512, False, True, False),
+    ("gru", "tanh", "sigmoid", False, torch.float16, 40, 8, 300, False, False, True),
+    ("rnn", "tanh", "sigmoid", True, torch.bfloat16, 60, 64, 1024, False, True, False),
+]
+
+
+def _inputs(rng, kind, dtype, T, B, H, I, use_mask, use_rec_mask):
+    g = kc.N_GATES[kind]
+    scale = 1.0 / np.sqrt(H)
+    p = {
+        "x": rng.standard_normal((T, B, I)),
+        "w_ih": rng.uniform(-scale, scale, (g * H, I)),
+        "w_hh": rng.uniform(-scale, scale, (g * H, H)),
+        "b_ih": rng.uniform(-scale, scale, (g * H,)),
+        "b_hh": rng.uniform(-scale, scale, (g * H,)),
+        "h0": 0.5 * rng.standard_normal((B, H)),
+        "c0": 0.5 * rng.standard_normal((B, H)) if kind == "lstm" else None,
+    }
+    # round to the dtype under test so the oracle sees exactly the kernel's inputs
+    p = {k: None if v is None else torch.tensor(v).to(dtype).double().numpy() for k, v in p.items()}
+    mask = None
+    if use_mask:
+        mask = rng.random((T, B)) > 0.3
+        mask[0, 0] = False  # a sequence that starts masked
+        mask[:, -1] = True
+    rec_mask = None
+    if use_rec_mask:
+        rec_mask = (rng.random((g, B, H)) > 0.25) / 0.75
+    return p, mask, rec_mask
+
+
+def _run_case(rng, case, poison=False):
+    ref = pytest.importorskip("rnn.reference")
+    from rnn.cells import CellSpec
+
+    kind, act, ract, reset_after, dtype, T, B, H, reverse, use_mask, use_rec_mask = case
+    cell = CellSpec(kind, act, ract, reset_after)
+    I = 11
+    p, mask, rec_mask = _inputs(rng, kind, dtype, T, B, H, I, use_mask, use_rec_mask)
+    out, hT, cT, cache = ref.forward(cell, p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["h0"], p["c0"],
+                                     mask, None, rec_mask, reverse)
+    dout = rng.standard_normal(out.shape)
+    dhT = rng.standard_normal(hT.shape)
+    dcT = rng.standard_normal(cT.shape) if cT is not None else None
+    grads = ref.backward(cache, dout, dhT, dcT)
+
+    dev = torch.device("cuda")
+    acc = kc.DTYPES[dtype][2]
+
+    def t(a, dt=dtype):
+        return None if a is None else torch.tensor(a, device=dev).to(dt)
+
+    xg = (t(p["x"], torch.float64) @ t(p["w_ih"], torch.float64).T + t(p["b_ih"], torch.float64)).to(dtype)
+    backend = kc.CupyBackend()
+    why = backend.unavailable_reason(dev, cell, H, B, dtype)
+    if why:
+        pytest.skip(why)
+    mask_t = None if mask is None else torch.tensor(mask, device=dev)
+    rec_t = t(rec_mask, acc)
+    saved = backend.forward(cell, xg, t(p["w_hh"]), t(p["b_hh"]), t(p["h0"]), t(p["c0"]), mask_t, rec_t, reverse)
+    dxg, dh0, dc0 = backend.backward(cell, t(p["w_hh"]), t(p["b_hh"]), t(p["h0"]), t(p["c0"]), mask_t, rec_t,
+                                     reverse, saved, t(dout), t(dhT), t(dcT))
+    torch.cuda.synchronize()
+    return dict(cell=cell, dtype=dtype, p=p, mask=mask, ref=(out, hT, cT, grads), saved=saved,
+                grads=(dxg, dh0, dc0), xg=xg)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=_case_id)
+def test_against_reference(rng, case):
+    r = _run_case(rng, case)
+    dtype, p = r["dtype"], r["p"]
+    out, hT, cT, grads = r["ref"]
+    saved = r["saved"]
+    dxg, dh0, dc0 = r["grads"]
+    assert_close("out", saved.out, out, dtype)
+    assert_close("hT", saved.hT, hT, dtype)
+    if cT is not None:
+        assert_close("cT", saved.cT, cT, dtype)
+    d = dxg.double().cpu().numpy()
+    T, B, GH = d.shape
+    assert_close("dx", d.reshape(T * B, GH) @ p["w_ih"], grads["x"].reshape(T * B, -1), dtype)
+    assert_close("db_ih", d.sum(axis=(0, 1)), grads["b_ih"], dtype)
+    assert_close("dw_ih", d.reshape(T * B, GH).T @ p["x"].reshape(T * B, -1), grads["w_ih"], dtype)
+    assert_close("dh0", dh0, grads["h0"], dtype)
+    if dc0 is not None:
+        assert_close("dc0", dc0, grads["c0"], dtype)
+    if r["mask"] is not None:  # masked steps: exactly zero gate gradient
+        assert np.all(d[~r["mask"]] == 0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [c for c in GPU_CASES if c[9]][:4], ids=_case_id)
+def test_poisoned_outputs_are_all_written(rng, case, monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_DEBUG_POISON", "1")
+    r = _run_case(rng, case)
+    s = r["saved"]
+    for name, tensor in [("out", s.out), ("hT", s.hT), ("cT", s.cT), ("gates", s.gates), ("extra", s.extra),
+                         ("dxg", r["grads"][0]), ("dh0", r["grads"][1]), ("dc0", r["grads"][2])]:
+        if tensor is not None:
+            assert torch.isfinite(tensor).all(), f"{name}: {int((~torch.isfinite(tensor)).sum())} unwritten"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,reset_after", [("lstm", True), ("gru", True), ("gru", False), ("rnn", True)])
+def test_nan_at_masked_steps_never_leaks(kind, reset_after):
+    T, B, H = 6, 4, 40
+    g = kc.N_GATES[kind]
+    dev = torch.device("cuda")
+    cell = spec(kind, reset_after=reset_after)
+    xg = torch.randn(T, B, g * H, device=dev)
+    mask = torch.ones(T, B, dtype=torch.bool, device=dev)
+    mask[2, 1] = mask[3, 1] = mask[0, 2] = False
+    xg[~mask] = float("nan")
+    w_hh = torch.randn(g * H, H, device=dev) / H**0.5
+    h0 = torch.randn(B, H, device=dev)
+    c0 = torch.randn(B, H, device=dev) if kind == "lstm" else None
+    backend = kc.CupyBackend()
+    s = backend.forward(cell, xg, w_hh, None, h0, c0, mask, None, False)
+    assert torch.isfinite(s.out).all() and torch.isfinite(s.hT).all()
+    assert torch.equal(s.out[2, 1], s.out[1, 1]) and torch.equal(s.out[3, 1], s.out[1, 1])
+    assert torch.equal(s.out[0, 2], h0[2])
+    dout = torch.randn(T, B, H, device=dev)
+    dxg, dh0, dc0 = backend.backward(cell, w_hh, None, h0, c0, mask, None, False, s, dout, None, None)
+    assert torch.isfinite(dxg).all() and torch.isfinite(dh0).all()
+    assert (dxg[~mask] == 0).all()
+
+
+@pytest.mark.gpu
+def test_deterministic(rng):
+    case = ("gru", "tanh", "sigmoid", True, torch.float32, 20, 16, 512, False, True, True)
+    a = _run_case(np.random.default_rng(5), case)
+    b = _run_case(np.random.default_rng(5), case)
+    assert torch.equal(a["saved"].out, b["saved"].out)
+    for x, y in zip(a["grads"], b["grads"]):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,dtype", [("lstm", torch.float32), ("lstm", torch.bfloat16), ("gru", torch.float16)])
+def test_largest_hidden_size_runs(rng, kind, dtype):
+    backend = kc.CupyBackend()
+    dev = torch.device("cuda")
+    limits = backend.device_limits(dev)
+    B = 4
+    H = min(kc.max_hidden(d, kind, B, dtype, limits) for d in ("forward", "backward"))
+    assert backend.unavailable_reason(dev, spec(kind), H, B, dtype) is None
+    assert backend.unavailable_reason(dev, spec(kind), 4 * H, B, dtype) is not None
+    case = (kind, "tanh", "sigmoid", True, dtype, 3, B, H, False, True, False)
+    r = _run_case(rng, case)
+    out = r["ref"][0]
+    assert_close("out at the size limit", r["saved"].out, out, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU: the exact kernel code, run under a host emulation of CUDA (one host thread per CUDA thread,
+# std::barrier for __syncthreads / grid.sync, a 32-thread exchange for warp shuffles), compared
+# with the NumPy reference. This checks the index arithmetic, the work split across blocks, batch
+# tiling, masking and the barrier placement without a GPU; it cannot check the GPU memory model
+# (the ld.cg loads), which the GPU tests cover.
+
+GXX = shutil.which("g++")
+
+EMULATION_SHIM = r"""
+#include <barrier>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+#define FRNN_HOST_EMULATION 1
+#define FRNN_NO_DEFAULT_INSTANTIATIONS 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+struct emu_dim3 { unsigned x = 0, y = 1, z = 1; };
+static thread_local emu_dim3 threadIdx, blockIdx;
+static emu_dim3 gridDim, blockDim;
+namespace emu {
+struct Warp { std::barrier<> bar{32}; double slot[32]; };
+struct Block { std::unique_ptr<std::barrier<>> bar; std::vector<std::unique_ptr<Warp>> warps; unsigned char* smem = nullptr; };
+static thread_local Block* block = nullptr;
+static std::barrier<>* grid_barrier = nullptr;
+}
+inline void __syncthreads() { emu::block->bar->arrive_and_wait(); }
+template <class T> inline T __shfl_xor_sync(unsigned, T v, int offset) {
+    emu::Warp& w = *emu::block->warps[threadIdx.x / 32];
+    const int lane = threadIdx.x % 32;
+    w.slot[lane] = (double)v;
+    w.bar.arrive_and_wait();
+    const T r = (T)w.slot[lane ^ offset];
+    w.bar.arrive_and_wait();
+    return r;
+}
+template <class T> inline T __ldcg(const T* p) { return *p; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline float frnn_emu_half_to_float(unsigned short b) { _Float16 h; std::memcpy(&h, &b, 2); return (float)h; }
+inline unsigned short frnn_emu_float_to_half(float f) { _Float16 h = (_Float16)f; unsigned short b; std::memcpy(&b, &h, 2); return b; }
+namespace cooperative_groups {
+struct grid_group { void sync() { emu::grid_barrier->arrive_and_wait(); } };
+inline grid_group this_grid() { return {}; }
+}
+namespace frnn { inline unsigned char* dynamic_smem() { return emu::block->smem; } }
+struct AnyPtr { void* p; template <class U> operator U*() const { return static_cast<U*>(p); } };
+
+template <class F> void emu_launch(int grid, int threads, size_t smem_bytes, F kernel) {
+    gridDim.x = grid;
+    blockDim.x = threads;
+    std::barrier<> gbar(grid * threads);
+    emu::grid_barrier = &gbar;
+    std::vector<emu::Block> blocks(grid);
+    for (auto& b : blocks) {
+        b.bar = std::make_unique<std::barrier<>>(threads);
+        for (int w = 0; w < threads / 32; ++w) b.warps.push_back(std::make_unique<emu::Warp>());
+        b.smem = static_cast<unsigned char*>(std::aligned_alloc(16, (smem_bytes + 15) / 16 * 16));
+        std::memset(b.smem, 0xff, smem_bytes);  // NaN-like garbage: unstaged reads show up
+    }
+    std::vector<std::thread> pool;
+    for (int b = 0; b < grid; ++b)
+        for (int t = 0; t < threads; ++t)
+            pool.emplace_back([&, b, t] {
+                threadIdx.x = t;
+                blockIdx.x = b;
+                emu::block = &blocks[b];
+                kernel();
+            });
+    for (auto& th : pool) th.join();
+    for (auto& b : blocks) std::free(b.smem);
+}
+#include "cupy/forward.cu"
+#include "cupy/backward.cu"
+"""
+
+EMULATION_ENTRY = r"""
+extern "C" void run_forward(void** p, const int* n, int grid, int threads, long smem) {
+    emu_launch(grid, threads, smem, [&] {
+        frnn::rnn_forward<ARGS>(AnyPtr{p[0]}, AnyPtr{p[1]}, AnyPtr{p[2]}, AnyPtr{p[3]}, AnyPtr{p[4]}, AnyPtr{p[5]},
+                                AnyPtr{p[6]}, AnyPtr{p[7]}, AnyPtr{p[8]}, AnyPtr{p[9]}, AnyPtr{p[10]}, AnyPtr{p[11]},
+                                AnyPtr{p[12]}, AnyPtr{p[13]}, AnyPtr{p[14]}, n[0], n[1], n[2], n[3], n[4], n[5]);
+    });
+}
+extern "C" void run_backward(void** p, const int* n, int grid, int threads, long smem) {
+    emu_launch(grid, threads, smem, [&] {
+        frnn::rnn_backward<ARGS>(AnyPtr{p[0]}, AnyPtr{p[1]}, AnyPtr{p[2]}, AnyPtr{p[3]}, AnyPtr{p[4]}, AnyPtr{p[5]},
+                                 AnyPtr{p[6]}, AnyPtr{p[7]}, AnyPtr{p[8]}, AnyPtr{p[9]}, AnyPtr{p[10]}, AnyPtr{p[11]},
+                                 AnyPtr{p[12]}, AnyPtr{p[13]}, AnyPtr{p[14]}, AnyPtr{p[15]}, AnyPtr{p[16]},
+                                 n[0], n[1], n[2], n[3], n[4], n[5]);
+    });
+}
+"""
+
+# a small device: 3 SMs, so H=13 splits 5 + 5 + 3 units over 3 blocks
+EMU_LIMITS = kc.DeviceLimits("emulated", 3, 48 * 1024, 64 * 1024)
+
+EMU_CASES = [
+    # kind, activation, recurrent_activation, reset_after, dtype, T, B, H, reverse, mask, rec_mask, rows, max tile
+    ("lstm", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2),
+    ("lstm", "relu", "hard_sigmoid", True, torch.float32, 6, 3, 13, True, False, False, 2, None),
+    ("gru", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, True, True, True, 4, 3),
+    ("gru", "tanh", "sigmoid", False, torch.float64, 7, 5, 13, False, True, True, 2, 2),
+    ("gru", "linear", "hard_sigmoid", False, torch.float32, 5, 3, 13, True, False, False, 4, None),
+    ("rnn", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2),
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 6, 4, 13, False, True, False, 4, None),
+    ("gru", "tanh", "sigmoid", True, torch.float16, 6, 4, 13, False, False, True, 4, 3),
+    # fewer units than SMs (2 blocks of 1 unit), a single sequence, a single step
+    ("lstm", "tanh", "sigmoid", True, torch.float64, 4, 1, 2, True, True, True, 4, None),
+    ("gru", "tanh", "sigmoid", False, torch.float64, 1, 3, 7, False, False, True, 4, None),
+]
+
+
+def _np_storage(a, dtype):
+    """A float64 array in the kernel's storage type (16-bit floats as raw bits)."""
+    t = torch.tensor(a).to(dtype).contiguous()
+    if dtype in (torch.bfloat16, torch.float16):
+        return t.view(torch.int16).numpy().copy()
+    return t.numpy().copy()
+
+
+def _from_storage(a, dtype):
+    if dtype in (torch.bfloat16, torch.float16):
+        return torch.from_numpy(a).view(dtype).double().numpy()
+    return a.astype(np.float64)
+
+
+def _storage_np_dtype(dtype):
+    return {torch.float32: np.float32, torch.float64: np.float64}.get(dtype, np.int16)
+
+
+@pytest.fixture(scope="module")
+def emu_build(tmp_path_factory):
+    cache = {}
+
+    def build(template_args):
+        if template_args not in cache:
+            import ctypes
+
+            d = tmp_path_factory.mktemp("emu")
+            src = d / "emu.cpp"
+            src.write_text(EMULATION_SHIM + EMULATION_ENTRY.replace("ARGS", template_args))
+            lib = d / "emu.so"
+            cmd = [GXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas",
+                   "-I", str(ROOT / "kernels"), "-o", str(lib), str(src)]
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            assert res.returncode == 0, res.stderr[-4000:]
+            cache[template_args] = ctypes.CDLL(str(lib))
+        return cache[template_args]
+
+    return build
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ not on PATH")
+@pytest.mark.parametrize("case", EMU_CASES, ids=_case_id)
+def test_kernels_under_host_emulation(rng, case, emu_build):
+    import ctypes
+
+    ref = pytest.importorskip("rnn.reference")
+    from rnn.cells import CellSpec
+
+    kind, act, ract, reset_after, dtype, T, B, H, reverse, use_mask, use_rec_mask, rows, max_tile = case
+    cell = CellSpec(kind, act, ract, reset_after)
+    g = kc.N_GATES[kind]
+    acc_np = np.float64 if dtype == torch.float64 else np.float32
+    p, mask, rec_mask = _inputs(rng, kind, dtype, T, B, H, 5, use_mask, use_rec_mask)
+    out, hT, cT, cache = ref.forward(cell, p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["h0"], p["c0"],
+                                     mask, None, rec_mask, reverse)
+    dout, dhT = rng.standard_normal(out.shape), rng.standard_normal(hT.shape)
+    dcT = rng.standard_normal(cT.shape) if cT is not None else None
+    grads = ref.backward(cache, dout, dhT, dcT)
+
+    configs = {d: kc.plan(d, kind, H, B, dtype, EMU_LIMITS, activation=act, recurrent_activation=ract,
+                          reset_after=reset_after, rec_mask=use_rec_mask, threads=64, rows=rows,
+                          max_batch_tile=max_tile) for d in ("forward", "backward")}
+    expected = (3, 5) if H == 13 else (min(H, 3), -(-H // min(H, 3)))
+    assert (configs["forward"].grid, configs["forward"].units) == expected
+    lib = emu_build(configs["forward"].template_args)
+    sdt = _storage_np_dtype(dtype)
+
+    def nan_array(shape, dt):  # poisoned outputs
+        a = np.empty(shape, dt)
+        a.fill(np.nan if dt != np.int16 else -1)  # 0xffff is a NaN in fp16 and bf16
+        return a
+
+    def call(fn, arrays, config):
+        ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
+        ints = (ctypes.c_int * 6)(T, B, H, config.units, config.batch_tile, int(reverse))
+        fn(ptrs, ints, config.grid, config.threads, ctypes.c_long(config.smem))
+
+    xg = _np_storage(p["x"] @ p["w_ih"].T + p["b_ih"], dtype)
+    w_hh, b_hh, h0 = _np_storage(p["w_hh"], dtype), _np_storage(p["b_hh"], dtype), _np_storage(p["h0"], dtype)
+    c0 = _np_storage(p["c0"], dtype) if kind == "lstm" else None
+    mask_u8 = None if mask is None else mask.astype(np.uint8)
+    rec = None if rec_mask is None else rec_mask.astype(acc_np)
+    o, h_T, c_T = nan_array((T, B, H), sdt), nan_array((B, H), sdt), nan_array((B, H), sdt)
+    gates, extra = nan_array((T, B, g * H), acc_np), nan_array((T, B, H), acc_np)
+    state, scratch = nan_array((2, B, H), acc_np), nan_array((B, H), acc_np)
+    barrier = np.zeros(1, np.uint32)
+    call(lib.run_forward, [xg, w_hh, b_hh, h0, c0, mask_u8, rec, o, h_T, c_T, gates, extra, state, scratch,
+                           barrier], configs["forward"])
+    assert_close("out", _from_storage(o, dtype), out, dtype)
+    assert_close("hT", _from_storage(h_T, dtype), hT, dtype)
+    if cT is not None:
+        assert_close("cT", _from_storage(c_T, dtype), cT, dtype)
+    assert np.isfinite(gates).all()
+    if kind == "lstm" or (kind == "gru" and reset_after):
+        assert np.isfinite(extra).all()
+
+    dxg, dh0, dc0 = nan_array((T, B, g * H), sdt), nan_array((B, H), sdt), nan_array((B, H), sdt)
+    bstate, bscratch = nan_array((2, B, H), acc_np), nan_array((2, B, g * H), acc_np)
+    call(lib.run_backward, [w_hh, h0, c0, mask_u8, rec, o, gates, extra, _np_storage(dout, dtype),
+                            _np_storage(dhT, dtype), None if dcT is None else _np_storage(dcT, dtype),
+                            dxg, dh0, dc0, bstate, bscratch, barrier], configs["backward"])
+    d = _from_storage(dxg, dtype)
+    assert_close("dx", d.reshape(T * B, -1) @ p["w_ih"], grads["x"].reshape(T * B, -1), dtype)
+    assert_close("db_ih", d.sum(axis=(0, 1)), grads["b_ih"], dtype)
+    assert_close("dh0", _from_storage(dh0, dtype), grads["h0"], dtype)
+    if kind == "lstm":
+        assert_close("dc0", _from_storage(dc0, dtype), grads["c0"], dtype)
+    if mask is not None:
+        assert np.all(d[~mask] == 0.0)
