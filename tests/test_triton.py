@@ -1,0 +1,418 @@
+"""The Triton backend (kernels.triton) against the NumPy float64 oracle and the torch backend.
+
+On a CPU-only machine the kernels run in the Triton interpreter (conftest sets TRITON_INTERPRET=1):
+the persistent path as one program, the per-step path with 16-wide blocks (several programs, so
+the slicing of W_hh / h / dgates across programs is exercised). The oracle is fed x = xg (the gate
+pre-activations the kernel receives, rounded to the dtype under test) with w_ih = identity, so its
+dx IS the dxg the kernel must produce. GPU-only cases (real sizes, the multi-program persistent
+path with its grid barrier, the CUDA-graph per-step path) are marked `gpu`.
+"""
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from problems import CELLS, draw, upstream
+from rnn import reference
+from rnn.cells import CellSpec
+from rnn.recurrence_torch import TorchBackend
+from tolerances import assert_close
+
+triton = pytest.importorskip("triton")
+from kernels.triton import TritonBackend, make_plan  # noqa: E402
+from kernels.triton import backend as tb  # noqa: E402
+
+T, B, I, H = 7, 3, 5, 37
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    """Every kernel output starts as NaN: an element a kernel forgets to write fails the test."""
+    monkeypatch.setenv("FUSED_RNN_DEBUG_POISON", "1")
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def make_case(rng, spec, dtype, *, reverse=False, mask=None, rec_mask=False, bias=True, h0=True,
+              T=T, B=B, H=H, device=DEVICE):
+    """One random problem: kernel inputs in `dtype` and their values (after rounding) in float64."""
+    p = draw(rng, spec, T=T, B=B, I=I, H=H, bias=bias, h0=h0, mask=mask, rec_mask=rec_mask)
+    xg = p["x"] @ p["w_ih"].T + (p["b_ih"] if bias else 0.0)
+    G = spec.n_gates
+    h0_ = p["h0"] if h0 else np.zeros((B, H))
+    c0 = (p["c0"] if h0 else np.zeros((B, H))) if spec.kind == "lstm" else None
+
+    def t(a):
+        return None if a is None else torch.as_tensor(a, dtype=torch.float64).to(dtype).to(device)
+
+    k = dict(xg=t(xg), w_hh=t(p["w_hh"]), b_hh=t(p["b_hh"]), h0=t(h0_), c0=t(c0),
+             mask=None if p["mask"] is None else torch.as_tensor(p["mask"], device=device),
+             rec_mask=t(p["rec_mask"]), reverse=reverse)
+    dout, dhT, dcT = upstream(rng, spec, T, B, H)
+    k["grads"] = (t(dout), t(dhT), t(dcT))
+    f64 = {n: (v.detach().to("cpu", torch.float64) if isinstance(v, torch.Tensor) else v) for n, v in k.items()
+           if n not in ("grads", "mask")}
+    f64["mask"] = None if k["mask"] is None else k["mask"].cpu()
+    f64["grads"] = tuple(None if g is None else g.to("cpu", torch.float64) for g in k["grads"])
+    f64["G"] = G
+    return k, f64
+
+
+def run_kernel(backend, spec, k):
+    saved = backend.forward(spec, k["xg"], k["w_hh"], k["b_hh"], k["h0"], k["c0"], k["mask"],
+                            k["rec_mask"], k["reverse"])
+    dout, dhT, dcT = k["grads"]
+    grads = backend.backward(spec, k["w_hh"], k["b_hh"], k["h0"], k["c0"], k["mask"], k["rec_mask"],
+                             k["reverse"], saved, dout, dhT, dcT)
+    return saved, grads
+
+
+def oracle(spec, f):
+    """NumPy oracle with x = xg, w_ih = identity: returns (out, hT, cT), {x: dxg, h0, c0}."""
+    n = lambda a: None if a is None else a.numpy()  # noqa: E731
+    G = f["G"]
+    Hh = f["w_hh"].shape[1]
+    out, hT, cT, cache = reference.forward(
+        spec, n(f["xg"]), np.eye(G * Hh), n(f["w_hh"]), None, n(f["b_hh"]), n(f["h0"]), n(f["c0"]),
+        n(f["mask"]), None, n(f["rec_mask"]), f["reverse"])
+    g = reference.backward(cache, *(n(x) for x in f["grads"]))
+    return (out, hT, cT), g
+
+
+def check(label, spec, saved, grads, f, dtype):
+    """Outputs and gradients against the oracle; gates / extra (valid steps) against torch float64."""
+    (rout, rhT, rcT), rg = oracle(spec, f)
+    out, hT, cT, gates, extra = saved
+    assert out.dtype == dtype and hT.dtype == dtype
+    cdt = torch.float64 if dtype == torch.float64 else torch.float32
+    assert gates.dtype == cdt and grads[0].dtype == cdt
+    assert_close(f"{label} out", out, rout, dtype)
+    assert_close(f"{label} hT", hT, rhT, dtype)
+    if spec.kind == "lstm":
+        assert cT.dtype == dtype
+        assert_close(f"{label} cT", cT, rcT, dtype)
+    else:
+        assert cT is None
+    dxg, dh0, dc0 = grads
+    assert_close(f"{label} dxg", dxg, rg["x"], dtype)
+    assert_close(f"{label} dh0", dh0, rg["h0"], dtype)
+    if spec.kind == "lstm":
+        assert_close(f"{label} dc0", dc0, rg["c0"], dtype)
+    else:
+        assert dc0 is None
+    # the saved tensors: same as the torch backend's (float64) wherever the step is valid
+    ref = TorchBackend().forward(spec, f["xg"], f["w_hh"], f["b_hh"], f["h0"], f["c0"], f["mask"],
+                                 f["rec_mask"], f["reverse"])
+    valid = torch.ones(out.shape[:2], dtype=torch.bool) if f["mask"] is None else f["mask"]
+    assert_close(f"{label} gates", gates.cpu()[valid], ref.gates[valid], dtype)
+    has_extra = spec.kind == "lstm" or (spec.kind == "gru" and spec.reset_after)
+    assert (extra is not None) == has_extra
+    if has_extra:
+        assert_close(f"{label} extra", extra.cpu()[valid], ref.extra[valid], dtype)
+    for name, tensor in (("out", out), ("gates", gates), ("extra", extra), ("dxg", dxg)):
+        if tensor is not None:  # masked steps too: nothing left unwritten (poisoned)
+            assert torch.isfinite(tensor).all(), f"{label} {name}: unwritten or non-finite elements"
+
+
+# (reverse, mask, rec_mask, bias, h0): options combined so every one is covered in few cases
+OPTIONS = {
+    "plain": (False, None, False, True, True),
+    "rev-mask-recdrop": (True, "some", True, True, True),
+    "mask-recdrop-nobias-noh0": (False, "some", True, False, False),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# interpreter (or GPU) correctness at T=7, B=3, H=37
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("opts", list(OPTIONS), ids=list(OPTIONS))
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_persistent_float64(rng, name, spec, opts):
+    reverse, mask, rec_mask, bias, h0 = OPTIONS[opts]
+    k, f = make_case(rng, spec, torch.float64, reverse=reverse, mask=mask, rec_mask=rec_mask, bias=bias, h0=h0)
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    check(f"{name}/{opts}", spec, saved, grads, f, torch.float64)
+
+
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_per_step_path(rng, name, spec):
+    """The per-step fallback (several programs per launch in the interpreter)."""
+    backend = TritonBackend(per_step=True)
+    reverse, mask, rec_mask, bias, h0 = OPTIONS["rev-mask-recdrop"]
+    k, f = make_case(rng, spec, torch.float64, reverse=reverse, mask=mask, rec_mask=rec_mask, bias=bias, h0=h0)
+    saved, grads = run_kernel(backend, spec, k)
+    check(f"{name}/per-step", spec, saved, grads, f, torch.float64)
+
+
+FP32_CASES = [(name, spec, False) for name, spec in CELLS] + [("lstm", CELLS[0][1], True)]
+
+
+@pytest.mark.parametrize("name,spec,per_step", FP32_CASES,
+                         ids=[f"{c[0]}-{'per-step' if c[2] else 'persistent'}" for c in FP32_CASES])
+def test_float32(rng, name, spec, per_step):
+    k, f = make_case(rng, spec, torch.float32, reverse=True, mask="some", rec_mask=True)
+    saved, grads = run_kernel(TritonBackend(per_step=per_step), spec, k)
+    check(f"{name}/fp32", spec, saved, grads, f, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("name,spec", CELLS[:3], ids=[c[0] for c in CELLS[:3]])
+def test_half_precision(rng, name, spec, dtype):
+    """fp16 / bf16 I/O with fp32 compute (bf16 matmuls run in fp32 in the interpreter, whose bf16
+    tl.dot is broken; same values, fp32 accumulation)."""
+    k, f = make_case(rng, spec, dtype, mask="some", rec_mask=True)
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    check(f"{name}/{dtype}", spec, saved, grads, f, dtype)
+
+
+ACTIVATION_CASES = [  # (kind, activation, recurrent_activation, reset_after)
+    ("lstm", "relu", "hard_sigmoid", True),
+    ("lstm", "linear", "tanh", True),
+    ("gru", "relu", "hard_sigmoid", True),
+    ("gru", "linear", "hard_sigmoid", False),
+    ("rnn", "relu", "sigmoid", True),
+    ("rnn", "hard_sigmoid", "sigmoid", True),
+]
+
+
+@pytest.mark.parametrize("kind,act,ract,ra", ACTIVATION_CASES, ids=["-".join(map(str, c)) for c in ACTIVATION_CASES])
+def test_activations(rng, kind, act, ract, ra):
+    spec = CellSpec(kind, act, ract, reset_after=ra)
+    k, f = make_case(rng, spec, torch.float64, reverse=True, mask="some", rec_mask=True)
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    check(f"{kind}/{act}/{ract}", spec, saved, grads, f, torch.float64)
+
+
+def test_masked_step_does_not_leak_nan(rng):
+    """NaN in the gate inputs of a masked step must not reach any output or gradient."""
+    spec = CellSpec("gru", reset_after=True)
+    k, f = make_case(rng, spec, torch.float64, mask="some", rec_mask=True)
+    masked = ~k["mask"]
+    assert masked.any()
+    k["xg"][masked] = float("nan")
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    f["xg"] = f["xg"].clone()
+    f["xg"][masked.cpu()] = 0.0  # the oracle's where() would also keep the NaN out; 0 is equivalent
+    check("gru/nan-in-masked", spec, saved, grads, f, torch.float64)
+
+
+def test_poison_is_active():
+    """The autouse fixture really poisons (otherwise the finiteness checks could not fail)."""
+    from kernels import new_empty
+
+    assert torch.isnan(new_empty((2, 3), torch.float32, "cpu")).all()
+
+
+@pytest.mark.parametrize("name,spec", [CELLS[0], CELLS[2]], ids=["lstm", "gru_classic"])
+def test_deterministic(rng, name, spec):
+    k, _ = make_case(rng, spec, torch.float32, mask="some", rec_mask=True)
+    a = run_kernel(TritonBackend(), spec, k)
+    b = run_kernel(TritonBackend(), spec, k)
+    for x, y in zip([*a[0], *a[1]], [*b[0], *b[1]]):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
+def test_through_autograd_function(rng):
+    """End to end through rnn.functional (input GEMM, weight gradients) with backend="triton"."""
+    from problems import compare, oracle as lib_oracle, run_library
+
+    for name, spec in (CELLS[0], CELLS[2]):
+        p = draw(rng, spec, mask="some", rec_mask=True)
+        grads = upstream(rng, spec, T, B, H)
+        compare(name, spec, run_library(spec, p, grads, True, backend="triton"),
+                lib_oracle(spec, p, grads, True), torch.float64)
+
+
+def test_final_state_and_empty_sequence(rng):
+    spec = CELLS[0][1]
+    k, _ = make_case(rng, spec, torch.float64, T=1)
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    assert torch.equal(saved.hT, saved.out[0])
+    empty = TritonBackend().forward(spec, k["xg"][:0], k["w_hh"], k["b_hh"], k["h0"], k["c0"], None, None, False)
+    assert empty.out.shape == (0, B, H) and torch.equal(empty.hT, k["h0"]) and torch.equal(empty.cT, k["c0"])
+
+
+def test_bad_input_raises(rng):
+    spec = CELLS[0][1]
+    k, _ = make_case(rng, spec, torch.float64)
+    with pytest.raises(ValueError, match="h0 must be"):
+        TritonBackend().forward(spec, k["xg"], k["w_hh"], k["b_hh"], k["h0"][:, :5], k["c0"], None, None, False)
+    with pytest.raises(ValueError, match="rec_mask must be"):
+        TritonBackend().forward(spec, k["xg"], k["w_hh"], k["b_hh"], k["h0"], k["c0"], None,
+                                torch.ones(1, B, H, dtype=torch.float64), False)
+    with pytest.raises(ValueError, match="w_hh must be"):
+        TritonBackend().forward(spec, k["xg"], k["w_hh"][:-1], k["b_hh"], k["h0"], k["c0"], None, None, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# pure-Python pieces: the launch plan and availability
+# ---------------------------------------------------------------------------------------------
+def test_plan_interpreter():
+    p = make_plan(37, 3, 4, 4, 1, interpret=True)
+    assert p.persistent and p.grid == (1, 1) and p.block_h >= 37 and p.block_b >= 3 and p.w_resident
+    assert p.k_pad == 64 and p.block_h == 64
+    q = make_plan(37, 3, 4, 4, 1, interpret=True, per_step=True)
+    assert not q.persistent and q.block_h == 16 and q.grid == (3, 1) and not q.w_resident
+
+
+@pytest.mark.parametrize("hidden,batch,gates,itemsize", [
+    (768, 16, 4, 2), (1024, 256, 4, 2), (37, 3, 3, 4), (256, 64, 3, 4), (1024, 64, 4, 4), (2048, 8, 1, 2),
+    (4096, 8, 4, 2), (64, 512, 1, 8)])
+def test_plan_gpu(hidden, batch, gates, itemsize):
+    n_sm = 132
+    p = make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False)
+    assert min(p.block_h, p.block_b, p.block_k) >= 16
+    for n in (p.block_h, p.block_b, p.block_k, p.k_pad):
+        assert n & (n - 1) == 0, f"{n} is not a power of two"
+    assert p.k_pad >= hidden and p.k_pad < 2 * max(hidden, 8)
+    if p.persistent:  # all programs co-resident, every unit and row owned, W slice on chip
+        assert p.w_resident and p.grid[0] * p.grid[1] <= n_sm and p.num_stages == 1
+        assert p.grid[0] == -(-hidden // p.block_h)
+        assert p.grid[1] <= -(-batch // p.block_b)
+        assert gates * p.block_h * p.k_pad * itemsize <= tb.W_BUDGET_BYTES
+    else:
+        assert p.grid == (-(-hidden // p.block_h), -(-batch // p.block_b))
+    assert make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, per_step=True).persistent is False
+
+
+def test_plan_choices():
+    assert make_plan(768, 16, 4, 2, 132, False).persistent          # the headline bf16 LSTM case
+    assert not make_plan(1024, 64, 4, 4, 132, False).persistent     # fp32 W slice too big: per step
+    assert not make_plan(4096, 8, 4, 2, 132, False).persistent      # too many programs
+    with pytest.raises(ValueError, match="hidden"):
+        make_plan(0, 1, 4, 4, 132, False)
+
+
+def test_unavailable_reason(monkeypatch):
+    be = TritonBackend()
+    spec = CellSpec("lstm")
+    assert be.unavailable_reason(torch.device("cpu"), spec, 37, 3, torch.float32) is None  # interpreter
+    assert be.unavailable_reason("cpu", spec, 37, 3, torch.float64) is None
+    assert "dtype" in be.unavailable_reason("cpu", spec, 37, 3, torch.int32)
+    assert "meta" in be.unavailable_reason("meta", spec, 37, 3, torch.float32)
+    assert ">= 1" in be.unavailable_reason("cpu", spec, 0, 3, torch.float32)
+    bad = types.SimpleNamespace(kind="lstm", activation="gelu", recurrent_activation="sigmoid")
+    assert "gelu" in be.unavailable_reason("cpu", bad, 37, 3, torch.float32)
+    assert "kind" in be.unavailable_reason("cpu", types.SimpleNamespace(kind="lru"), 37, 3, torch.float32)
+    monkeypatch.setattr(tb, "INTERPRET", False)
+    assert "TRITON_INTERPRET" in be.unavailable_reason("cpu", spec, 37, 3, torch.float32)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        be.forward(spec, torch.zeros(2, 1, 4 * 16), torch.zeros(64, 16), None, torch.zeros(1, 16),
+                   torch.zeros(1, 16), None, None, False)
+
+
+def test_registry_resolves_triton():
+    from rnn import backends
+
+    choice = backends.choose("triton", DEVICE, CellSpec("gru"), 37, 3, torch.float32)
+    assert choice.name == "triton" and isinstance(choice.backend, TritonBackend)
+
+
+# ---------------------------------------------------------------------------------------------
+# ahead-of-time compile for sm_90 (no GPU needed): the compiled, non-interpreted path type-checks,
+# fits in H100 shared memory, and the persistent kernels contain the grid barrier (release / acquire)
+# ---------------------------------------------------------------------------------------------
+def test_compiles_for_sm90():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton.backends.nvidia")
+    specs = ["lstm:1:bf16:768:persistent", "gru:0:fp32:96:persistent", "gru:0:fp16:512:per_step"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-m", "kernels.triton.aot_check", *specs], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode and "ptxas" in proc.stderr.lower():
+        pytest.skip("no ptxas for sm_90: " + proc.stderr[-300:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 2 * len(specs)
+    for row in rows:
+        assert row["shared"] <= 227 * 1024, row
+        assert row["persistent"] == row["spec"].endswith("persistent"), row
+        assert row["grid_barrier"] == row["persistent"], row
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only: real sizes, multi-program persistent path, CUDA-graph per-step path
+# ---------------------------------------------------------------------------------------------
+def _gpu_case(spec, dtype, T_, B_, H_, seed=0):
+    """A problem drawn directly on the GPU (real sizes are too big for the NumPy path): kernel
+    inputs in `dtype` and the same (rounded) values in float64."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    G = spec.n_gates
+
+    def r(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, device="cuda", dtype=torch.float64) * scale
+
+    mask = torch.rand(T_, B_, generator=g, device="cuda") > 0.2
+    mask[0, 0] = False
+    k = dict(xg=r(T_, B_, G * H_), w_hh=r(G * H_, H_, scale=0.5 / H_ ** 0.5), b_hh=r(G * H_, scale=0.1),
+             h0=r(B_, H_, scale=0.5), c0=r(B_, H_, scale=0.5) if spec.kind == "lstm" else None,
+             rec_mask=(torch.rand(G, B_, H_, generator=g, device="cuda") > 0.25) / 0.75)
+    k = {n: None if v is None else v.to(dtype) for n, v in k.items()}
+    grads = (r(T_, B_, H_).to(dtype), r(B_, H_).to(dtype), r(B_, H_).to(dtype) if spec.kind == "lstm" else None)
+    k.update(mask=mask, reverse=True, grads=grads)
+    f = {n: (v.double() if isinstance(v, torch.Tensor) and n != "mask" else v) for n, v in k.items()}
+    f["grads"] = tuple(None if x is None else x.double() for x in grads)
+    return k, f
+
+
+def _check_vs_torch64(label, spec, saved, grads, f, dtype):
+    """Against the torch backend in float64 on the GPU (the oracle's Python loop is too slow here)."""
+    ref, g = TorchBackend(), f
+    rs = ref.forward(spec, g["xg"], g["w_hh"], g["b_hh"], g["h0"], g["c0"], g["mask"], g["rec_mask"], g["reverse"])
+    rg = ref.backward(spec, g["w_hh"], g["b_hh"], g["h0"], g["c0"], g["mask"], g["rec_mask"], g["reverse"],
+                      rs, *g["grads"])
+    for name, a, e in (("out", saved.out, rs.out), ("hT", saved.hT, rs.hT), ("cT", saved.cT, rs.cT),
+                       ("dxg", grads[0], rg[0]), ("dh0", grads[1], rg[1]), ("dc0", grads[2], rg[2])):
+        if e is not None:
+            assert_close(f"{label} {name}", a, e, dtype)
+
+
+GPU_SIZES = [(64, 16, 768), (1024, 32, 1024), (128, 256, 1024), (256, 64, 256), (128, 8, 37)]  # (T, B, H)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("size", GPU_SIZES, ids=["x".join(map(str, s)) for s in GPU_SIZES])
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_gpu_real_sizes(name, spec, size, dtype, monkeypatch):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    T_, B_, H_ = size
+    k, f = _gpu_case(spec, dtype, T_, B_, H_)
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    _check_vs_torch64(f"{name}/{size}/{dtype}", spec, saved, grads, f, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_gpu_multi_program_persistent(name, spec):
+    """H=256 bf16 gives >= 16 co-resident programs meeting at the grid barrier every step."""
+    k, f = _gpu_case(spec, torch.bfloat16, 200, 48, 256)
+    plan = make_plan(256, 48, spec.n_gates, 2, tb._n_sm(torch.device("cuda")), False)
+    assert plan.persistent and plan.grid[0] * plan.grid[1] > 1
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    _check_vs_torch64(f"{name}/multi", spec, saved, grads, f, torch.bfloat16)
+    again = run_kernel(TritonBackend(), spec, k)  # bitwise reproducible, barrier included
+    for x, y in zip([*saved, *grads], [*again[0], *again[1]]):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_gpu_per_step_graph(name, spec, monkeypatch):
+    """The CUDA-graph per-step path; the second call (graph replay) must see its own inputs."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    backend = TritonBackend(per_step=True)
+    for seed in (0, 1):
+        k, f = _gpu_case(spec, torch.float32, 50, 16, 300, seed=seed)
+        saved, grads = run_kernel(backend, spec, k)
+        _check_vs_torch64(f"{name}/graph{seed}", spec, saved, grads, f, torch.float32)
+    assert len(backend._graphs._graphs) == 2  # one forward and one backward graph, replayed
