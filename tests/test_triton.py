@@ -232,6 +232,11 @@ def test_final_state_and_empty_sequence(rng):
     k, _ = make_case(rng, spec, torch.float64, T=1)
     saved, grads = run_kernel(TritonBackend(), spec, k)
     assert torch.equal(saved.hT, saved.out[0])
+    no_dout = TritonBackend().backward(spec, k["w_hh"], k["b_hh"], k["h0"], k["c0"], None, None, False, saved,
+                                       None, k["grads"][1], k["grads"][2])
+    zero_dout = TritonBackend().backward(spec, k["w_hh"], k["b_hh"], k["h0"], k["c0"], None, None, False, saved,
+                                         torch.zeros_like(saved.out), k["grads"][1], k["grads"][2])
+    assert all(torch.equal(a, b) for a, b in zip(no_dout, zero_dout))
     empty = TritonBackend().forward(spec, k["xg"][:0], k["w_hh"], k["b_hh"], k["h0"], k["c0"], None, None, False)
     assert empty.out.shape == (0, B, H) and torch.equal(empty.hT, k["h0"]) and torch.equal(empty.cT, k["c0"])
 

@@ -6,7 +6,6 @@ Shapes follow rnn.cells: T time, B batch, H hidden, G gates; xg (T, B, G*H), w_h
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -14,7 +13,7 @@ import torch
 import triton
 
 from .. import new_empty
-from .recurrence import ACTIVATION_CODES, GRU, KIND_CODES, LSTM, backward_kernel, forward_kernel
+from .recurrence import ACTIVATION_CODES, KIND_CODES, backward_kernel, forward_kernel
 
 # Kernels are built as interpreted functions when TRITON_INTERPRET=1 at import time (triton decides
 # at decoration time); then they run on CPU tensors, one program after another.
@@ -282,6 +281,8 @@ class TritonBackend:
         cdt, a, plan, consts = self._common(spec, dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H)
         lstm = spec.kind == "lstm"
         two = consts["TWO_PHASE"]
+        if dout is None:
+            dout = torch.zeros(T, B, H, dtype=dtype, device=device)
         if tuple(dout.shape) != (T, B, H):
             raise ValueError(f"dout must be (T, B, H) = {(T, B, H)}, got {tuple(dout.shape)}")
         # dh / dc carries start as dhT / dcT and end as dh0 / dc0 (updated in place by the kernel)

@@ -7,7 +7,8 @@ Dimension legend (the recurrence contract of rnn.cells):
     w     (G*H, H)     W_hh, gate blocks in torch order               (matmul dtype)
     out   (T, B, H)    carried hidden state after each step          (I/O dtype)
     gates (T, B, G*H)  post-activation gate values; 0 at masked steps (compute dtype CDT)
-    extra (T, B, H)    LSTM: c_t; GRU reset_after: h W_n^T + b_hn     (CDT)
+    extra (T, B, H)    LSTM: c_t (carried at masked steps);           (CDT)
+                       GRU reset_after: h W_n^T + b_hn (0 at masked steps)
 
 Work split: program (ph, pb) owns hidden units j in [ph*BLOCK_H, (ph+1)*BLOCK_H) for all G gates
 and loops over the batch tiles pb, pb + num_programs(1), ... Two launch modes share the source:
