@@ -3,6 +3,7 @@
 Kernels never import `rnn`; they receive plain tensors and the cell description as arguments.
 """
 import os
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -15,3 +16,18 @@ def new_empty(shape, dtype, device):
     if os.environ.get(POISON_ENV) == "1" and (dtype.is_floating_point if isinstance(dtype, torch.dtype) else True):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
+
+
+class Saved(NamedTuple):
+    """What a backend's forward returns (the contract is documented in rnn.backends)."""
+
+    out: torch.Tensor
+    hT: torch.Tensor
+    cT: Optional[torch.Tensor]
+    gates: torch.Tensor
+    extra: Optional[torch.Tensor]
+
+
+def compute_dtype(dtype):
+    """Gates and cell state are kept in fp32 for fp16 / bf16 / fp32 inputs, fp64 for fp64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32

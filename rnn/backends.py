@@ -35,6 +35,8 @@ from typing import NamedTuple
 
 import torch
 
+from kernels import Saved  # noqa: F401  (re-exported: the forward result of every backend)
+
 NAMES = ("auto", "torch", "triton", "cupy")
 ENV_VAR = "FUSED_RNN_BACKEND"
 
@@ -50,14 +52,6 @@ _cache: dict = {}
 
 class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run this call (missing package, device, size)."""
-
-
-class Saved(NamedTuple):
-    out: torch.Tensor
-    hT: torch.Tensor
-    cT: torch.Tensor | None
-    gates: torch.Tensor
-    extra: torch.Tensor | None
 
 
 class Choice(NamedTuple):

@@ -8,13 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import new_empty
-
-from .backends import Saved
-
-
-def compute_dtype(dtype):
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+from kernels import Saved, compute_dtype, new_empty
 
 
 def activate(name, x):

@@ -1,5 +1,4 @@
 """rnn.LSTM / GRU / RNN against torch.nn with the same weights: outputs and all gradients."""
-import itertools
 
 import pytest
 import torch

@@ -21,11 +21,10 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
-from .. import new_empty
+from .. import Saved, new_empty
 
 __all__ = ["CupyBackend", "DeviceLimits", "Config", "SizeLimitError", "plan", "max_hidden", "kernel_source"]
 
@@ -482,16 +481,6 @@ class CupyBackend:
         )
         self._launch(device, config, args)
         return dxg, dh0, dc0
-
-
-class Saved(NamedTuple):
-    """Same fields as rnn.backends.Saved (kernels never import rnn)."""
-
-    out: torch.Tensor
-    hT: torch.Tensor
-    cT: "torch.Tensor | None"
-    gates: torch.Tensor
-    extra: "torch.Tensor | None"
 
 
 # ----------------------------------------------------------------------------------------------

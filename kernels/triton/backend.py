@@ -7,12 +7,11 @@ Shapes follow rnn.cells: T time, B batch, H hidden, G gates; xg (T, B, G*H), w_h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
 
 import torch
 import triton
 
-from .. import new_empty
+from .. import Saved, compute_dtype, new_empty
 from .recurrence import ACTIVATION_CODES, KIND_CODES, backward_kernel, forward_kernel
 
 # Kernels are built as interpreted functions when TRITON_INTERPRET=1 at import time (triton decides
@@ -23,16 +22,6 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MIN_BLOCK = 16           # tl.dot needs M, N, K >= 16
 W_BUDGET_BYTES = 128 * 1024  # on-chip W_hh slice per program for the persistent path (untuned)
 H_OPERAND_ELEMS = 16 * 1024  # cap on BLOCK_B * K_PAD, the h operand loaded per step
-
-
-class Saved(NamedTuple):
-    """Same field order as rnn.backends.Saved (kernels never import rnn)."""
-
-    out: torch.Tensor
-    hT: torch.Tensor
-    cT: Optional[torch.Tensor]
-    gates: torch.Tensor
-    extra: Optional[torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -89,8 +78,15 @@ def _n_sm(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _compute_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def _launch_steps(launch, plan, T, sync, phases):
+    """Persistent plan: one launch runs every step and phase (PHASE=0). Otherwise one launch per
+    step and phase, the kernel boundaries ordering the phases."""
+    if plan.persistent:
+        launch(0, T, 0, sync)
+        return
+    for step in range(T):
+        for phase in phases:
+            launch(step, step + 1, phase, False)
 
 
 class _GraphCache:
@@ -181,7 +177,7 @@ class TritonBackend:
         return T, B, H
 
     def _common(self, spec, xg_dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H):
-        cdt = _compute_dtype(xg_dtype)
+        cdt = compute_dtype(xg_dtype)
         # bf16 tl.dot is wrong in the Triton interpreter: there the matmul runs in fp32 on the same
         # (bf16-representable) values, as tensor cores would with fp32 accumulation.
         mm = torch.float32 if (INTERPRET and xg_dtype == torch.bfloat16) else xg_dtype
@@ -254,12 +250,7 @@ class TritonBackend:
                     T, B, H, step_begin, step_end, PHASE=phase, SYNC=sync_,
                     num_warps=plan.num_warps, num_stages=plan.num_stages, **consts)
 
-            if plan.persistent:
-                launch(0, T, 0, sync)
-            else:
-                for step in range(T):
-                    for phase in ((1, 2) if two else (1,)):
-                        launch(step, step + 1, phase, False)
+            _launch_steps(launch, plan, T, sync, (1, 2) if two else (1,))
             return out, gates, extra
 
         inputs = [xg.detach().contiguous(), a["w"], bias, a["h0"], a["c0"], a["mask"], a["rmask"]]
@@ -310,12 +301,7 @@ class TritonBackend:
                     T, B, H, step_begin, step_end, PHASE=phase, SYNC=sync_,
                     num_warps=plan.num_warps, num_stages=plan.num_stages, **consts)
 
-            if plan.persistent:
-                launch(0, T, 0, sync)
-            else:
-                for step in range(T):
-                    for phase in ((1, 2, 3) if two else (1, 3)):
-                        launch(step, step + 1, phase, False)
+            _launch_steps(launch, plan, T, sync, (1, 2, 3) if two else (1, 3))
             return dxg, dh_, dc_
 
         inputs = [a["w"], a["h0"], a["c0"], a["mask"], a["rmask"], out.detach().contiguous(),
