@@ -91,18 +91,39 @@ def test_plan_invariants(limits, direction, kind, dtype, hidden, batch):
     assert c.units >= 1 and (c.grid - 1) * c.units < hidden <= c.grid * c.units  # every unit owned once
     assert c.grid <= c.blocks_per_sm * limits.sm_count  # co-resident
     assert 1 <= c.batch_tile <= batch
-    assert c.smem == kc._smem_bytes(direction, kind, hidden, dtype, c.rec_mask, c.units, c.batch_tile)
+    # tensor cores by default for 16-bit types (fp32 only with tf32), FMA where their layout does not fit
+    if dtype in (torch.bfloat16, torch.float16) and not c.mma:
+        with pytest.raises(kc.SizeLimitError, match="tensor-core layout"):
+            kc.plan(direction, kind, hidden, batch, dtype, limits, rec_mask=hidden == 37, mma=True)
+    assert c.mma == (dtype in (torch.bfloat16, torch.float16)) or not c.mma
+    if c.mma:
+        assert c.batch_tile == batch or c.batch_tile % 16 == 0
+    assert c.smem == kc._smem_bytes(direction, kind, hidden, dtype, c.rec_mask, c.units, c.batch_tile, c.mma)
     assert c.smem <= limits.smem_per_block_optin
     assert c.blocks_per_sm * (c.smem + limits.reserved_smem_per_block) <= limits.smem_per_sm
     # W_hh slice: G gates x U rows x H of the storage type
     w = kc.N_GATES[kind] * c.units * hidden * kc.DTYPES[dtype][1]
     assert c.smem >= w
+    if c.batch_tile < batch:  # a bigger tile would not fit
+        step = 16 if c.mma else 1
+        bigger = kc._smem_bytes(direction, kind, hidden, dtype, c.rec_mask, c.units, c.batch_tile + step, c.mma)
+        assert c.blocks_per_sm * (bigger + limits.reserved_smem_per_block) > limits.smem_per_sm or \
+            bigger > limits.smem_per_block_optin
 
 
 def test_plan_known_configurations():
     c = kc.plan("forward", "lstm", 768, 16, torch.float16, kc.H100)
-    assert (c.units, c.grid, c.batch_tile, c.blocks_per_sm) == (6, 128, 16, 1)
+    assert (c.units, c.grid, c.batch_tile, c.blocks_per_sm, c.mma) == (8, 96, 16, 1, True)  # whole 8-unit tiles
+    # MMA layout: rows padded to ld = 768 + 8 halves; 16 staged rows; fp32 results for 8 warps x
+    # 128 (> 16 rows x 4 gates x 8 units); 4 gates x 8 units
+    assert c.smem == 16 * 776 * 2 + 8 * 128 * 4 + 4 * 8 * 776 * 2
+    c = kc.plan("forward", "lstm", 768, 16, torch.float16, kc.H100, mma=False)
+    assert (c.units, c.batch_tile, c.mma) == (6, 16, False)
     assert c.smem == 16 * 768 * 4 + 4 * 6 * 768 * 2
+    c = kc.plan("backward", "gru", 100, 40, torch.float32, kc.H100, tf32=True, max_batch_tile=20)
+    assert c.mma and (c.units, c.grid, c.batch_tile) == (8, 13, 16)  # whole 16-row MMA tiles below the cap
+    ld = 104 + 4  # tf32: k = 8, padded to a multiple of 8 plus 4
+    assert c.smem == 3 * 16 * ld * 4 + 8 * 128 * 4 + 3 * 8 * ld * 4
     c = kc.plan("backward", "gru", 37, 3, torch.float32, kc.H100)
     assert (c.units, c.grid, c.batch_tile) == (1, 37, 3)
     c = kc.plan("forward", "rnn", 1024, 256, torch.float32, kc.H100)
@@ -116,7 +137,7 @@ def test_size_limit_message_and_limit():
     with pytest.raises(kc.SizeLimitError) as info:
         kc.plan("forward", "lstm", 4096, 16, torch.float32, kc.H100)
     msg = str(info.value)
-    for part in ("W_hh needs 2048.0 KiB of shared memory per block with 132 blocks", "227.0 KiB",
+    for part in ("W_hh needs 2048.0 KiB of shared memory per block with 128 blocks (32 of 4096", "227.0 KiB",
                  "hidden size 4096", f"limit {limit}", "use backend='triton'"):
         assert part in msg, msg
     # half precision stores W_hh in 2 bytes: a larger limit
@@ -134,11 +155,34 @@ def test_plan_rejects_bad_arguments():
         kc.plan("forward", "lstm", 0, 1, torch.float32, kc.H100)
 
 
+def test_tensor_core_policy():
+    ampere, turing = kc.A100, kc.DeviceLimits("T4", 40, 65536, 65536, compute_capability=(7, 5))
+    for dtype in (torch.bfloat16, torch.float16):
+        assert kc.use_mma(dtype, ampere) and not kc.use_mma(dtype, turing)
+        assert not kc.use_mma(dtype, ampere, mma=False)
+    assert not kc.use_mma(torch.float32, ampere)  # fp32 stays exact unless tf32 is allowed
+    assert kc.use_mma(torch.float32, ampere, tf32=True) and not kc.use_mma(torch.float32, turing, tf32=True)
+    assert not kc.use_mma(torch.float64, ampere, tf32=True)
+    with pytest.raises(ValueError, match=r"compute capability >= 8.0, got float64"):
+        kc.use_mma(torch.float64, ampere, mma=True)
+    with pytest.raises(ValueError, match=r"float16 on T4 \(7, 5\)"):
+        kc.plan("forward", "lstm", 64, 2, torch.float16, turing, mma=True)
+    assert not kc.plan("forward", "lstm", 64, 2, torch.float16, turing).mma
+
+
+def test_mma_env_switch(monkeypatch):
+    monkeypatch.setenv(kc.MMA_ENV, "off")
+    assert kc.CupyBackend()._mma is False
+    monkeypatch.setenv(kc.MMA_ENV, "sometimes")
+    with pytest.raises(ValueError, match="FUSED_RNN_CUPY_MMA must be 'auto' or 'off', got 'sometimes'"):
+        kc.CupyBackend()
+
+
 # ------------------------------------------------------------------------------------------------
 # CUDA sources compile (nvcc --ptx is enough to type-check and code-generate the kernels)
 
-def _nvcc(args, source_file, cwd=ROOT):
-    cmd = [NVCC, "-std=c++17", "--ptx", "-o", os.devnull, *args, str(source_file)]
+def _nvcc(args, source_file, cwd=ROOT, out=os.devnull):
+    cmd = [NVCC, "-std=c++17", "--ptx", "-o", str(out), *args, str(source_file)]
     res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stderr[-4000:]}"
     return res
@@ -152,8 +196,10 @@ def test_sources_compile_standalone(file, arch):
     assert "warning" not in res.stderr.lower(), res.stderr
 
 
-GENERATED = [
+GENERATED = [  # bf16 / fp16 plans on the H100 use the tensor-core path; tf32 is asked for below
     ("forward", "lstm", "tanh", "sigmoid", True, torch.bfloat16, False, "cg"),
+    ("backward", "gru", "tanh", "sigmoid", False, torch.float32, True, "tf32"),
+    ("forward", "rnn", "tanh", "sigmoid", True, torch.float32, False, "tf32"),
     ("backward", "lstm", "relu", "hard_sigmoid", True, torch.float16, True, "cg"),
     ("forward", "gru", "tanh", "sigmoid", False, torch.float32, True, "atomic"),
     ("backward", "gru", "linear", "sigmoid", False, torch.bfloat16, False, "cg"),
@@ -166,20 +212,29 @@ GENERATED = [
 @pytest.mark.parametrize("case", GENERATED, ids=lambda c: "-".join(str(x).replace("torch.", "") for x in c))
 def test_generated_configurations_compile(case, tmp_path):
     direction, kind, act, ract, reset_after, dtype, rec_mask, barrier = case
+    tf32 = barrier == "tf32"
+    barrier = "cg" if tf32 else barrier
     config = kc.plan(direction, kind, 37, 3, dtype, kc.H100, activation=act, recurrent_activation=ract,
-                     reset_after=reset_after, rec_mask=rec_mask)
+                     reset_after=reset_after, rec_mask=rec_mask, tf32=tf32)
+    assert config.mma == (dtype != torch.float64 and (dtype != torch.float32 or tf32))
     source, options, name = kc.kernel_source(config, barrier)
     assert name.startswith(f"frnn::rnn_{direction}<") and "#include \"cupy/" not in source
     path = tmp_path / "k.cu"
     path.write_text(source)
-    _nvcc(["-arch=sm_90", *options], path, cwd=tmp_path)  # self-contained: no -I needed
+    _nvcc(["-arch=sm_90", *options], path, cwd=tmp_path, out=tmp_path / "k.ptx")  # self-contained: no -I needed
+    ptx = (tmp_path / "k.ptx").read_text()
+    mma = {torch.bfloat16: "m16n8k16.row.col.f32.bf16.bf16.f32", torch.float16: "m16n8k16.row.col.f32.f16.f16.f32",
+           torch.float32: "m16n8k8.row.col.f32.tf32.tf32.f32"}.get(dtype)
+    assert ("mma.sync.aligned." in ptx) == config.mma
+    if config.mma:
+        assert f"mma.sync.aligned.{mma}" in ptx
 
 
 def test_kernel_source_options():
     config = kc.plan("forward", "gru", 64, 2, torch.float32, kc.H100, reset_after=False)
     _, options, name = kc.kernel_source(config)
     assert "-DFRNN_NO_DEFAULT_INSTANTIATIONS" in options and "-DFRNN_ATOMIC_BARRIER" not in options
-    assert name == "frnn::rnn_forward<1, 0, 2, false, float, false, 4, 256>"
+    assert name == "frnn::rnn_forward<1, 0, 2, false, float, false, false, 4, 256>"
     _, options, _ = kc.kernel_source(config, "atomic")
     assert "-DFRNN_ATOMIC_BARRIER" in options
     with pytest.raises(ValueError, match="barrier"):
@@ -271,7 +326,7 @@ def _run_case(rng, case, poison=False):
                                      reverse, saved, t(dout), t(dhT), t(dcT))
     torch.cuda.synchronize()
     return dict(cell=cell, dtype=dtype, p=p, mask=mask, ref=(out, hT, cT, grads), saved=saved,
-                grads=(dxg, dh0, dc0), xg=xg)
+                grads=(dxg, dh0, dc0), xg=xg, backend=backend)
 
 
 @pytest.mark.gpu
@@ -296,6 +351,30 @@ def test_against_reference(rng, case):
         assert_close("dc0", dc0, grads["c0"], dtype)
     if r["mask"] is not None:  # masked steps: exactly zero gate gradient
         assert np.all(d[~r["mask"]] == 0.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("matvec", ["mma", "fma", "tf32"])
+@pytest.mark.parametrize("kind,reset_after", [("lstm", True), ("gru", False), ("rnn", True)])
+def test_matvec_paths_on_gpu(rng, monkeypatch, matvec, kind, reset_after):
+    """Tensor cores (bf16, and fp32 as tf32 when torch allows it) and the FMA path
+    (FUSED_RNN_CUPY_MMA=off) at a real size, forward and gradients against the reference."""
+    monkeypatch.setenv(kc.MMA_ENV, "off" if matvec == "fma" else "auto")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", matvec == "tf32")
+    dtype = torch.float32 if matvec == "tf32" else torch.bfloat16
+    case = (kind, "tanh", "sigmoid", reset_after, dtype, 30, 16, 768, True, True, True)
+    r = _run_case(rng, case)
+    dev = torch.device("cuda")
+    for direction in ("forward", "backward"):
+        config = r["backend"]._plan(direction, r["cell"], 768, 16, dtype, dev, True)
+        assert config.mma == (matvec != "fma"), config
+    tol = "tf32" if matvec == "tf32" else dtype
+    out, hT, cT, grads = r["ref"]
+    dxg, dh0, _ = r["grads"]
+    assert_close("out", r["saved"].out, out, tol)
+    d = dxg.double().cpu().numpy()
+    assert_close("dx", d.reshape(-1, d.shape[2]) @ r["p"]["w_ih"], grads["x"].reshape(-1, grads["x"].shape[2]), tol)
+    assert_close("dh0", dh0, grads["h0"], tol)
 
 
 @pytest.mark.gpu
@@ -389,8 +468,9 @@ struct emu_dim3 { unsigned x = 0, y = 1, z = 1; };
 static thread_local emu_dim3 threadIdx, blockIdx;
 static emu_dim3 gridDim, blockDim;
 namespace emu {
-struct Warp { std::barrier<> bar{32}; double slot[32]; };
+struct Warp { std::barrier<> bar{32}; double slot[32]; unsigned fa[32][4], fb[32][2]; };
 struct Block { std::unique_ptr<std::barrier<>> bar; std::vector<std::unique_ptr<Warp>> warps; unsigned char* smem = nullptr; };
+constexpr size_t GUARD = 256;  // bytes past the planned dynamic shared memory that must stay untouched
 static thread_local Block* block = nullptr;
 static std::barrier<>* grid_barrier = nullptr;
 }
@@ -411,6 +491,40 @@ inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline float frnn_emu_half_to_float(unsigned short b) { _Float16 h; std::memcpy(&h, &b, 2); return (float)h; }
 inline unsigned short frnn_emu_float_to_half(float f) { _Float16 h = (_Float16)f; unsigned short b; std::memcpy(&b, &h, 2); return b; }
+// mma.sync for one warp, written from the PTX ISA fragment tables (m16n8k16 f16/bf16, m16n8k8
+// tf32): every lane publishes its registers, each lane rebuilds A (16 x K) and B (K x 8) and
+// computes its own four D elements. Unfilled operand elements stay NaN and would show up.
+inline float frnn_emu_mma_elem(int code, unsigned word, int e) {
+    unsigned u = code == 2 ? (word & 0xffffe000u) : code == 1 ? ((word >> (16 * e)) & 0xffffu) << 16 : 0u;
+    if (code == 0) return frnn_emu_half_to_float((unsigned short)(word >> (16 * e)));
+    float f; std::memcpy(&f, &u, 4); return f;  // tf32: the low 13 bits are ignored
+}
+inline void frnn_emu_mma(int code, float* d, const unsigned* a, const unsigned* b) {
+    emu::Warp& w = *emu::block->warps[threadIdx.x / 32];
+    const int lane = threadIdx.x % 32;
+    for (int i = 0; i < 4; ++i) w.fa[lane][i] = a[i];
+    for (int i = 0; i < 2; ++i) w.fb[lane][i] = b[i];
+    w.bar.arrive_and_wait();
+    const int E = code == 2 ? 1 : 2, K = 8 * E;
+    float A[16][16], B[16][8];
+    for (auto& r : A) for (auto& v : r) v = NAN;
+    for (auto& r : B) for (auto& v : r) v = NAN;
+    for (int l = 0; l < 32; ++l) {
+        const int g = l >> 2, q = l & 3;
+        for (int i = 0; i < 4; ++i)
+            for (int e = 0; e < E; ++e) A[g + 8 * (i & 1)][E * q + 4 * E * (i >> 1) + e] = frnn_emu_mma_elem(code, w.fa[l][i], e);
+        for (int i = 0; i < 2; ++i)
+            for (int e = 0; e < E; ++e) B[E * q + 4 * E * i + e][g] = frnn_emu_mma_elem(code, w.fb[l][i], e);
+    }
+    w.bar.arrive_and_wait();
+    const int g = lane >> 2, q = lane & 3;
+    for (int i = 0; i < 4; ++i) {
+        const int row = g + 8 * (i >> 1), col = 2 * q + (i & 1);
+        double s = d[i];
+        for (int k = 0; k < K; ++k) s += (double)A[row][k] * B[k][col];
+        d[i] = (float)s;
+    }
+}
 namespace cooperative_groups {
 struct grid_group { void sync() { emu::grid_barrier->arrive_and_wait(); } };
 inline grid_group this_grid() { return {}; }
@@ -418,7 +532,7 @@ inline grid_group this_grid() { return {}; }
 namespace frnn { inline unsigned char* dynamic_smem() { return emu::block->smem; } }
 struct AnyPtr { void* p; template <class U> operator U*() const { return static_cast<U*>(p); } };
 
-template <class F> void emu_launch(int grid, int threads, size_t smem_bytes, F kernel) {
+template <class F> int emu_launch(int grid, int threads, size_t smem_bytes, F kernel) {
     gridDim.x = grid;
     blockDim.x = threads;
     std::barrier<> gbar(grid * threads);
@@ -427,8 +541,9 @@ template <class F> void emu_launch(int grid, int threads, size_t smem_bytes, F k
     for (auto& b : blocks) {
         b.bar = std::make_unique<std::barrier<>>(threads);
         for (int w = 0; w < threads / 32; ++w) b.warps.push_back(std::make_unique<emu::Warp>());
-        b.smem = static_cast<unsigned char*>(std::aligned_alloc(16, (smem_bytes + 15) / 16 * 16));
+        b.smem = static_cast<unsigned char*>(std::aligned_alloc(16, (smem_bytes + emu::GUARD + 15) / 16 * 16));
         std::memset(b.smem, 0xff, smem_bytes);  // NaN-like garbage: unstaged reads show up
+        std::memset(b.smem + smem_bytes, 0xa5, emu::GUARD);
     }
     std::vector<std::thread> pool;
     for (int b = 0; b < grid; ++b)
@@ -440,22 +555,27 @@ template <class F> void emu_launch(int grid, int threads, size_t smem_bytes, F k
                 kernel();
             });
     for (auto& th : pool) th.join();
-    for (auto& b : blocks) std::free(b.smem);
+    int overrun = 0;  // a write past the planned dynamic shared memory
+    for (auto& b : blocks) {
+        for (size_t i = 0; i < emu::GUARD; ++i) overrun |= b.smem[smem_bytes + i] != 0xa5;
+        std::free(b.smem);
+    }
+    return overrun;
 }
 #include "cupy/forward.cu"
 #include "cupy/backward.cu"
 """
 
 EMULATION_ENTRY = r"""
-extern "C" void run_forward(void** p, const int* n, int grid, int threads, long smem) {
-    emu_launch(grid, threads, smem, [&] {
+extern "C" int run_forward(void** p, const int* n, int grid, int threads, long smem) {
+    return emu_launch(grid, threads, smem, [&] {
         frnn::rnn_forward<ARGS>(AnyPtr{p[0]}, AnyPtr{p[1]}, AnyPtr{p[2]}, AnyPtr{p[3]}, AnyPtr{p[4]}, AnyPtr{p[5]},
                                 AnyPtr{p[6]}, AnyPtr{p[7]}, AnyPtr{p[8]}, AnyPtr{p[9]}, AnyPtr{p[10]}, AnyPtr{p[11]},
                                 AnyPtr{p[12]}, AnyPtr{p[13]}, AnyPtr{p[14]}, n[0], n[1], n[2], n[3], n[4], n[5]);
     });
 }
-extern "C" void run_backward(void** p, const int* n, int grid, int threads, long smem) {
-    emu_launch(grid, threads, smem, [&] {
+extern "C" int run_backward(void** p, const int* n, int grid, int threads, long smem) {
+    return emu_launch(grid, threads, smem, [&] {
         frnn::rnn_backward<ARGS>(AnyPtr{p[0]}, AnyPtr{p[1]}, AnyPtr{p[2]}, AnyPtr{p[3]}, AnyPtr{p[4]}, AnyPtr{p[5]},
                                  AnyPtr{p[6]}, AnyPtr{p[7]}, AnyPtr{p[8]}, AnyPtr{p[9]}, AnyPtr{p[10]}, AnyPtr{p[11]},
                                  AnyPtr{p[12]}, AnyPtr{p[13]}, AnyPtr{p[14]}, AnyPtr{p[15]}, AnyPtr{p[16]},
@@ -468,18 +588,29 @@ extern "C" void run_backward(void** p, const int* n, int grid, int threads, long
 EMU_LIMITS = kc.DeviceLimits("emulated", 3, 48 * 1024, 64 * 1024)
 
 EMU_CASES = [
-    # kind, activation, recurrent_activation, reset_after, dtype, T, B, H, reverse, mask, rec_mask, rows, max tile
-    ("lstm", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2),
-    ("lstm", "relu", "hard_sigmoid", True, torch.float32, 6, 3, 13, True, False, False, 2, None),
-    ("gru", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, True, True, True, 4, 3),
-    ("gru", "tanh", "sigmoid", False, torch.float64, 7, 5, 13, False, True, True, 2, 2),
-    ("gru", "linear", "hard_sigmoid", False, torch.float32, 5, 3, 13, True, False, False, 4, None),
-    ("rnn", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2),
-    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 6, 4, 13, False, True, False, 4, None),
-    ("gru", "tanh", "sigmoid", True, torch.float16, 6, 4, 13, False, False, True, 4, 3),
+    # kind, activation, recurrent_activation, reset_after, dtype, T, B, H, reverse, mask, rec_mask, rows, max tile,
+    # matvec: "fma", or "mma" (tensor cores: bf16 / fp16, or fp32 as tf32)
+    ("lstm", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2, "fma"),
+    ("lstm", "relu", "hard_sigmoid", True, torch.float32, 6, 3, 13, True, False, False, 2, None, "fma"),
+    ("gru", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, True, True, True, 4, 3, "fma"),
+    ("gru", "tanh", "sigmoid", False, torch.float64, 7, 5, 13, False, True, True, 2, 2, "fma"),
+    ("gru", "linear", "hard_sigmoid", False, torch.float32, 5, 3, 13, True, False, False, 4, None, "fma"),
+    ("rnn", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2, "fma"),
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 6, 4, 13, False, True, False, 4, None, "fma"),
+    ("gru", "tanh", "sigmoid", True, torch.float16, 6, 4, 13, False, False, True, 4, 3, "fma"),
     # fewer units than SMs (2 blocks of 1 unit), a single sequence, a single step
-    ("lstm", "tanh", "sigmoid", True, torch.float64, 4, 1, 2, True, True, True, 4, None),
-    ("gru", "tanh", "sigmoid", False, torch.float64, 1, 3, 7, False, False, True, 4, None),
+    ("lstm", "tanh", "sigmoid", True, torch.float64, 4, 1, 2, True, True, True, 4, None, "fma"),
+    ("gru", "tanh", "sigmoid", False, torch.float64, 1, 3, 7, False, False, True, 4, None, "fma"),
+    # tensor cores: padded rows/units, per-gate staged copies, two 16-row batch tiles (B=18),
+    # the k reduction split over idle warps (one 8-unit tile, several k tiles), uneven splits
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 6, 4, 13, False, True, False, 4, None, "mma"),
+    ("lstm", "tanh", "sigmoid", True, torch.float16, 5, 18, 13, True, True, True, 4, 16, "mma"),
+    ("gru", "tanh", "sigmoid", True, torch.float16, 6, 4, 13, False, False, True, 4, 3, "mma"),
+    ("gru", "tanh", "hard_sigmoid", False, torch.bfloat16, 5, 18, 20, False, True, True, 4, 16, "mma"),
+    ("rnn", "tanh", "sigmoid", True, torch.bfloat16, 6, 5, 20, True, True, False, 4, None, "mma"),
+    ("lstm", "tanh", "sigmoid", True, torch.float32, 6, 5, 13, False, True, True, 4, None, "mma"),
+    ("gru", "tanh", "sigmoid", False, torch.float32, 6, 3, 13, True, True, False, 4, None, "mma"),
+    ("rnn", "relu", "sigmoid", True, torch.float32, 5, 2, 37, False, False, True, 4, None, "mma"),
 ]
 
 
@@ -531,8 +662,10 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
     ref = pytest.importorskip("rnn.reference")
     from rnn.cells import CellSpec
 
-    kind, act, ract, reset_after, dtype, T, B, H, reverse, use_mask, use_rec_mask, rows, max_tile = case
+    kind, act, ract, reset_after, dtype, T, B, H, reverse, use_mask, use_rec_mask, rows, max_tile, matvec = case
     cell = CellSpec(kind, act, ract, reset_after)
+    mma = matvec == "mma"
+    tol = "tf32" if mma and dtype == torch.float32 else dtype
     g = kc.N_GATES[kind]
     acc_np = np.float64 if dtype == torch.float64 else np.float32
     p, mask, rec_mask = _inputs(rng, kind, dtype, T, B, H, 5, use_mask, use_rec_mask)
@@ -543,9 +676,12 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
     grads = ref.backward(cache, dout, dhT, dcT)
 
     configs = {d: kc.plan(d, kind, H, B, dtype, EMU_LIMITS, activation=act, recurrent_activation=ract,
-                          reset_after=reset_after, rec_mask=use_rec_mask, threads=64, rows=rows,
+                          reset_after=reset_after, rec_mask=use_rec_mask, mma=mma, threads=64, rows=rows,
                           max_batch_tile=max_tile) for d in ("forward", "backward")}
-    expected = (3, 5) if H == 13 else (min(H, 3), -(-H // min(H, 3)))
+    assert configs["forward"].mma == configs["backward"].mma == mma
+    units = -(-H // min(H, 3))
+    units = -(-units // 8) * 8 if mma else units
+    expected = (-(-H // units), units)
     assert (configs["forward"].grid, configs["forward"].units) == expected
     lib = emu_build(configs["forward"].template_args)
     sdt = _storage_np_dtype(dtype)
@@ -558,7 +694,7 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
     def call(fn, arrays, config):
         ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
         ints = (ctypes.c_int * 6)(T, B, H, config.units, config.batch_tile, int(reverse))
-        fn(ptrs, ints, config.grid, config.threads, ctypes.c_long(config.smem))
+        assert fn(ptrs, ints, config.grid, config.threads, ctypes.c_long(config.smem)) == 0, "shared memory overrun"
 
     xg = _np_storage(p["x"] @ p["w_ih"].T + p["b_ih"], dtype)
     w_hh, b_hh, h0 = _np_storage(p["w_hh"], dtype), _np_storage(p["b_hh"], dtype), _np_storage(p["h0"], dtype)
@@ -571,10 +707,10 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
     barrier = np.zeros(1, np.uint32)
     call(lib.run_forward, [xg, w_hh, b_hh, h0, c0, mask_u8, rec, o, h_T, c_T, gates, extra, state, scratch,
                            barrier], configs["forward"])
-    assert_close("out", _from_storage(o, dtype), out, dtype)
-    assert_close("hT", _from_storage(h_T, dtype), hT, dtype)
+    assert_close("out", _from_storage(o, dtype), out, tol)
+    assert_close("hT", _from_storage(h_T, dtype), hT, tol)
     if cT is not None:
-        assert_close("cT", _from_storage(c_T, dtype), cT, dtype)
+        assert_close("cT", _from_storage(c_T, dtype), cT, tol)
     assert np.isfinite(gates).all()
     if kind == "lstm" or (kind == "gru" and reset_after):
         assert np.isfinite(extra).all()
@@ -585,10 +721,10 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
                             _np_storage(dhT, dtype), None if dcT is None else _np_storage(dcT, dtype),
                             dxg, dh0, dc0, bstate, bscratch, barrier], configs["backward"])
     d = _from_storage(dxg, dtype)
-    assert_close("dx", d.reshape(T * B, -1) @ p["w_ih"], grads["x"].reshape(T * B, -1), dtype)
-    assert_close("db_ih", d.sum(axis=(0, 1)), grads["b_ih"], dtype)
-    assert_close("dh0", _from_storage(dh0, dtype), grads["h0"], dtype)
+    assert_close("dx", d.reshape(T * B, -1) @ p["w_ih"], grads["x"].reshape(T * B, -1), tol)
+    assert_close("db_ih", d.sum(axis=(0, 1)), grads["b_ih"], tol)
+    assert_close("dh0", _from_storage(dh0, dtype), grads["h0"], tol)
     if kind == "lstm":
-        assert_close("dc0", _from_storage(dc0, dtype), grads["c0"], dtype)
+        assert_close("dc0", _from_storage(dc0, dtype), grads["c0"], tol)
     if mask is not None:
         assert np.all(d[~mask] == 0.0)

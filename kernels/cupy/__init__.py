@@ -3,6 +3,9 @@
 One cooperative launch runs a whole sequence (forward) or its reverse (backward). The grid's
 blocks split the hidden units; each keeps its slice of W_hh in shared memory for the whole
 sequence and exchanges h (or the gate gradients) through global memory and a grid barrier.
+On sm_80+ the per-step matvec runs on tensor cores (mma.sync) for bf16 / fp16, and for fp32 as
+tf32 when torch allows tf32 matmuls (`torch.backends.cuda.matmul.allow_tf32`); accumulation is
+fp32 and the cell state stays fp32. fp64, older GPUs and FUSED_RNN_CUPY_MMA=off use FMA.
 
 Everything up to the launch is pure Python and runs without a GPU or CuPy: `plan(...)` picks the
 configuration (units per block, grid, batch tile, shared memory) from device limits and says why a
@@ -26,11 +29,12 @@ import torch
 
 from .. import Saved, new_empty
 
-__all__ = ["CupyBackend", "DeviceLimits", "Config", "SizeLimitError", "plan", "max_hidden", "kernel_source"]
+__all__ = ["CupyBackend", "DeviceLimits", "Config", "SizeLimitError", "plan", "max_hidden", "use_mma", "kernel_source"]
 
 SOURCE_DIR = Path(__file__).resolve().parent
 INSTALL_HINT = "cupy is not installed (pip install fused-rnn[cuda12] or [cuda13])"
 BARRIER_ENV = "FUSED_RNN_CUPY_BARRIER"  # "cg" (cooperative_groups grid.sync, default) or "atomic"
+MMA_ENV = "FUSED_RNN_CUPY_MMA"  # "auto" (default: tensor cores where they apply) or "off" (FMA only)
 
 KIND_CODES = {"lstm": 0, "gru": 1, "rnn": 2}
 N_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -43,7 +47,8 @@ DTYPES = {
     torch.float16: ("frnn::f16", 2, torch.float32),
 }
 THREADS = 256  # threads per block: 8 warps
-ROWS = 4  # batch rows per warp tile
+ROWS = 4  # batch rows per warp tile (FMA path)
+MMA_MIN_COMPUTE_CAPABILITY = (8, 0)  # mma.sync m16n8k16 bf16 / m16n8k8 tf32
 REGS_PER_THREAD_ESTIMATE = 64  # ptxas reports 48-64 (sm_90); the launch re-checks with the real kernel
 MIN_COMPUTE_CAPABILITY = (7, 0)  # ld.acquire in the atomic barrier; Volta+ cooperative launches
 
@@ -90,6 +95,7 @@ class Config:
     batch_tile: int  # batch rows staged in shared memory at a time (BB)
     smem: int  # dynamic shared memory per block, bytes
     blocks_per_sm: int  # co-resident blocks per SM the plan relies on
+    mma: bool = False  # tensor-core matvec (bf16 / fp16; fp32 as tf32)
     threads: int = THREADS
     rows: int = ROWS
 
@@ -104,6 +110,7 @@ class Config:
                 "true" if self.reset_after else "false",
                 DTYPES[self.dtype][0],
                 "true" if self.rec_mask else "false",
+                "true" if self.mma else "false",
                 self.rows,
                 self.threads,
             )
@@ -131,13 +138,52 @@ def _align16(n):
     return (n + 15) // 16 * 16
 
 
-def _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, batch_tile):
-    """Dynamic shared memory of one block: staged rows (accumulation type) + the W_hh slice."""
+def _round_up(n, m):
+    return -(-n // m) * m
+
+
+def _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, batch_tile, mma=False, threads=THREADS):
+    """Dynamic shared memory of one block, as carve_smem (recurrence.cuh) lays it out.
+    FMA: staged rows (accumulation type) + the W_hh slice. MMA: staged rows (storage type, padded
+    to 16 rows and ld columns) + the fp32 result tiles + the W_hh slice (units padded to 8, ld)."""
     g = _gates(kind)
     _, itemsize, acc = _dtype_info(dtype)
-    acc_size = torch.empty((), dtype=acc).element_size()
     copies = g if (direction == "backward" or rec_mask) else 1
-    return _align16(copies * batch_tile * hidden * acc_size) + g * units * hidden * itemsize
+    if not mma:
+        acc_size = torch.empty((), dtype=acc).element_size()
+        return _align16(copies * batch_tile * hidden * acc_size) + g * units * hidden * itemsize
+    k = 8 * (4 // itemsize)  # mma reduction depth: 16 for 16-bit inputs, 8 for tf32
+    ld = _round_up(hidden, k) + k // 2
+    ug, bbp = _round_up(units, 8), _round_up(batch_tile, 16)
+    result_floats = max(threads // 32 * 128, bbp * g * ug)
+    return _align16(copies * bbp * ld * itemsize) + _align16(result_floats * 4) + g * ug * ld * itemsize
+
+
+def use_mma(dtype, limits: DeviceLimits, tf32=False, mma=None):
+    """Whether the tensor-core path runs: None picks it for bf16 / fp16 (and fp32 when `tf32`) on
+    sm_80+; True insists (fp32 then runs as tf32; raises where it cannot run); False never uses it."""
+    _dtype_info(dtype)
+    possible = limits.compute_capability >= MMA_MIN_COMPUTE_CAPABILITY and dtype != torch.float64
+    if mma is None:
+        return possible and (dtype != torch.float32 or bool(tf32))
+    if mma and not possible:
+        raise ValueError(f"the tensor-core path needs bf16/fp16/fp32 on compute capability >= 8.0, got "
+                         f"{str(dtype).replace('torch.', '')} on {limits.name} {limits.compute_capability}")
+    return bool(mma)
+
+
+def _largest_fitting(fits, want, step):
+    """The largest batch tile b <= want with fits(b), b == want or a multiple of step; 0 if none."""
+    if fits(want):
+        return want
+    lo, hi = 0, want // step + 1  # in units of step: fits(lo*step) or lo == 0; hi*step does not fit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid * step):
+            lo = mid
+        else:
+            hi = mid
+    return lo * step
 
 
 def _blocks_per_sm_limit(limits: DeviceLimits, threads, regs_per_thread):
@@ -147,12 +193,14 @@ def _blocks_per_sm_limit(limits: DeviceLimits, threads, regs_per_thread):
 
 
 def plan(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, activation="tanh",
-         recurrent_activation="sigmoid", reset_after=True, rec_mask=False, threads=THREADS, rows=ROWS,
-         regs_per_thread=REGS_PER_THREAD_ESTIMATE, max_blocks_per_sm=None, max_batch_tile=None) -> Config:
+         recurrent_activation="sigmoid", reset_after=True, rec_mask=False, mma=None, tf32=False, threads=THREADS,
+         rows=ROWS, regs_per_thread=REGS_PER_THREAD_ESTIMATE, max_blocks_per_sm=None, max_batch_tile=None) -> Config:
     """Choose units per block, grid and batch tile so that all blocks are co-resident and each
     block's W_hh slice fits in shared memory. Prefers one block per SM (the h exchange is staged
     once per block, so fewer, larger blocks move less data); raises SizeLimitError otherwise.
-    `max_batch_tile` caps the staged batch rows (tests use it to exercise batch tiling)."""
+    `mma`/`tf32`: see use_mma. `max_batch_tile` caps the staged batch rows (tests use it to
+    exercise batch tiling); the MMA path stages whole 16-row tiles, so when the batch does not fit
+    at once its tile is the largest multiple of 16 that does."""
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
     g = _gates(kind)
@@ -161,49 +209,62 @@ def plan(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, activat
         raise ValueError(f"hidden size must be a positive int, got {hidden!r}")
     if not isinstance(batch, int) or batch < 0:
         raise ValueError(f"batch size must be a non-negative int, got {batch!r}")
+    auto = mma is None
+    mma = use_mma(dtype, limits, tf32, mma)
     batch_eff = max(batch, 1)
+    want = min(batch_eff, max_batch_tile or batch_eff)
     bps_max = _blocks_per_sm_limit(limits, threads, regs_per_thread)
     if max_blocks_per_sm is not None:
         bps_max = min(bps_max, max_blocks_per_sm)
-    for bps in range(1, bps_max + 1):
-        grid_max = bps * limits.sm_count
-        units = math.ceil(hidden / min(hidden, grid_max))
-        grid = math.ceil(hidden / units)
-        cap = min(limits.smem_per_block_optin, limits.smem_per_sm // bps - limits.reserved_smem_per_block)
-        fixed = _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, 0)
-        per_row = _smem_bytes(direction, kind, hidden, dtype, rec_mask, 0, 1)
-        if fixed + per_row > cap:
-            continue
-        batch_tile = min(batch_eff, (cap - fixed - 16) // per_row, max_batch_tile or batch_eff)
-        smem = _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, batch_tile)
-        assert smem <= cap
-        return Config(direction, kind, activation, recurrent_activation, bool(reset_after) if kind == "gru" else True,
-                      dtype, bool(rec_mask), hidden, batch, units, grid, batch_tile, smem, bps, threads, rows)
+
+    def smem(units, batch_tile):
+        return _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, batch_tile, mma, threads)
+
+    # the tensor-core layout pads rows and stages whole 16-row tiles; where it does not fit, the
+    # automatic choice falls back to FMA, which fits more (an explicit mma=True does not)
+    for mma in ((True, False) if mma and auto else (mma,)):
+        # MMA: units in whole 8-row tiles (a block's time is set by its tiles, so fill them)
+        # and a capped batch tile in whole 16-row tiles
+        unit_step, row_step = (8, 16) if mma else (1, 1)
+        tile = want if want == batch_eff else min(batch_eff, max(row_step, want // row_step * row_step))
+        for bps in range(1, bps_max + 1):
+            grid_max = bps * limits.sm_count
+            units = _round_up(math.ceil(hidden / min(hidden, grid_max)), unit_step)
+            grid = math.ceil(hidden / units)
+            cap = min(limits.smem_per_block_optin, limits.smem_per_sm // bps - limits.reserved_smem_per_block)
+            batch_tile = _largest_fitting(lambda bt: smem(units, bt) <= cap, tile, row_step)
+            if batch_tile == 0:
+                continue
+            return Config(direction, kind, activation, recurrent_activation,
+                          bool(reset_after) if kind == "gru" else True, dtype, bool(rec_mask), hidden, batch, units,
+                          grid, batch_tile, smem(units, batch_tile), bps, mma, threads, rows)
     # nothing fits: report the one-block-per-SM numbers, the most room a block can get
     grid = min(hidden, limits.sm_count)
-    units = math.ceil(hidden / grid)
-    w_bytes = g * units * hidden * itemsize
-    row_bytes = _smem_bytes(direction, kind, hidden, dtype, rec_mask, 0, 1)
+    units = _round_up(math.ceil(hidden / grid), unit_step)
+    grid = math.ceil(hidden / units)
+    w_bytes = smem(units, 0) - smem(0, 0)
+    row_bytes = smem(0, 16 if mma else 1) - smem(0, 0)
     cap = min(limits.smem_per_block_optin, limits.smem_per_sm - limits.reserved_smem_per_block)
-    limit = max_hidden(direction, kind, batch, dtype, limits, rec_mask=rec_mask, upper=hidden,
+    limit = max_hidden(direction, kind, batch, dtype, limits, rec_mask=rec_mask, mma=mma, upper=hidden,
                        regs_per_thread=regs_per_thread, max_blocks_per_sm=max_blocks_per_sm)
     raise SizeLimitError(
         f"{direction} W_hh needs {w_bytes / 1024:.1f} KiB of shared memory per block with {grid} blocks "
-        f"({units} of {hidden} hidden units each, {g} gates, {itemsize}-byte {str(dtype).replace('torch.', '')}) "
-        f"plus {row_bytes / 1024:.1f} KiB per staged batch row; the device ({limits.name}) allows "
+        f"({units} of {hidden} hidden units each, {g} gates, {itemsize}-byte {str(dtype).replace('torch.', '')}"
+        f"{', tensor-core layout' if mma else ''}) plus {row_bytes / 1024:.1f} KiB per staged "
+        f"{'16-row batch tile' if mma else 'batch row'}; the device ({limits.name}) allows "
         f"{cap / 1024:.1f} KiB: hidden size {hidden} is above the cupy backend's limit {limit} for this "
         f"dtype/cell ({kind}{', recurrent dropout' if rec_mask else ''}); use backend='triton'"
     )
 
 
-def max_hidden(direction, kind, batch, dtype, limits: DeviceLimits, *, rec_mask=False, upper=1 << 16,
-               regs_per_thread=REGS_PER_THREAD_ESTIMATE, max_blocks_per_sm=None) -> int:
+def max_hidden(direction, kind, batch, dtype, limits: DeviceLimits, *, rec_mask=False, mma=None, tf32=False,
+               upper=1 << 16, regs_per_thread=REGS_PER_THREAD_ESTIMATE, max_blocks_per_sm=None) -> int:
     """The largest hidden size below `upper` that `plan` accepts (0 if none)."""
 
     def fits(h):
         try:
-            plan(direction, kind, h, batch, dtype, limits, rec_mask=rec_mask, regs_per_thread=regs_per_thread,
-                 max_blocks_per_sm=max_blocks_per_sm)
+            plan(direction, kind, h, batch, dtype, limits, rec_mask=rec_mask, mma=mma, tf32=tf32,
+                 regs_per_thread=regs_per_thread, max_blocks_per_sm=max_blocks_per_sm)
             return True
         except SizeLimitError:
             return False
@@ -284,6 +345,10 @@ class CupyBackend:
         self._barrier = os.environ.get(BARRIER_ENV, "cg").strip().lower() or "cg"
         if self._barrier not in ("cg", "atomic"):
             raise ValueError(f"{BARRIER_ENV} must be 'cg' or 'atomic', got {self._barrier!r}")
+        mma = os.environ.get(MMA_ENV, "auto").strip().lower() or "auto"
+        if mma not in ("auto", "off"):
+            raise ValueError(f"{MMA_ENV} must be 'auto' or 'off', got {mma!r}")
+        self._mma = None if mma == "auto" else False
 
     # ---- availability ------------------------------------------------------------------------
     def _cupy_problem(self):
@@ -339,7 +404,7 @@ class CupyBackend:
             return f"{device} does not support cooperative launches"
         try:
             for direction in ("forward", "backward"):
-                plan(direction, spec.kind, int(hidden), int(batch), dtype, limits)
+                self._plan(direction, spec, int(hidden), int(batch), dtype, device, rec_mask=False)
         except SizeLimitError as exc:
             return str(exc)
         return None
@@ -415,7 +480,8 @@ class CupyBackend:
     def _plan(self, direction, spec, hidden, batch, dtype, device, rec_mask):
         return plan(direction, spec.kind, hidden, batch, dtype, self.device_limits(device),
                     activation=spec.activation, recurrent_activation=spec.recurrent_activation,
-                    reset_after=spec.reset_after, rec_mask=rec_mask)
+                    reset_after=spec.reset_after, rec_mask=rec_mask, mma=self._mma,
+                    tf32=torch.backends.cuda.matmul.allow_tf32)
 
     # ---- the backend interface ---------------------------------------------------------------
     def forward(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse):

@@ -3,7 +3,7 @@
 //
 // Dimensions and layouts: see recurrence.cuh; template parameters as in forward.cu.
 // Block `blk` owns hidden units [blk*U, blk*U + nu) and keeps the matching COLUMNS of W_hh for
-// every gate in shared memory (wt[(g*U + kl)*H + j] = w_hh[g*H + j, k0 + kl]).
+// every gate in shared memory (row (g, kl) of the slice = w_hh[g*H : (g+1)*H, k0 + kl]).
 //
 // Per step (processing index s from T-1 down to 0):
 //   phase A (owned units j, elementwise): dh = dh_rec + dout[t]; gate gradients from the saved
@@ -19,7 +19,7 @@
 
 namespace frnn {
 
-template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, int ROWS, int THREADS>
+template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int ROWS, int THREADS>
 __global__ void __launch_bounds__(THREADS) rnn_backward(
     const T* __restrict__ w_hh,                    // (GH, H)
     const T* __restrict__ h0,                      // (B, H) or nullptr (zeros)
@@ -46,10 +46,10 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
     constexpr int G = Gates<KIND>::value;
     constexpr bool TWO_PHASE = KIND == GRU && !RESET_AFTER;
     static_assert(ROWS >= 1 && ROWS <= 32 && THREADS % 32 == 0, "bad tile configuration");
+    static_assert(!MMA || sizeof(T) <= 4, "no tensor-core path for double");
 
-    unsigned char* smem = dynamic_smem();
-    A* st = reinterpret_cast<A*>(smem);  // G staged copies (one per gate) of BB rows
-    T* wt = reinterpret_cast<T*>(smem + align16((unsigned long long)G * BB * H * sizeof(A)));
+    // G staged copies (one per gate) of the batch tile, then the weight slice
+    const Smem<T, MMA> sm = carve_smem<T, MMA, THREADS>(dynamic_smem(), G, BB, G, U, H);
 
     const int GH = G * H;
     const int k0 = blockIdx.x * U;
@@ -58,14 +58,7 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
     A* dstate_c = state + (size_t)B * H;
     unsigned epoch = 0;
 
-    // consecutive threads read consecutive columns k of one W_hh row
-    for (int idx = threadIdx.x; idx < G * nu * H; idx += THREADS) {
-        const int kl = idx % nu;
-        const int r = idx / nu;
-        const int j = r % H;
-        const int g = r / H;
-        wt[(g * U + kl) * H + j] = w_hh[(size_t)(g * H + j) * H + k0 + kl];
-    }
+    load_weights<THREADS>(sm, G, nu, H, [&](int g, int kl, int j) { return w_hh[(size_t)(g * H + j) * H + k0 + kl]; });
     for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
         const int b = idx / nu;
         const int k = k0 + idx % nu;
@@ -159,14 +152,14 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
                 dA[(size_t)b * GH + k] = valid ? d_r : A(0);
                 if (valid) dstate_h[b * H + k] += rmask(2, b, k) * r * pre[0];
             };
-            matvec_phase<1, 1, ROWS, THREADS>(st, wt + 2 * U * H, U, nu, B, BB, H, stage_n, grad_r);
+            matvec_phase<1, 1, ROWS, THREADS>(sm, sm.gate(2), nu, B, BB, H, stage_n, grad_r);
             grid_sync(barrier, epoch);
             auto stage_rz = [&](int g, int b, int j) { return load_cg(dA + (size_t)b * GH + g * H + j); };
             auto grad_h = [&](int b, int kl, const A (&pre)[2]) {
                 const int k = k0 + kl;
                 dstate_h[b * H + k] += rmask(0, b, k) * pre[0] + rmask(1, b, k) * pre[1];
             };
-            matvec_phase<2, 2, ROWS, THREADS>(st, wt, U, nu, B, BB, H, stage_rz, grad_h);
+            matvec_phase<2, 2, ROWS, THREADS>(sm, sm.w, nu, B, BB, H, stage_rz, grad_h);
         } else {
             auto stage_all = [&](int g, int b, int j) { return load_cg(dA + (size_t)b * GH + g * H + j); };
             auto grad_h = [&](int b, int kl, const A (&pre)[G]) {
@@ -176,7 +169,7 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
                 for (int g = 0; g < G; ++g) sum += rmask(g, b, k) * pre[g];
                 dstate_h[b * H + k] += sum;
             };
-            matvec_phase<G, (G > 1 ? G : 1), ROWS, THREADS>(st, wt, U, nu, B, BB, H, stage_all, grad_h);
+            matvec_phase<G, (G > 1 ? G : 1), ROWS, THREADS>(sm, sm.w, nu, B, BB, H, stage_all, grad_h);
         }
     }
 
@@ -191,19 +184,21 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
 
 }  // namespace frnn
 
-#define FRNN_INSTANTIATE_BACKWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, ROWS, THREADS)                  \
-    template __global__ void frnn::rnn_backward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, ROWS, THREADS>(   \
+#define FRNN_INSTANTIATE_BACKWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS)                \
+    template __global__ void frnn::rnn_backward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS>( \
         const T*, const T*, const T*, const unsigned char*, const frnn::acc_t<T>*, const T*,                \
         const frnn::acc_t<T>*, const frnn::acc_t<T>*, const T*, const T*, const T*, T*, T*, T*,             \
         frnn::acc_t<T>*, frnn::acc_t<T>*, unsigned*, int, int, int, int, int, int);
 
 // Standalone compilation builds every code path (see forward.cu).
 #ifndef FRNN_NO_DEFAULT_INSTANTIATIONS
-FRNN_INSTANTIATE_BACKWARD(0, 0, 2, true, float, false, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(0, 1, 3, true, frnn::bf16, true, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(1, 0, 2, true, frnn::f16, true, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(1, 4, 2, false, float, true, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(1, 0, 3, false, frnn::bf16, false, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(2, 0, 2, true, double, false, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(2, 2, 2, true, frnn::f16, true, 2, 128)
+FRNN_INSTANTIATE_BACKWARD(0, 0, 2, true, float, false, false, 4, 256)
+FRNN_INSTANTIATE_BACKWARD(0, 1, 3, true, frnn::bf16, true, false, 4, 256)
+FRNN_INSTANTIATE_BACKWARD(0, 0, 2, true, frnn::bf16, true, true, 4, 256)
+FRNN_INSTANTIATE_BACKWARD(1, 0, 2, true, frnn::f16, true, true, 4, 256)
+FRNN_INSTANTIATE_BACKWARD(1, 4, 2, false, float, true, false, 4, 256)
+FRNN_INSTANTIATE_BACKWARD(1, 0, 3, false, frnn::bf16, false, true, 4, 256)
+FRNN_INSTANTIATE_BACKWARD(1, 0, 2, false, float, true, true, 4, 256)
+FRNN_INSTANTIATE_BACKWARD(2, 0, 2, true, double, false, false, 4, 256)
+FRNN_INSTANTIATE_BACKWARD(2, 2, 2, true, frnn::f16, true, false, 2, 128)
 #endif

@@ -6,7 +6,8 @@
 //   RESET_AFTER GRU form (true: n = act(xn + r*(h W_n^T + b_hn)); false: act(xn + (r*h) W_n^T + b_hn))
 //   T           storage type of xg / w_hh / states / out (float, double, frnn::bf16, frnn::f16)
 //   REC_MASK    per-gate recurrent dropout masks are given
-//   ROWS        batch rows per warp tile, THREADS threads per block
+//   MMA         tensor-core matvec (bf16 / fp16, fp32 as tf32; sm_80+) instead of FMA dot products
+//   ROWS        batch rows per warp tile (FMA path), THREADS threads per block
 //
 // Per step (processing index s, time t = reverse ? T-1-s : s, previous time tp):
 //   stage h_{t-1} (= out[tp], or h0) for a batch tile, dot with the block's W_hh rows, apply the
@@ -19,7 +20,7 @@
 
 namespace frnn {
 
-template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, int ROWS, int THREADS>
+template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int ROWS, int THREADS>
 __global__ void __launch_bounds__(THREADS) rnn_forward(
     const T* __restrict__ xg,                      // (T, B, GH) input projection incl. b_ih
     const T* __restrict__ w_hh,                    // (GH, H)
@@ -46,11 +47,10 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
     constexpr int NG1 = TWO_PHASE ? 2 : G;  // gates in the first matvec (GRU classic: r, z)
     constexpr int NST = REC_MASK ? NG1 : 1;  // staged copies of h (one per gate with dropout)
     static_assert(ROWS >= 1 && ROWS <= 32 && THREADS % 32 == 0, "bad tile configuration");
+    static_assert(!MMA || sizeof(T) <= 4, "no tensor-core path for double");
 
-    unsigned char* smem = dynamic_smem();
-    A* st = reinterpret_cast<A*>(smem);
     const int stage_copies = REC_MASK ? G : 1;  // host sizes the staging buffer for this many
-    T* ws = reinterpret_cast<T*>(smem + align16((unsigned long long)stage_copies * BB * H * sizeof(A)));
+    const Smem<T, MMA> sm = carve_smem<T, MMA, THREADS>(dynamic_smem(), stage_copies, BB, G, U, H);
 
     const int GH = G * H;
     const int j0 = blockIdx.x * U;
@@ -59,14 +59,8 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
     A* state_c = state + (size_t)B * H;
     unsigned epoch = 0;
 
-    // W_hh rows of the owned units, all gates: ws[(g*U + jl)*H + k] = w_hh[g*H + j0 + jl, k]
-    for (int idx = threadIdx.x; idx < G * nu * H; idx += THREADS) {
-        const int k = idx % H;
-        const int r = idx / H;
-        const int jl = r % nu;
-        const int g = r / nu;
-        ws[(g * U + jl) * H + k] = w_hh[(size_t)(g * H + j0 + jl) * H + k];
-    }
+    // W_hh rows of the owned units, all gates: row (g, jl) = w_hh[g*H + j0 + jl, :]
+    load_weights<THREADS>(sm, G, nu, H, [&](int g, int jl, int k) { return w_hh[(size_t)(g * H + j0 + jl) * H + k]; });
     for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
         const int b = idx / nu;
         const int j = j0 + idx % nu;
@@ -141,7 +135,7 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
                 finish(b, j, h, valid);
             }
         };
-        matvec_phase<NG1, NST, ROWS, THREADS>(st, ws, U, nu, B, BB, H, stage_h, cell);
+        matvec_phase<NG1, NST, ROWS, THREADS>(sm, sm.w, nu, B, BB, H, stage_h, cell);
         grid_sync(barrier, epoch);
 
         if constexpr (TWO_PHASE) {
@@ -156,7 +150,7 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
                 gr[2 * H + j] = n;
                 finish(b, j, (A(1) - z) * n + z * state_h[b * H + j], valid);
             };
-            matvec_phase<1, 1, ROWS, THREADS>(st, ws + 2 * U * H, U, nu, B, BB, H, stage_rh, cell_n);
+            matvec_phase<1, 1, ROWS, THREADS>(sm, sm.gate(2), nu, B, BB, H, stage_rh, cell_n);
             grid_sync(barrier, epoch);
         }
     }
@@ -174,20 +168,23 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
 
 // Explicit instantiation of one configuration; the loader appends one for the configuration it
 // compiles (and asks NVRTC for its mangled name).
-#define FRNN_INSTANTIATE_FORWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, ROWS, THREADS)                  \
-    template __global__ void frnn::rnn_forward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, ROWS, THREADS>(   \
+#define FRNN_INSTANTIATE_FORWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS)                \
+    template __global__ void frnn::rnn_forward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS>( \
         const T*, const T*, const T*, const T*, const T*, const unsigned char*, const frnn::acc_t<T>*, T*, \
         T*, T*, frnn::acc_t<T>*, frnn::acc_t<T>*, frnn::acc_t<T>*, frnn::acc_t<T>*, unsigned*, int, int,   \
         int, int, int, int);
 
 // Standalone compilation (`nvcc --ptx -I kernels kernels/cupy/forward.cu`) builds every code
-// path: each cell kind, both GRU forms, every storage type, with and without dropout masks.
+// path: each cell kind, both GRU forms, every storage type, with and without dropout masks, FMA
+// and tensor-core (bf16, fp16, tf32) matvecs.
 #ifndef FRNN_NO_DEFAULT_INSTANTIATIONS
-FRNN_INSTANTIATE_FORWARD(0, 0, 2, true, float, false, 4, 256)
-FRNN_INSTANTIATE_FORWARD(0, 1, 3, true, frnn::bf16, true, 4, 256)
-FRNN_INSTANTIATE_FORWARD(1, 0, 2, true, frnn::f16, true, 4, 256)
-FRNN_INSTANTIATE_FORWARD(1, 4, 2, false, float, true, 4, 256)
-FRNN_INSTANTIATE_FORWARD(1, 0, 3, false, frnn::bf16, false, 4, 256)
-FRNN_INSTANTIATE_FORWARD(2, 0, 2, true, double, false, 4, 256)
-FRNN_INSTANTIATE_FORWARD(2, 2, 2, true, frnn::f16, true, 2, 128)
+FRNN_INSTANTIATE_FORWARD(0, 0, 2, true, float, false, false, 4, 256)
+FRNN_INSTANTIATE_FORWARD(0, 1, 3, true, frnn::bf16, true, false, 4, 256)
+FRNN_INSTANTIATE_FORWARD(0, 0, 2, true, frnn::bf16, true, true, 4, 256)
+FRNN_INSTANTIATE_FORWARD(1, 0, 2, true, frnn::f16, true, true, 4, 256)
+FRNN_INSTANTIATE_FORWARD(1, 4, 2, false, float, true, false, 4, 256)
+FRNN_INSTANTIATE_FORWARD(1, 0, 3, false, frnn::bf16, false, true, 4, 256)
+FRNN_INSTANTIATE_FORWARD(1, 0, 2, false, float, true, true, 4, 256)
+FRNN_INSTANTIATE_FORWARD(2, 0, 2, true, double, false, false, 4, 256)
+FRNN_INSTANTIATE_FORWARD(2, 2, 2, true, frnn::f16, true, false, 2, 128)
 #endif

@@ -12,6 +12,12 @@
 // products of one owned unit with ROWS batch rows (lanes stride over the reduction axis, then a
 // shuffle reduction). The exchange itself goes through global memory (L2) and a grid barrier.
 //
+// MMA (tensor cores, sm_80+; bf16 / fp16, and fp32 as tf32 when the caller allows it): the same
+// phases, but the staged rows are kept in the storage type and each warp computes a 16 x 8 tile
+// (16 batch rows x 8 weight rows) with mma.sync and fp32 accumulation; the tiles go through a
+// shared result buffer to the same per-(row, unit) epilogue. Rows are padded so that every
+// fragment load is one aligned 32-bit word and the 8 row groups of a warp hit 32 distinct banks.
+//
 // No CUDA headers beyond cooperative_groups.h are needed, so the sources compile under NVRTC
 // (CuPy) without the toolkit's fp16/bf16 headers: 16-bit floats are handled as raw bits.
 #pragma once
@@ -93,6 +99,33 @@ __device__ __forceinline__ f16 from_acc<f16>(float v) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
 #endif
     return r;
+}
+
+template <typename T>
+struct IsFloat {
+    static constexpr bool value = false;
+};
+template <>
+struct IsFloat<float> {
+    static constexpr bool value = true;
+};
+
+// fp32 -> tf32 (10-bit mantissa), round to nearest with ties away from zero like cvt.rna.tf32.f32;
+// the result stays a float whose low 13 bits are zero. Inf and NaN pass unchanged.
+__device__ __forceinline__ float round_tf32(float v) {
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    return __uint_as_float(u);
+}
+
+// An MMA operand in the storage type: the 16-bit types as they are, fp32 rounded to tf32.
+template <typename T>
+__device__ __forceinline__ T mma_operand(acc_t<T> v) {
+    if constexpr (IsFloat<T>::value) {
+        return round_tf32(v);
+    } else {
+        return from_acc<T>(v);
+    }
 }
 
 // Loads of data that other blocks wrote during this launch: bypass L1 (ld.global.cg), so that a
@@ -235,12 +268,147 @@ __device__ __forceinline__ void tile_dot(A (&acc)[NG][ROWS], const T* ws, int U,
         for (int r = 0; r < ROWS; ++r) acc[g][r] = warp_sum(acc[g][r]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core tiles. MMA shapes (PTX ISA "Matrix Fragments for mma.m16n8k16 / m16n8k8"): 16-bit
+// inputs use m16n8k16 (two elements per 32-bit register), tf32 uses m16n8k8 (one per register).
+// With E elements per register, K = 8 * E, g = lane / 4 and q = lane % 4, register i holds
+//   A (16 x K, row-major):    row g + 8 * (i & 1),  columns E*q + 4*E*(i >> 1) + [0, E)
+//   B (K x 8, column-major):  column g,  rows E*q + 4*E*i + [0, E)
+//   D (16 x 8, fp32):         row g + 8 * (i >> 1), column 2*q + (i & 1)
+template <typename T>
+struct MmaShape {
+    static constexpr int E = 4 / (int)sizeof(T);  // elements per 32-bit fragment register
+    static constexpr int K = 8 * E;                // reduction depth of one mma
+};
+template <typename T>
+struct MmaType;  // input type code of mma.sync: f16 0, bf16 1, tf32 2 (no MMA for double)
+template <>
+struct MmaType<f16> {
+    static constexpr int code = 0;
+};
+template <>
+struct MmaType<bf16> {
+    static constexpr int code = 1;
+};
+template <>
+struct MmaType<float> {
+    static constexpr int code = 2;
+};
+
+template <typename T>
+__device__ __forceinline__ void mma_16x8(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#ifdef FRNN_HOST_EMULATION
+    frnn_emu_mma(MmaType<T>::code, d, a, b);
+#else
+    if constexpr (MmaType<T>::code == 2) {
+        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else if constexpr (MmaType<T>::code == 1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+#endif
+}
+
+template <typename T>
+__device__ __forceinline__ unsigned word_at(const T* p) {  // 4-byte aligned by the padding
+    return *reinterpret_cast<const unsigned*>(p);
+}
+
+// One warp: d += A B over the k tiles kt0, kt0 + kstep, ... < nk, with A = 16 staged rows and
+// B^T = 8 weight rows, both stored row by row with stride ld (k contiguous).
+template <typename T>
+__device__ __forceinline__ void mma_tile(float (&d)[4], const T* rows_a, const T* rows_b, int ld, int kt0,
+                                         int nk, int kstep, int lane) {
+    constexpr int E = MmaShape<T>::E, K = MmaShape<T>::K;
+    const int g = lane >> 2, q = lane & 3;
+    const T* a_lo = rows_a + g * ld + E * q;
+    const T* a_hi = a_lo + 8 * ld;
+    const T* b_p = rows_b + g * ld + E * q;
+    for (int kt = kt0; kt < nk; kt += kstep) {
+        const int k = kt * K;
+        const unsigned a[4] = {word_at(a_lo + k), word_at(a_hi + k), word_at(a_lo + k + 4 * E), word_at(a_hi + k + 4 * E)};
+        const unsigned b[2] = {word_at(b_p + k), word_at(b_p + k + 4 * E)};
+        mma_16x8<T>(d, a, b);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The block's dynamic shared memory: staged rows, the MMA result buffer, the weight slice.
+//   FMA: stage = copies x BB rows x H (accumulation type); weights G x U rows x H
+//   MMA: stage = copies x round16(BB) rows x ld (storage type); results (fp32, see
+//        mma_result_floats); weights G x round8(U) rows x ld, ld = roundK(H) + K/2 (zero padded)
+// kernels/cupy/__init__.py (_smem_bytes) mirrors these sizes.
+__host__ __device__ constexpr unsigned long long align16(unsigned long long n) { return (n + 15ull) & ~15ull; }
+__host__ __device__ constexpr int round_up(int n, int m) { return (n + m - 1) / m * m; }
+__host__ __device__ constexpr int mma_result_floats(int nwarps, int bbp, int g, int ug) {
+    return nwarps * 128 > bbp * g * ug ? nwarps * 128 : bbp * g * ug;
+}
+
+template <typename T, bool MMA>
+struct Smem {
+    unsigned char* stage;
+    float* res;  // MMA only
+    T* w;        // row (gate g, local unit u) at w + (g * ug + u) * ld
+    int ug, ld, bbp;
+    __device__ __forceinline__ T* gate(int g) const { return w + (unsigned long long)g * ug * ld; }
+};
+
+template <typename T, bool MMA, int THREADS>
+__device__ __forceinline__ Smem<T, MMA> carve_smem(unsigned char* base, int copies, int BB, int G, int U, int H) {
+    Smem<T, MMA> sm;
+    unsigned long long stage_bytes, res_bytes = 0;
+    if constexpr (MMA) {
+        constexpr int K = MmaShape<T>::K;
+        sm.ug = round_up(U, 8);
+        sm.ld = round_up(H, K) + K / 2;
+        sm.bbp = round_up(BB, 16);
+        stage_bytes = align16((unsigned long long)copies * sm.bbp * sm.ld * sizeof(T));
+        res_bytes = align16((unsigned long long)mma_result_floats(THREADS / 32, sm.bbp, G, sm.ug) * sizeof(float));
+    } else {
+        sm.ug = U;
+        sm.ld = H;
+        sm.bbp = BB;
+        stage_bytes = align16((unsigned long long)copies * BB * H * sizeof(acc_t<T>));
+    }
+    sm.stage = base;
+    sm.res = reinterpret_cast<float*>(base + stage_bytes);
+    sm.w = reinterpret_cast<T*>(base + stage_bytes + res_bytes);
+    return sm;
+}
+
+// Load the block's weight slice once: w(g, u, k) gives the element of gate g, local unit u
+// (< nu), reduction index k (< H); padding rows and columns are zero (MMA reads them).
+template <int THREADS, bool MMA, typename T, typename F>
+__device__ __forceinline__ void load_weights(const Smem<T, MMA>& sm, int G, int nu, int H, F&& w) {
+    const int n = G * sm.ug * sm.ld;
+    for (int idx = threadIdx.x; idx < n; idx += THREADS) {
+        const int k = idx % sm.ld;
+        const int r = idx / sm.ld;
+        const int u = r % sm.ug;
+        const int g = r / sm.ug;
+        T v{};
+        if (u < nu && k < H) {
+            v = w(g, u, k);
+            if constexpr (MMA) v = mma_operand<T>(to_acc(v));  // exact for the 16-bit types
+        }
+        sm.w[idx] = v;
+    }
+}
+
 // A whole matvec phase for the block: for every batch tile, stage the rows (stage_value(g, b, k)
 // with b the absolute batch row), then hand each (batch row b, owned unit jl) its NG sums:
-// epilogue(b, jl, pre) runs on exactly one lane per (b, jl).
-template <int NG, int NST, int ROWS, int THREADS, typename T, typename A, typename S, typename E>
-__device__ __forceinline__ void matvec_phase(A* st, const T* ws, int U, int nu, int B, int BB, int H,
+// epilogue(b, jl, pre) runs on exactly one thread per (b, jl). `w` is the first gate's rows.
+template <int NG, int NST, int ROWS, int THREADS, bool MMA, typename T, typename S, typename E>
+__device__ __forceinline__ void matvec_phase(const Smem<T, MMA>& sm, const T* w, int nu, int B, int BB, int H,
                                              S&& stage_value, E&& epilogue) {
+    using A = acc_t<T>;
     constexpr bool PER_GATE = NST > 1;
     static_assert(NST == 1 || NST == NG, "one staged copy, or one per gate");
     const int lane = threadIdx.x & 31;
@@ -248,37 +416,87 @@ __device__ __forceinline__ void matvec_phase(A* st, const T* ws, int U, int nu, 
     constexpr int NWARPS = THREADS / 32;
     for (int b0 = 0; b0 < B; b0 += BB) {
         const int nb = min(BB, B - b0);
-        __syncthreads();  // the previous tile's staged rows are consumed
-        stage_rows<THREADS>(st, NST, BB, nb, H, [&](int g, int bb, int k) { return stage_value(g, b0 + bb, k); });
-        __syncthreads();
-        const int ntiles = ((nb + ROWS - 1) / ROWS) * nu;
-        for (int tile = warp; tile < ntiles; tile += NWARPS) {
-            const int jl = tile % nu;
-            const int rb = (tile / nu) * ROWS;
-            A acc[NG][ROWS];
-            tile_dot<NG, ROWS, PER_GATE>(acc, ws, U, jl, st, BB, rb, nb, H, lane);
+        __syncthreads();  // the previous tile's staged rows (and results) are consumed
+        if constexpr (MMA) {
+            constexpr int K = MmaShape<T>::K;
+            const int nk = (H + K - 1) / K;
+            const int kpad = nk * K;
+            T* st = reinterpret_cast<T*>(sm.stage);
+            const int n = NST * sm.bbp * kpad;
+            for (int idx = threadIdx.x; idx < n; idx += THREADS) {  // zeros past nb rows and H columns
+                const int k = idx % kpad;
+                const int rest = idx / kpad;
+                const int bb = rest % sm.bbp;
+                const int gs = rest / sm.bbp;
+                st[(gs * sm.bbp + bb) * sm.ld + k] = (bb < nb && k < H) ? mma_operand<T>(stage_value(gs, b0 + bb, k)) : T{};
+            }
+            __syncthreads();
+            // work items: (16-row batch tile, gate, 8-unit tile) x k split (idle warps share the reduction)
+            const int mt = (nb + 15) / 16;
+            const int ntg = (nu + 7) / 8;
+            const int ntiles = mt * NG * ntg;
+            const int ksplit = max(1, min(NWARPS / ntiles, nk));
+            const int rstride = NG * ntg * 8;   // result row: the block's units of every gate
+            const int kstride = mt * 16 * rstride;  // one k split's partial sums
+            for (int item = warp; item < ntiles * ksplit; item += NWARPS) {
+                const int tile = item % ntiles;
+                const int ks = item / ntiles;
+                const int m = tile % mt;
+                const int nt = (tile / mt) % ntg;
+                const int g = tile / (mt * ntg);
+                float d[4] = {0.f, 0.f, 0.f, 0.f};
+                mma_tile(d, st + ((PER_GATE ? g : 0) * sm.bbp + m * 16) * sm.ld,
+                         w + (g * sm.ug + nt * 8) * sm.ld, sm.ld, ks, nk, ksplit, lane);
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) {
-                if (lane == r && rb + r < nb) {
-                    A pre[NG];
+                for (int i = 0; i < 4; ++i) {
+                    const int row = m * 16 + (lane >> 2) + 8 * (i >> 1);
+                    const int col = (g * ntg + nt) * 8 + 2 * (lane & 3) + (i & 1);
+                    sm.res[ks * kstride + row * rstride + col] = d[i];
+                }
+            }
+            __syncthreads();
+            for (int idx = threadIdx.x; idx < nb * nu; idx += THREADS) {
+                const int bb = idx / nu;
+                const int jl = idx % nu;
+                A pre[NG];
 #pragma unroll
-                    for (int g = 0; g < NG; ++g) pre[g] = acc[g][r];
-                    epilogue(b0 + rb + r, jl, pre);
+                for (int g = 0; g < NG; ++g) {
+                    float s = 0.f;
+                    for (int ks = 0; ks < ksplit; ++ks) s += sm.res[ks * kstride + bb * rstride + g * ntg * 8 + jl];
+                    pre[g] = s;
+                }
+                epilogue(b0 + bb, jl, pre);
+            }
+        } else {
+            A* st = reinterpret_cast<A*>(sm.stage);
+            stage_rows<THREADS>(st, NST, BB, nb, H, [&](int g, int bb, int k) { return stage_value(g, b0 + bb, k); });
+            __syncthreads();
+            const int ntiles = ((nb + ROWS - 1) / ROWS) * nu;
+            for (int tile = warp; tile < ntiles; tile += NWARPS) {
+                const int jl = tile % nu;
+                const int rb = (tile / nu) * ROWS;
+                A acc[NG][ROWS];
+                tile_dot<NG, ROWS, PER_GATE>(acc, w, sm.ug, jl, st, BB, rb, nb, H, lane);
+#pragma unroll
+                for (int r = 0; r < ROWS; ++r) {
+                    if (lane == r && rb + r < nb) {
+                        A pre[NG];
+#pragma unroll
+                        for (int g = 0; g < NG; ++g) pre[g] = acc[g][r];
+                        epilogue(b0 + rb + r, jl, pre);
+                    }
                 }
             }
         }
     }
 }
 
-// The block's dynamic shared memory (one buffer; staged rows first, then the weight slice).
+// The block's dynamic shared memory (one 16-aligned buffer, carved by carve_smem).
 #ifndef FRNN_HOST_EMULATION
 __device__ __forceinline__ unsigned char* dynamic_smem() {
     extern __shared__ __align__(16) unsigned char frnn_dynamic_smem[];
     return frnn_dynamic_smem;
 }
 #endif
-
-// Byte offset of the weight slice in dynamic shared memory (staging buffer first, 16-aligned).
-__host__ __device__ constexpr unsigned long long align16(unsigned long long n) { return (n + 15ull) & ~15ull; }
 
 }  // namespace frnn
