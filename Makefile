@@ -4,7 +4,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STAMP := .make-deps
 
-.PHONY: deps test demo bench plots clean
+.PHONY: deps test demo bench plots gpu-check clean
 
 # On a CPU-only machine `torch==2.13.0` is the local CPU build; an unpinned torch would pull
 # several GB of CUDA wheels, so torch is installed pinned first and only if it is missing.
@@ -26,6 +26,10 @@ bench: $(STAMP)
 
 plots: $(STAMP)
 	$(PYTHON) -m profiling.plot
+
+# On a GPU machine: GPU tests + quick grids (tensor-core and FMA CuPy paths) into profiling/results
+gpu-check:
+	PYTHON=$(PYTHON) bash profiling/gpu_session.sh
 
 clean:
 	rm -rf $(STAMP) build *.egg-info .pytest_cache
