@@ -141,6 +141,9 @@ def ours(backend):
         )
         module.load_state_dict(ref.state_dict())
         note = f"auto chose {choice.name}: {choice.reason}" if backend == "auto" else ""
+        if choice.name == "cupy":  # which matvec path (tensor cores or FMA) and launch shape ran
+            how = backends.get("cupy").describe(case.device, spec, case.hidden, case.batch, case.torch_dtype)
+            note = f"{note}; {how}" if note else how
         return module_impl(module, case.cell, note)
 
     return make

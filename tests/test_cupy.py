@@ -72,6 +72,17 @@ def test_unavailable_reasons_with_limits(monkeypatch):
     assert "compute capability" in backend.unavailable_reason(dev, spec("rnn"), 64, 2, torch.float32)
 
 
+def test_describe_names_the_matvec_path(monkeypatch):
+    backend = _fake_gpu_backend(monkeypatch)
+    dev = torch.device("cuda:0")
+    text = backend.describe(dev, spec("lstm"), 768, 16, torch.bfloat16)
+    assert text == ("forward mma, 96 blocks x 8 units, batch tile 16; "
+                    "backward mma, 96 blocks x 8 units, batch tile 16")
+    assert backend.describe(dev, spec("gru"), 768, 16, torch.float32).startswith("forward fma, 128 blocks x 6 units")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert backend.describe(dev, spec("gru"), 768, 16, torch.float32).startswith("forward tf32 mma, 96 blocks")
+
+
 # ------------------------------------------------------------------------------------------------
 # configuration choice (pure Python)
 

@@ -409,6 +409,15 @@ class CupyBackend:
             return str(exc)
         return None
 
+    def describe(self, device, spec, hidden, batch, dtype, rec_mask=False) -> str:
+        """How a call would run, per direction: matvec path, grid, units per block, batch tile."""
+        parts = []
+        for direction in ("forward", "backward"):
+            c = self._plan(direction, spec, int(hidden), int(batch), dtype, torch.device(device), rec_mask)
+            path = ("tf32 mma" if dtype == torch.float32 else "mma") if c.mma else "fma"
+            parts.append(f"{direction} {path}, {c.grid} blocks x {c.units} units, batch tile {c.batch_tile}")
+        return "; ".join(parts)
+
     # ---- compile + launch --------------------------------------------------------------------
     def _kernel(self, index, config: Config):
         key = (index, self._barrier, config.compile_key)
