@@ -134,12 +134,12 @@ def _dtype_info(dtype):
     return DTYPES[dtype]
 
 
-def _align16(n):
-    return (n + 15) // 16 * 16
-
-
 def _round_up(n, m):
     return -(-n // m) * m
+
+
+def _align16(n):
+    return _round_up(n, 16)
 
 
 def _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, batch_tile, mma=False, threads=THREADS):
