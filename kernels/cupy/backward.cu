@@ -59,12 +59,10 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
     unsigned epoch = 0;
 
     load_weights<THREADS>(sm, G, nu, H, [&](int g, int kl, int j) { return w_hh[(size_t)(g * H + j) * H + k0 + kl]; });
-    for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
-        const int b = idx / nu;
-        const int k = k0 + idx % nu;
-        dstate_h[b * H + k] = dhT ? to_acc(dhT[b * H + k]) : A(0);
-        if constexpr (KIND == LSTM) dstate_c[b * H + k] = dcT ? to_acc(dcT[b * H + k]) : A(0);
-    }
+    for_owned<THREADS>(B, H, k0, nu, [&](int i) {
+        dstate_h[i] = dhT ? to_acc(dhT[i]) : A(0);
+        if constexpr (KIND == LSTM) dstate_c[i] = dcT ? to_acc(dcT[i]) : A(0);
+    });
 
     for (int s = steps - 1; s >= 0; --s) {
         const int t = reverse ? steps - 1 - s : s;
@@ -174,12 +172,10 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
     }
 
     __syncthreads();
-    for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
-        const int b = idx / nu;
-        const int k = k0 + idx % nu;
-        dh0[b * H + k] = from_acc<T>(dstate_h[b * H + k]);
-        if constexpr (KIND == LSTM) dc0[b * H + k] = from_acc<T>(dstate_c[b * H + k]);
-    }
+    for_owned<THREADS>(B, H, k0, nu, [&](int i) {
+        dh0[i] = from_acc<T>(dstate_h[i]);
+        if constexpr (KIND == LSTM) dc0[i] = from_acc<T>(dstate_c[i]);
+    });
 }
 
 }  // namespace frnn

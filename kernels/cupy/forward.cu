@@ -61,12 +61,10 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
 
     // W_hh rows of the owned units, all gates: row (g, jl) = w_hh[g*H + j0 + jl, :]
     load_weights<THREADS>(sm, G, nu, H, [&](int g, int jl, int k) { return w_hh[(size_t)(g * H + j0 + jl) * H + k]; });
-    for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
-        const int b = idx / nu;
-        const int j = j0 + idx % nu;
-        state_h[b * H + j] = h0 ? to_acc(h0[b * H + j]) : A(0);
-        if constexpr (KIND == LSTM) state_c[b * H + j] = c0 ? to_acc(c0[b * H + j]) : A(0);
-    }
+    for_owned<THREADS>(B, H, j0, nu, [&](int i) {
+        state_h[i] = h0 ? to_acc(h0[i]) : A(0);
+        if constexpr (KIND == LSTM) state_c[i] = c0 ? to_acc(c0[i]) : A(0);
+    });
     __syncthreads();
 
     for (int s = 0; s < steps; ++s) {
@@ -156,12 +154,10 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
     }
 
     __syncthreads();  // owned states were last written by other threads of this block
-    for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
-        const int b = idx / nu;
-        const int j = j0 + idx % nu;
-        hT[b * H + j] = from_acc<T>(state_h[b * H + j]);
-        if constexpr (KIND == LSTM) cT[b * H + j] = from_acc<T>(state_c[b * H + j]);
-    }
+    for_owned<THREADS>(B, H, j0, nu, [&](int i) {
+        hT[i] = from_acc<T>(state_h[i]);
+        if constexpr (KIND == LSTM) cT[i] = from_acc<T>(state_c[i]);
+    });
 }
 
 }  // namespace frnn

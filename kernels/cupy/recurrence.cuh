@@ -215,6 +215,13 @@ __device__ __forceinline__ A warp_sum(A v) {
     return v;
 }
 
+// f(b * H + j) for every batch row b and owned unit j in [j0, j0 + nu): the block's slice of a
+// (B, H) state, spread over all threads.
+template <int THREADS, typename F>
+__device__ __forceinline__ void for_owned(int B, int H, int j0, int nu, F&& f) {
+    for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) f((idx / nu) * H + j0 + idx % nu);
+}
+
 // Stage `nst` copies of `nb` rows of length H into shared memory: st[(g*BB + bb)*H + k] =
 // value(g, bb, k). All threads of the block take part.
 template <int THREADS, typename A, typename F>
