@@ -186,15 +186,7 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
         const frnn::acc_t<T>*, const frnn::acc_t<T>*, const T*, const T*, const T*, T*, T*, T*,             \
         frnn::acc_t<T>*, frnn::acc_t<T>*, unsigned*, int, int, int, int, int, int);
 
-// Standalone compilation builds every code path (see forward.cu).
+// Standalone compilation builds every code path (FRNN_DEFAULT_CONFIGS in recurrence.cuh).
 #ifndef FRNN_NO_DEFAULT_INSTANTIATIONS
-FRNN_INSTANTIATE_BACKWARD(0, 0, 2, true, float, false, false, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(0, 1, 3, true, frnn::bf16, true, false, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(0, 0, 2, true, frnn::bf16, true, true, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(1, 0, 2, true, frnn::f16, true, true, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(1, 4, 2, false, float, true, false, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(1, 0, 3, false, frnn::bf16, false, true, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(1, 0, 2, false, float, true, true, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(2, 0, 2, true, double, false, false, 4, 256)
-FRNN_INSTANTIATE_BACKWARD(2, 2, 2, true, frnn::f16, true, false, 2, 128)
+FRNN_DEFAULT_CONFIGS(FRNN_INSTANTIATE_BACKWARD)
 #endif

@@ -170,17 +170,7 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
         T*, T*, frnn::acc_t<T>*, frnn::acc_t<T>*, frnn::acc_t<T>*, frnn::acc_t<T>*, unsigned*, int, int,   \
         int, int, int, int);
 
-// Standalone compilation (`nvcc --ptx -I kernels kernels/cupy/forward.cu`) builds every code
-// path: each cell kind, both GRU forms, every storage type, with and without dropout masks, FMA
-// and tensor-core (bf16, fp16, tf32) matvecs.
+// Standalone compilation builds every code path (FRNN_DEFAULT_CONFIGS in recurrence.cuh).
 #ifndef FRNN_NO_DEFAULT_INSTANTIATIONS
-FRNN_INSTANTIATE_FORWARD(0, 0, 2, true, float, false, false, 4, 256)
-FRNN_INSTANTIATE_FORWARD(0, 1, 3, true, frnn::bf16, true, false, 4, 256)
-FRNN_INSTANTIATE_FORWARD(0, 0, 2, true, frnn::bf16, true, true, 4, 256)
-FRNN_INSTANTIATE_FORWARD(1, 0, 2, true, frnn::f16, true, true, 4, 256)
-FRNN_INSTANTIATE_FORWARD(1, 4, 2, false, float, true, false, 4, 256)
-FRNN_INSTANTIATE_FORWARD(1, 0, 3, false, frnn::bf16, false, true, 4, 256)
-FRNN_INSTANTIATE_FORWARD(1, 0, 2, false, float, true, true, 4, 256)
-FRNN_INSTANTIATE_FORWARD(2, 0, 2, true, double, false, false, 4, 256)
-FRNN_INSTANTIATE_FORWARD(2, 2, 2, true, frnn::f16, true, false, 2, 128)
+FRNN_DEFAULT_CONFIGS(FRNN_INSTANTIATE_FORWARD)
 #endif

@@ -507,3 +507,18 @@ __device__ __forceinline__ unsigned char* dynamic_smem() {
 #endif
 
 }  // namespace frnn
+
+// The configurations a standalone compilation (`nvcc --ptx -I kernels kernels/cupy/forward.cu`)
+// instantiates, as an X-macro over (KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS):
+// each cell kind, both GRU forms, every storage type, with and without dropout masks, FMA and
+// tensor-core (bf16, fp16, tf32) matvecs. The loader switches them off and instantiates its own.
+#define FRNN_DEFAULT_CONFIGS(X) \
+    X(0, 0, 2, true, float, false, false, 4, 256) \
+    X(0, 1, 3, true, frnn::bf16, true, false, 4, 256) \
+    X(0, 0, 2, true, frnn::bf16, true, true, 4, 256) \
+    X(1, 0, 2, true, frnn::f16, true, true, 4, 256) \
+    X(1, 4, 2, false, float, true, false, 4, 256) \
+    X(1, 0, 3, false, frnn::bf16, false, true, 4, 256) \
+    X(1, 0, 2, false, float, true, true, 4, 256) \
+    X(2, 0, 2, true, double, false, false, 4, 256) \
+    X(2, 2, 2, true, frnn::f16, true, false, 2, 128)
