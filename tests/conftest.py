@@ -34,6 +34,25 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def set_tf32():
+    """Setter for torch.backends.cuda.matmul.allow_tf32, restored after the test.
+
+    Not monkeypatch.setattr: torch's cuBLAS flag module has no __delattr__, so pytest's undo can
+    fail and leave the flag changed for the rest of the run.
+    """
+    import torch
+
+    flags = torch.backends.cuda.matmul
+    old = flags.allow_tf32
+
+    def set_(value):
+        flags.allow_tf32 = bool(value)
+
+    yield set_
+    flags.allow_tf32 = old
+
+
 @pytest.fixture(autouse=True)
 def _seed_torch():
     import torch

@@ -72,15 +72,20 @@ def test_unavailable_reasons_with_limits(monkeypatch):
     assert "compute capability" in backend.unavailable_reason(dev, spec("rnn"), 64, 2, torch.float32)
 
 
-def test_describe_names_the_matvec_path(monkeypatch):
+def test_describe_names_the_matvec_path(monkeypatch, set_tf32):
     backend = _fake_gpu_backend(monkeypatch)
     dev = torch.device("cuda:0")
     text = backend.describe(dev, spec("lstm"), 768, 16, torch.bfloat16)
     assert text == ("forward mma, 96 blocks x 8 units, batch tile 16; "
                     "backward mma, 96 blocks x 8 units, batch tile 16")
     assert backend.describe(dev, spec("gru"), 768, 16, torch.float32).startswith("forward fma, 128 blocks x 6 units")
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    set_tf32(True)
     assert backend.describe(dev, spec("gru"), 768, 16, torch.float32).startswith("forward tf32 mma, 96 blocks")
+
+
+def test_tf32_flag_restored_after_the_test_above():
+    """set_tf32 restores torch's global flag (pytest's monkeypatch undo cannot delete it)."""
+    assert torch.backends.cuda.matmul.allow_tf32 is False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,11 +372,11 @@ def test_against_reference(rng, case):
 @pytest.mark.gpu
 @pytest.mark.parametrize("matvec", ["mma", "fma", "tf32"])
 @pytest.mark.parametrize("kind,reset_after", [("lstm", True), ("gru", False), ("rnn", True)])
-def test_matvec_paths_on_gpu(rng, monkeypatch, matvec, kind, reset_after):
+def test_matvec_paths_on_gpu(rng, monkeypatch, set_tf32, matvec, kind, reset_after):
     """Tensor cores (bf16, and fp32 as tf32 when torch allows it) and the FMA path
     (FUSED_RNN_CUPY_MMA=off) at a real size, forward and gradients against the reference."""
     monkeypatch.setenv(kc.MMA_ENV, "off" if matvec == "fma" else "auto")
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", matvec == "tf32")
+    set_tf32(matvec == "tf32")
     dtype = torch.float32 if matvec == "tf32" else torch.bfloat16
     case = (kind, "tanh", "sigmoid", reset_after, dtype, 30, 16, 768, True, True, True)
     r = _run_case(rng, case)

@@ -388,8 +388,8 @@ GPU_SIZES = [(64, 16, 768), (1024, 32, 1024), (128, 256, 1024), (256, 64, 256), 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("size", GPU_SIZES, ids=["x".join(map(str, s)) for s in GPU_SIZES])
 @pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
-def test_gpu_real_sizes(name, spec, size, dtype, monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def test_gpu_real_sizes(name, spec, size, dtype, set_tf32):
+    set_tf32(False)
     T_, B_, H_ = size
     k, f = _gpu_case(spec, dtype, T_, B_, H_)
     saved, grads = run_kernel(TritonBackend(), spec, k)
@@ -412,9 +412,9 @@ def test_gpu_multi_program_persistent(name, spec):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
-def test_gpu_per_step_graph(name, spec, monkeypatch):
+def test_gpu_per_step_graph(name, spec, set_tf32):
     """The CUDA-graph per-step path; the second call (graph replay) must see its own inputs."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    set_tf32(False)
     backend = TritonBackend(per_step=True)
     for seed in (0, 1):
         k, f = _gpu_case(spec, torch.float32, 50, 16, 300, seed=seed)
