@@ -1,0 +1,360 @@
+"""Keras 3's own recurrent layers (torch backend), accelerated through rnn.functional.
+
+    import rnn.keras3
+    rnn.keras3.install()            # from now on keras.layers.LSTM / GRU / SimpleRNN run fused
+    model.fit(...); model.predict(...)
+    rnn.keras3.fused_layers(model)  # names of the model's recurrent layers that run fused
+    rnn.keras3.uninstall()          # Keras exactly as it was
+
+`install(backend="auto")` replaces the time loop of Keras's `RNN.inner_loop` (and the LSTM / GRU
+overrides of it) with one `rnn.functional.recurrence` call per layer and direction, on the named
+backend (rnn.backends: "auto", "torch", "triton", "cupy"). Everything around the loop stays
+Keras's: `RNN.call` still draws the dropout masks, handles `initial_state` and `stateful`
+(assigning the final states to its state variables), casts, and `Bidirectional` still splits the
+states and merges the two directions. The weights stay Keras variables (saving, loading,
+`summary()` and parameter counts are untouched); on the torch backend `variable.value` is the
+torch Parameter itself, so gradients land on it and `fit` / the optimizer see them.
+
+Runs fused: keras.layers.LSTM, GRU (reset_after True and False), SimpleRNN, keras.layers.RNN
+over one LSTMCell / GRUCell / SimpleRNNCell, subclasses of these layers, and Bidirectional around
+any of them; masks (an Embedding(mask_zero=True) in front), go_backwards, return_sequences,
+return_state, stateful, initial states, use_bias=False, activation / recurrent_activation in
+rnn.cells.ACTIVATIONS (tanh, relu, sigmoid, hard_sigmoid, linear/None; the keras.activations,
+keras.ops and torch functions of those names), dropout and recurrent_dropout in training with the
+masks Keras itself drew (`cell.get_dropout_mask` / `get_recurrent_dropout_mask`: one input mask,
+or one per gate when the cell uses `implementation=1`, which Keras forces whenever
+recurrent_dropout > 0; one recurrent mask per gate), so an accelerated model computes what Keras
+computes given the same seed. `unroll=True` is only a speed hint in Keras and runs fused too (so
+does unroll + mask + go_backwards, which Keras's torch backend cannot run). `use_cudnn` is
+ignored: the fused path replaces cuDNN as well. Inside Bidirectional, Keras's own fused cuDNN
+attempt is skipped when both directions run fused here.
+
+Falls back to Keras's own loop, with one FallbackWarning per (layer class, reason) and a count in
+`stats["fallback"]`: any other cell (custom cells, StackedRNNCells, ConvLSTM), any other
+activation, a dropout rate of 1. `explain(model)` gives the reason per layer. Shape inference
+(symbolic calls while a functional model is built) always runs Keras's own code.
+
+`stats` counts the calls that ran fused ("fused", and "fused_lstm" / "fused_gru" / "fused_rnn")
+and those that fell back ("fallback"); `reset_stats()` zeroes it.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import os
+import sys
+import threading
+import warnings
+
+import torch
+
+from . import functional as F
+from .cells import ACTIVATIONS, CellSpec
+from .keras.cells import check_backend
+
+
+class FallbackWarning(UserWarning):
+    """A Keras recurrent layer runs on Keras's own (slow) loop instead of the fused recurrence."""
+
+
+stats = collections.Counter()
+
+# (class, attribute name) -> the original function, while installed
+_patches: dict = {}
+_config = {"backend": "auto"}
+_warned: set = set()
+_reentry = threading.local()  # ids of layers currently inside Keras's own inner_loop
+
+
+def reset_stats():
+    stats.clear()
+
+
+def installed() -> bool:
+    return bool(_patches)
+
+
+def backend() -> str:
+    """The rnn.backends name the fused layers run on (meaningful while installed)."""
+    return _config["backend"]
+
+
+# ----------------------------------------------------------------------------- Keras access
+def _keras():
+    """Import Keras (choosing its torch backend when Keras is not imported yet) and check it."""
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    if keras.backend.backend() != "torch":
+        raise RuntimeError(f"rnn.keras3 accelerates Keras's torch backend, but Keras runs on "
+                           f"{keras.backend.backend()!r}: set KERAS_BACKEND=torch before importing keras")
+    return keras
+
+
+@functools.lru_cache(maxsize=None)
+def _classes():
+    from keras.src.layers.rnn.bidirectional import Bidirectional
+    from keras.src.layers.rnn.gru import GRU, GRUCell
+    from keras.src.layers.rnn.lstm import LSTM, LSTMCell
+    from keras.src.layers.rnn.rnn import RNN
+    from keras.src.layers.rnn.simple_rnn import SimpleRNNCell
+
+    return {"RNN": RNN, "LSTM": LSTM, "GRU": GRU, "Bidirectional": Bidirectional,
+            "cells": ((LSTMCell, "lstm"), (GRUCell, "gru"), (SimpleRNNCell, "rnn"))}
+
+
+@functools.lru_cache(maxsize=None)
+def _activation_names():
+    """Keras / keras.ops / torch activation functions -> rnn.cells.ACTIVATIONS names."""
+    from keras.src import activations, ops
+
+    table = {}
+    for name in ACTIVATIONS:
+        for module in (activations, ops, torch):
+            fn = getattr(module, name, None)
+            if fn is not None:
+                table[fn] = name
+    return table
+
+
+# ----------------------------------------------------------------------------- the decision
+def plan(layer):
+    """(CellSpec, None) if a Keras RNN layer runs fused, else (None, reason)."""
+    cls = _classes()
+    if not isinstance(layer, cls["RNN"]):
+        return None, f"{type(layer).__name__} is not a Keras RNN layer"
+    cell = layer.cell
+    kind = None
+    for base, k in cls["cells"]:
+        # A subclass that redefines the step or the weights is a custom cell.
+        if isinstance(cell, base) and type(cell).call is base.call and type(cell).build is base.build:
+            kind = k
+    if kind is None:
+        return None, (f"cell {type(cell).__name__} is not Keras's LSTMCell, GRUCell or SimpleRNNCell "
+                      f"(custom cells and stacked cells run on Keras's loop)")
+    names = _activation_names()
+    acts = [("activation", cell.activation)]
+    if kind != "rnn":
+        acts.append(("recurrent_activation", cell.recurrent_activation))
+    found = {}
+    for arg, fn in acts:
+        try:
+            known = fn in names
+        except TypeError:  # an unhashable callable object
+            known = False
+        if not known:
+            label = getattr(fn, "__name__", repr(fn))
+            return None, f"{arg} {label!r} is not one the kernels have ({', '.join(ACTIVATIONS)})"
+        found[arg] = names[fn]
+    for arg in ("dropout", "recurrent_dropout"):
+        if not getattr(cell, arg) < 1.0:
+            return None, f"{arg}={getattr(cell, arg)} (rate 1 drops everything)"
+    spec = CellSpec(kind, found["activation"], found.get("recurrent_activation", "sigmoid"),
+                    getattr(cell, "reset_after", True))
+    return spec, None
+
+
+def _recurrent_layers(model):
+    RNN = _classes()["RNN"]
+    layers = model._flatten_layers(include_self=True, recursive=True) if hasattr(model, "_flatten_layers") else [model]
+    return [layer for layer in layers if isinstance(layer, RNN)]
+
+
+def explain(model) -> dict:
+    """{layer name: "fused (backend ...)" or why it runs on Keras's loop} for every recurrent layer
+    of a model (or a single layer)."""
+    _keras()
+    out = {}
+    for layer in _recurrent_layers(model):
+        spec, why = plan(layer)
+        if not installed():
+            why = "rnn.keras3 is not installed"
+        out[layer.name] = f"fused ({spec.kind}, backend {backend()!r})" if why is None else why
+    return out
+
+
+def fused_layers(model) -> list:
+    """Names of the model's recurrent layers that run fused (empty while not installed)."""
+    return [name for name, what in explain(model).items() if what.startswith("fused")]
+
+
+def _warn_once(layer, reason):
+    key = (type(layer).__name__, reason)
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"rnn.keras3: {type(layer).__name__} layer {layer.name!r} runs on Keras's own "
+                      f"(slower) loop: {reason}", FallbackWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------- the fused loop
+def _gru_blocks(t):
+    """Keras GRU gate blocks z, r, h (last axis, or the leading gate axis of a mask) -> torch r, z, n."""
+    z, r, h = t.chunk(3, dim=-1)
+    return torch.cat([r, z, h], dim=-1)
+
+
+def torch_weights(spec, kernel, recurrent_kernel, bias):
+    """Keras kernel (I, G*u), recurrent_kernel (u, G*u), bias -> (w_ih, w_hh, b_ih, b_hh) in the
+    torch.nn layout of rnn.cells (differentiable; the same conversion as rnn.keras.cells)."""
+    fix = _gru_blocks if spec.kind == "gru" else (lambda t: t)
+    w_ih, w_hh = fix(kernel).t(), fix(recurrent_kernel).t()
+    if bias is None:
+        return w_ih, w_hh, None, None
+    if bias.dim() == 2:  # GRU reset_after=True: row 0 input bias, row 1 recurrent bias
+        return w_ih, w_hh, fix(bias[0]), fix(bias[1])
+    return w_ih, w_hh, fix(bias), None
+
+
+def _stack_mask(mask, spec, per_gate_shape, dtype):
+    """Keras's mask (a tensor, or a list with one per gate in Keras gate order) -> ours."""
+    if isinstance(mask, (list, tuple)):
+        mask = torch.stack([torch.as_tensor(m) for m in mask])
+        if spec.kind == "gru":
+            mask = mask[[1, 0, 2]]
+    elif per_gate_shape is not None:
+        mask = mask.unsqueeze(0).expand(per_gate_shape)
+    return mask.to(dtype)
+
+
+def dropout_masks(cell, spec, x, h0, training):
+    """(in_mask, rec_mask) for rnn.functional from the masks the Keras cell drew (cached by
+    RNN.call for this call), or None where Keras applies none."""
+    if not training:
+        return None, None
+    in_mask = rec_mask = None
+    if cell.dropout > 0:
+        in_mask = _stack_mask(cell.get_dropout_mask(x[:, 0, :]), spec, None, x.dtype)
+    if cell.recurrent_dropout > 0:
+        B, H = h0.shape
+        rec_mask = _stack_mask(cell.get_recurrent_dropout_mask(h0), spec, (spec.n_gates, B, H), x.dtype)
+    return in_mask, rec_mask
+
+
+def _tensor(variable):
+    return None if variable is None else variable.value
+
+
+def fused_inner_loop(layer, spec, sequences, initial_state, mask, training):
+    """What Keras's backend.rnn returns, (last_output, outputs, states), from one fused call."""
+    cell = layer.cell
+    kernel = _tensor(cell.kernel)
+    dtype = kernel.dtype
+    x = torch.as_tensor(sequences).to(dtype)
+    states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
+    # A stateful layer assigns its state variables in place after this call: our h0 must not
+    # alias them (autograd saves h0).
+    states = [torch.as_tensor(s).to(dtype).clone() if layer.stateful else torch.as_tensor(s).to(dtype)
+              for s in states]
+    h0 = states[0]
+    c0 = states[1] if spec.kind == "lstm" else None
+    if isinstance(mask, (list, tuple)):
+        mask = mask[0]
+    if mask is not None:
+        mask = torch.as_tensor(mask, device=x.device).bool()
+    in_mask, rec_mask = dropout_masks(cell, spec, x, h0, training)
+    w_ih, w_hh, b_ih, b_hh = torch_weights(spec, kernel, _tensor(cell.recurrent_kernel), _tensor(cell.bias))
+    out, hT, cT = F.recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec=spec, mask=mask, in_mask=in_mask,
+                               rec_mask=rec_mask, reverse=layer.go_backwards, backend=backend(),
+                               batch_first=True)
+    if layer.go_backwards:  # Keras returns outputs in processing order
+        out = out.flip(1)
+        mask = None if mask is None else mask.flip(1)
+    if mask is not None:
+        out = F.mask_outputs(out, mask, "zeros" if layer.zero_output_for_mask else "previous", batch_first=True)
+    last = out[:, -1]
+    outputs = out if layer.return_sequences else last.unsqueeze(1)
+    stats["fused"] += 1
+    stats[f"fused_{spec.kind}"] += 1
+    return last, outputs, ([hT, cT] if spec.kind == "lstm" else [hT])
+
+
+def _symbolic(sequences):
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    return in_symbolic_scope() or not isinstance(sequences, torch.Tensor) or sequences.device.type == "meta"
+
+
+def _wrap_inner_loop(original):
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        inside = getattr(_reentry, "ids", None)
+        if inside is None:
+            inside = _reentry.ids = set()
+        if id(self) in inside or _symbolic(sequences):
+            return original(self, sequences, initial_state, mask, training=training)
+        spec, why = plan(self)
+        if spec is not None:
+            return fused_inner_loop(self, spec, sequences, initial_state, mask, training)
+        _warn_once(self, why)
+        stats["fallback"] += 1
+        inside.add(id(self))  # LSTM / GRU fall back through RNN.inner_loop, also wrapped
+        try:
+            return original(self, sequences, initial_state, mask, training=training)
+        finally:
+            inside.discard(id(self))
+
+    inner_loop.__wrapped__ = original
+    inner_loop.__doc__ = original.__doc__
+    return inner_loop
+
+
+def _wrap_bidirectional_gate(original):
+    """Bidirectional's cuDNN attempt, skipped when both directions run fused here."""
+    def can_attempt(self, *args, **kwargs):
+        if plan(self.forward_layer)[0] is not None and plan(self.backward_layer)[0] is not None:
+            return False
+        return original(self, *args, **kwargs)
+
+    can_attempt.__wrapped__ = original
+    return can_attempt
+
+
+# ----------------------------------------------------------------------------- switch
+def install(backend="auto"):
+    """Run Keras's LSTM / GRU / SimpleRNN (and Bidirectional around them) on the fused recurrence.
+
+    Idempotent; calling it again only changes the backend. If Keras is not imported yet and
+    KERAS_BACKEND is unset, Keras is set to its torch backend; any other Keras backend is an error.
+    """
+    name = check_backend(backend)
+    _keras()
+    cls = _classes()
+    _config["backend"] = name
+    if _patches:
+        return
+    _warned.clear()
+    targets = [(cls[c], "inner_loop", _wrap_inner_loop) for c in ("RNN", "LSTM", "GRU")]
+    targets += [(cls["Bidirectional"], attr, _wrap_bidirectional_gate)
+                for attr in ("_can_attempt_fused_lstm", "_can_attempt_fused_gru")]
+    for klass, attr, wrap in targets:
+        original = klass.__dict__.get(attr)
+        if original is None:  # an older Keras without Bidirectional's cuDNN attempt
+            continue
+        _patches[(klass, attr)] = original
+        setattr(klass, attr, wrap(original))
+
+
+def uninstall():
+    """Restore Keras's own methods exactly (idempotent)."""
+    while _patches:
+        (klass, attr), original = _patches.popitem()
+        setattr(klass, attr, original)
+
+
+@contextlib.contextmanager
+def enabled(backend="auto"):
+    """`with rnn.keras3.enabled(): ...` installs for the block, then restores the previous state."""
+    was, old = installed(), _config["backend"]
+    install(backend)
+    try:
+        yield
+    finally:
+        if was:
+            _config["backend"] = old
+        else:
+            uninstall()
+
+
+__all__ = ["install", "uninstall", "enabled", "installed", "backend", "fused_layers", "explain", "plan",
+           "stats", "reset_stats", "FallbackWarning", "torch_weights", "dropout_masks", "fused_inner_loop"]
