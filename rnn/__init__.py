@@ -8,7 +8,7 @@
 
 Submodules load lazily so that `import rnn.reference` stays free of torch.
 """
-import importlib
+import importlib as _importlib
 
 __version__ = "0.1.0"
 _LAZY = {"LSTM": "modules", "GRU": "modules", "RNN": "modules"}
@@ -17,10 +17,15 @@ _SUBMODULES = ("functional", "backends", "cells", "reference", "modules", "autog
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return getattr(_importlib.import_module(f".{_LAZY[name]}", __name__), name)
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return _importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'rnn' has no attribute {name!r}")
 
 
 __all__ = ["LSTM", "GRU", "RNN", *_SUBMODULES]
+
+
+def __dir__():
+    """Lazily loaded names too, so dir(rnn) and tab completion show the public API."""
+    return sorted({*globals(), *__all__})

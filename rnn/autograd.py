@@ -10,13 +10,18 @@ over all steps at once:
 
 drec equals dxg except GRU reset_after=True's n block (r * dxg_n); per-gate recurrent dropout
 masks and GRU reset_after=False's (r*h) operand make the dW_hh GEMM one per gate.
+
+Higher derivatives: the backends' backward is first-order only. When autograd asks for a graph of
+the backward itself (`create_graph=True`: gradient penalties, Hessian-vector products), the
+backward instead recomputes the layer with differentiable torch ops (`unrolled`) and
+differentiates that, so second and higher derivatives are exact on every backend, only slower.
 """
 from __future__ import annotations
 
 import torch
 
 from .backends import Saved
-from .recurrence_torch import previous_states
+from .recurrence_torch import previous_states, unrolled
 
 
 def _project(x, w_ih, b_ih, in_mask, G, H):
@@ -32,6 +37,30 @@ def _project(x, w_ih, b_ih, in_mask, G, H):
     return xg if b_ih is None else xg + b_ih
 
 
+def differentiable(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask, spec, reverse):
+    """The whole layer (input projection + recurrence) in differentiable torch ops."""
+    xg = _project(x, w_ih, b_ih, in_mask, spec.n_gates, w_hh.shape[1])
+    return unrolled(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse)
+
+
+def _backward_with_graph(ctx, grad_outputs):
+    """Backward for create_graph=True: differentiate a differentiable recomputation."""
+    (x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask) = ctx.saved_tensors[:10]
+    inputs = (x, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    wanted = [k for k, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[k]]
+    grads = [None] * 13
+    if not wanted:
+        return tuple(grads)
+    with torch.enable_grad():
+        outs = differentiable(*inputs, mask, in_mask, rec_mask, ctx.spec, ctx.reverse)
+        pairs = [(o, g) for o, g in zip(outs, grad_outputs) if o is not None and g is not None]
+        found = torch.autograd.grad([o for o, _ in pairs], [inputs[k] for k in wanted],
+                                    [g for _, g in pairs], create_graph=True, allow_unused=True)
+    for k, g in zip(wanted, found):
+        grads[k] = g if g is not None else torch.zeros_like(inputs[k])
+    return tuple(grads)
+
+
 class RecurrentFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask, spec, reverse, backend):
@@ -40,7 +69,7 @@ class RecurrentFunction(torch.autograd.Function):
         saved = backend.forward(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse)
         ctx.spec, ctx.reverse, ctx.backend = spec, reverse, backend
         ctx.has = (b_ih is not None, b_hh is not None)
-        ctx.save_for_backward(x, w_ih, w_hh, b_hh, h0, c0, mask, in_mask, rec_mask,
+        ctx.save_for_backward(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
                               saved.out, saved.gates, saved.extra)
         ctx.mark_non_differentiable(*(t for t in (mask, in_mask, rec_mask) if t is not None))
         if spec.kind == "lstm":
@@ -49,7 +78,9 @@ class RecurrentFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dhT, dcT=None):
-        (x, w_ih, w_hh, b_hh, h0, c0, mask, in_mask, rec_mask, out, gates, extra) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the backward must itself be differentiable
+            return _backward_with_graph(ctx, (dout, dhT, dcT))
+        (x, w_ih, w_hh, _, b_hh, h0, c0, mask, in_mask, rec_mask, out, gates, extra) = ctx.saved_tensors
         spec, reverse, backend = ctx.spec, ctx.reverse, ctx.backend
         G, H = spec.n_gates, w_hh.shape[1]
         T, B = out.shape[:2]

@@ -139,14 +139,23 @@ def explain(name="auto", device="cpu", spec=None, hidden=128, batch=1, dtype=tor
     from .cells import CellSpec
 
     spec = spec or CellSpec("lstm")
-    choice = choose(name, device, spec, hidden, batch, dtype)
+    try:
+        choice = choose(name, device, spec, hidden, batch, dtype)
+    except BackendUnavailable as exc:  # an explicit name that cannot run: say so, do not raise
+        return f"{validate(name)}: unavailable: {exc}"
     return f"{choice.name}: {choice.reason}"
 
 
+def _install_problem(name):
+    """None if the backend's packages import, else why not."""
+    impl = _load(name)
+    if isinstance(impl, Exception):
+        return str(impl)
+    check = getattr(impl, "install_problem", None)  # a package the backend imports lazily (cupy)
+    return check() if check else None
+
+
 def available() -> dict:
-    """{name: None if importable else the reason} for every concrete backend."""
-    out = {}
-    for name in _IMPLEMENTATIONS:
-        impl = _load(name)
-        out[name] = str(impl) if isinstance(impl, Exception) else None
-    return out
+    """{name: None if its packages are installed and import, else the reason} for every concrete
+    backend. Whether a backend can run a given call (device, dtype, size) is `explain`'s job."""
+    return {name: _install_problem(name) for name in _IMPLEMENTATIONS}

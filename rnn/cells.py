@@ -54,6 +54,13 @@ def normalize_activation(name, argument="activation"):
     return key
 
 
+def check_bool(name, value):
+    """Flags must be real booleans: a string such as "no" is truthy and would silently flip them."""
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        return bool(value)  # numpy's bool scalar is accepted too
+    raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
+
+
 @dataclass(frozen=True)
 class CellSpec:
     kind: str
@@ -97,7 +104,7 @@ def lstm(activation="tanh", recurrent_activation="sigmoid") -> CellSpec:
 
 
 def gru(activation="tanh", recurrent_activation="sigmoid", reset_after=True) -> CellSpec:
-    return CellSpec("gru", activation, recurrent_activation, bool(reset_after))
+    return CellSpec("gru", activation, recurrent_activation, check_bool("reset_after", reset_after))
 
 
 def simple_rnn(activation="tanh") -> CellSpec:

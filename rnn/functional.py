@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 from . import backends
-from .autograd import RecurrentFunction
-from .cells import CellSpec, gru as _gru_spec, lstm as _lstm_spec, simple_rnn as _rnn_spec
+from .autograd import RecurrentFunction, differentiable
+from .cells import CellSpec, check_bool, gru as _gru_spec, lstm as _lstm_spec, simple_rnn as _rnn_spec
 
 
 def _shape(t):
@@ -27,12 +27,23 @@ def _check_tensor(name, t, shape, dtype, device, floating=True):
         raise ValueError(f"{name} must be on device {device} (the device of x), got {t.device}")
 
 
+def _check_types(**tensors):
+    """Every tensor argument is a tensor (or None where the name allows it), named in the error."""
+    for name, t in tensors.items():
+        optional = name not in ("x", "w_ih", "w_hh")
+        if t is None and optional:
+            continue
+        if not isinstance(t, torch.Tensor):
+            what = "a torch.Tensor" + (" or None" if optional else "")
+            raise TypeError(f"{name} must be {what}, got {type(t).__name__}")
+
+
 def validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask):
     """Raise a clear error for every inconsistent argument; return (T, B, I, H)."""
     if not isinstance(spec, CellSpec):
         raise TypeError(f"spec must be an rnn.cells.CellSpec, got {type(spec).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_types(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0, mask=mask,
+                 in_mask=in_mask, rec_mask=rec_mask)
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D (T, B, input_size), got {x.dim()}-D with shape {_shape(x)}")
     if not x.dtype.is_floating_point:
@@ -77,40 +88,84 @@ def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, m
     after every step; cT is None unless LSTM. Differentiable with respect to every tensor argument
     except the masks.
     """
+    reverse, batch_first = check_bool("reverse", reverse), check_bool("batch_first", batch_first)
     if batch_first:
         x = x.transpose(0, 1) if isinstance(x, torch.Tensor) else x
         mask = mask.transpose(0, 1) if isinstance(mask, torch.Tensor) else mask
     T, B, I, H = validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask)
-    choice = backends.choose(backend, x.device, spec, H, B, x.dtype)
+    choice = backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype)
     if h0 is None:
         h0 = x.new_zeros(B, H)
     if spec.kind == "lstm" and c0 is None:
         c0 = x.new_zeros(B, H)
     x = x.contiguous()
     mask = None if mask is None else mask.contiguous()
-    res = RecurrentFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
-                                  spec, bool(reverse), choice.backend)
-    out, hT = res[0], res[1]
-    cT = res[2] if spec.kind == "lstm" else None
+    if T == 0 or B == 0:
+        # Nothing to launch: plain differentiable ops give empty outputs, hT = h0 (gradients flow
+        # to h0 / c0) and weight gradients of the right (empty-sum) value.
+        out, hT, cT = differentiable(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
+                                     spec, reverse)
+    else:
+        res = RecurrentFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
+                                      spec, reverse, choice.backend)
+        out, hT = res[0], res[1]
+        cT = res[2] if spec.kind == "lstm" else None
     if batch_first:
         out = out.transpose(0, 1)
     return out, hT, cT
 
 
+_COMMON_ARGS = """
+    x          (T, B, I) input ((B, T, I) with batch_first=True)
+    w_ih       (G*H, I) input weights, w_hh (G*H, H) recurrent weights, torch.nn layout and gate order
+    b_ih, b_hh (G*H,) biases or None
+    h0         (B, H) initial hidden state or None (zeros)
+    mask       (T, B) bool, True = valid step; a masked step carries the state unchanged
+    in_mask    (B, I) or (G, B, I) input dropout mask, already scaled (one per gate with G)
+    rec_mask   (G, B, H) recurrent dropout mask per gate, already scaled (Keras semantics)
+    reverse    bool: run t = T-1 .. 0 (out stays aligned with x)
+    backend    "auto" (default), "torch", "triton" or "cupy" (see rnn.backends)
+    batch_first bool
+
+    Every tensor must share x's dtype and device. Differentiable (any order) in every tensor
+    argument except the masks."""
+
+
 def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, activation="tanh",
          recurrent_activation="sigmoid", **kwargs):
+    """One LSTM layer, one direction: returns (out (T, B, H), hT (B, H), cT (B, H)).
+
+    Gates i, f, g, o: c' = f*c + i*g, h' = o*activation(c'); i, f, o use recurrent_activation.
+    c0 (B, H) is the initial cell state or None (zeros). Example:
+
+        >>> import torch
+        >>> from rnn import functional as F
+        >>> T, B, I, H = 5, 2, 3, 4
+        >>> x = torch.randn(T, B, I)
+        >>> w_ih, w_hh = torch.randn(4 * H, I), torch.randn(4 * H, H)
+        >>> out, hT, cT = F.lstm(x, w_ih, w_hh)
+        >>> out.shape, hT.shape, cT.shape
+        (torch.Size([5, 2, 4]), torch.Size([2, 4]), torch.Size([2, 4]))
+    """
     return recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0,
                       spec=_lstm_spec(activation, recurrent_activation), **kwargs)
 
 
 def gru(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, activation="tanh",
         recurrent_activation="sigmoid", reset_after=True, **kwargs):
+    """One GRU layer, one direction: returns (out (T, B, H), hT (B, H)).
+
+    Gates r, z, n: h' = (1-z)*n + z*h. reset_after=True (torch.nn, Keras default):
+    n = activation(x W_n^T + b_in + r * (h W_hn^T + b_hn)); reset_after=False (Keras classic):
+    n = activation(x W_n^T + b_in + (r*h) W_hn^T + b_hn)."""
     out, hT, _ = recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, None,
                             spec=_gru_spec(activation, recurrent_activation, reset_after), **kwargs)
     return out, hT
 
 
 def simple_rnn(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, *, activation="tanh", **kwargs):
+    """One Elman RNN layer, one direction: h' = activation(x W_ih^T + b_ih + h W_hh^T + b_hh).
+    Returns (out (T, B, H), hT (B, H))."""
     out, hT, _ = recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, None, spec=_rnn_spec(activation), **kwargs)
     return out, hT
 
@@ -134,3 +189,8 @@ def mask_outputs(out, mask, mode, batch_first=False):
         gathered = zeroed.gather(0, last.clamp(min=0).unsqueeze(-1).expand_as(out))
         zeroed = torch.where((last >= 0).unsqueeze(-1), gathered, zeroed)
     return zeroed.transpose(0, 1) if batch_first else zeroed
+
+
+for _f in (lstm, gru, simple_rnn):
+    _f.__doc__ = _f.__doc__.rstrip() + "\n\n    Arguments:" + _COMMON_ARGS + "\n"
+del _f

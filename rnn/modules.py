@@ -54,6 +54,7 @@ class _Fused:
             sorted_idx = unsorted_idx = None
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}")
+        self._check_matches_parameters(x)
         B = x.shape[1]
         h0, c0 = self._initial_states(hx, lstm, L * D, B, H, x, unbatched, sorted_idx)
 
@@ -89,6 +90,22 @@ class _Fused:
         else:
             output = layer_in.transpose(0, 1) if self.batch_first else layer_in
         return output, ((h_n, c_n) if lstm else h_n)
+
+    def _check_matches_parameters(self, x):
+        """Name the input and the module's parameters, and say how to convert (not the
+        layer-level message about w_ih, which the user never passed)."""
+        w = self.weight_ih_l0
+        name = type(self).__name__
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"{name}: the input must be a floating-point tensor, got dtype {x.dtype}")
+        if x.dtype != w.dtype:
+            raise TypeError(f"{name}: the input has dtype {x.dtype} but the module's parameters are "
+                            f"{w.dtype}; convert one of them: input.to({w.dtype}) or "
+                            f"module.to({x.dtype})")
+        if x.device != w.device:
+            raise ValueError(f"{name}: the input is on {x.device} but the module's parameters are on "
+                             f"{w.device}; move one of them: input.to('{w.device}') or "
+                             f"module.to('{x.device}')")
 
     def _initial_states(self, hx, lstm, LD, B, H, x, unbatched, sorted_idx):
         if hx is None:

@@ -44,6 +44,79 @@ def previous_states(out, h0, reverse):
     return torch.cat([h0, out[:-1]], 0)
 
 
+def _steps(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _cast(cd, *tensors):
+    return tuple(None if t is None else t.to(cd) for t in tensors)
+
+
+def _carry(mask, t, new, old):
+    """A masked step carries the state; where() (not arithmetic) keeps NaN from padding out."""
+    if mask is None or new is None:
+        return new
+    return torch.where(mask[t].unsqueeze(1), new, old)
+
+
+def _recurrent(h, w, b, rec_mask, gates):
+    """Recurrent pre-activations of the listed gate blocks: (h * rec_mask[g]) @ W_g^T + b_g."""
+    H = w.shape[1]
+    lo, hi = gates[0] * H, (gates[-1] + 1) * H
+    if rec_mask is None:
+        r = h @ w[lo:hi].t()
+    else:
+        r = torch.cat([(h * rec_mask[g]) @ w[g * H:(g + 1) * H].t() for g in gates], 1)
+    return r if b is None else r + b[lo:hi]
+
+
+def cell_step(spec, x, h, c, w, b, rm):
+    """One step of one cell, out of place (so autograd can run through it).
+
+    x (B, G*H) input pre-activations, h / c (B, H) carried states, w (G*H, H), b (G*H,) | None,
+    rm (G, B, H) | None. Returns (h_new, c_new or None, gate values (B, G*H) after their
+    activations, extra (B, H) | None: GRU reset_after's h W_n^T + b_hn)."""
+    H = w.shape[1]
+    act, ract = spec.activation, spec.recurrent_activation
+    if spec.kind == "lstm":
+        pre = x + _recurrent(h, w, b, rm, (0, 1, 2, 3))
+        i, f, o = (activate(ract, pre[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
+        g = activate(act, pre[:, 2 * H:3 * H])
+        c_new = f * c + i * g
+        return o * activate(act, c_new), c_new, torch.cat([i, f, g, o], 1), None
+    if spec.kind == "gru":
+        rz = activate(ract, x[:, :2 * H] + _recurrent(h, w, b, rm, (0, 1)))
+        r, z = rz[:, :H], rz[:, H:]
+        if spec.reset_after:
+            hn = _recurrent(h, w, b, rm, (2,))
+            n = activate(act, x[:, 2 * H:] + r * hn)
+        else:
+            hn = None
+            n = activate(act, x[:, 2 * H:] + _recurrent(r * h, w, b, rm, (2,)))  # (r*h*m_n) W_n^T + b_n
+        return (1 - z) * n + z * h, None, torch.cat([r, z, n], 1), hn
+    h_new = activate(act, x + _recurrent(h, w, b, rm, (0,)))
+    return h_new, None, h_new, None
+
+
+def unrolled(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse):
+    """The recurrence as plain differentiable torch ops: (out, hT, cT) like a backend's forward.
+
+    Autograd runs through the loop, so derivatives of any order are right. rnn.autograd uses it
+    where the kernels' hand-written first-order backward is not enough (create_graph=True) and
+    for empty batches or sequences. Slower than the backends; not used on the common path."""
+    T = xg.shape[0]
+    H = w_hh.shape[1]
+    cd = compute_dtype(xg.dtype)
+    w, b, rm, h, c = _cast(cd, w_hh, b_hh, rec_mask, h0, c0 if spec.kind == "lstm" else None)
+    outs = [None] * T
+    for t in _steps(T, reverse):
+        h_new, c_new, _, _ = cell_step(spec, xg[t].to(cd), h, c, w, b, rm)
+        h, c = _carry(mask, t, h_new, h), _carry(mask, t, c_new, c)
+        outs[t] = h
+    out = torch.stack(outs) if T else xg[..., :H] * 0  # T = 0: empty, still attached to x
+    return out.to(xg.dtype), h.to(xg.dtype), (None if c is None else c.to(xg.dtype))
+
+
 class TorchBackend:
     name = "torch"
 
@@ -51,16 +124,6 @@ class TorchBackend:
         if not dtype.is_floating_point:
             return f"dtype {dtype} is not floating point"
         return None
-
-    @staticmethod
-    def _recurrent(h, w, b, rec_mask, gates, H):
-        """Recurrent pre-activations of the listed gate blocks: (h * rec_mask[g]) @ W_g^T + b_g."""
-        lo, hi = gates[0] * H, (gates[-1] + 1) * H
-        if rec_mask is None:
-            r = h @ w[lo:hi].t()
-        else:
-            r = torch.cat([(h * rec_mask[g]) @ w[g * H:(g + 1) * H].t() for g in gates], 1)
-        return r if b is None else r + b[lo:hi]
 
     @staticmethod
     def _recurrent_grad(d, w, rec_mask, gates, H):
@@ -77,51 +140,19 @@ class TorchBackend:
         T, B, GH = xg.shape
         H = w_hh.shape[1]
         cd = compute_dtype(xg.dtype)
-        w = w_hh.to(cd)
-        b = None if b_hh is None else b_hh.to(cd)
-        rm = None if rec_mask is None else rec_mask.to(cd)
-        act, ract = spec.activation, spec.recurrent_activation
-        h = h0.to(cd)
-        c = c0.to(cd) if spec.kind == "lstm" else None
+        w, b, rm, h, c = _cast(cd, w_hh, b_hh, rec_mask, h0, c0 if spec.kind == "lstm" else None)
         out = new_empty((T, B, H), xg.dtype, xg.device)
         gates = new_empty((T, B, GH), cd, xg.device)
         has_extra = spec.kind == "lstm" or (spec.kind == "gru" and spec.reset_after)
         extra = new_empty((T, B, H), cd, xg.device) if has_extra else None
-        steps = range(T - 1, -1, -1) if reverse else range(T)
-        for t in steps:
-            x = xg[t].to(cd)
-            if spec.kind == "lstm":
-                pre = x + self._recurrent(h, w, b, rm, (0, 1, 2, 3), H)
-                i, f, o = (activate(ract, pre[:, k * H:(k + 1) * H]) for k in (0, 1, 3))
-                g = activate(act, pre[:, 2 * H:3 * H])
-                c_new = f * c + i * g
-                h_new = o * activate(act, c_new)
-                gates[t] = torch.cat([i, f, g, o], 1)
-            elif spec.kind == "gru":
-                rz = activate(ract, x[:, :2 * H] + self._recurrent(h, w, b, rm, (0, 1), H))
-                r, z = rz[:, :H], rz[:, H:]
-                if spec.reset_after:
-                    hn = self._recurrent(h, w, b, rm, (2,), H)
-                    n = activate(act, x[:, 2 * H:] + r * hn)
-                    extra[t] = hn
-                else:
-                    hn = self._recurrent(r * h, w, b, rm, (2,), H)  # (r*h*m_n) W_n^T + b_n
-                    n = activate(act, x[:, 2 * H:] + hn)
-                h_new = (1 - z) * n + z * h
-                gates[t] = torch.cat([r, z, n], 1)
-            else:
-                h_new = activate(act, x + self._recurrent(h, w, b, rm, (0,), H))
-                gates[t] = h_new
-            if mask is not None:  # a masked step carries the state; where() keeps NaN out
-                m = mask[t].unsqueeze(1)
-                h_new = torch.where(m, h_new, h)
-                if c is not None:
-                    c_new = torch.where(m, c_new, c)
-            h = h_new
+        for t in _steps(T, reverse):
+            h_new, c_new, gates[t], e = cell_step(spec, xg[t].to(cd), h, c, w, b, rm)
+            h, c = _carry(mask, t, h_new, h), _carry(mask, t, c_new, c)
             out[t] = h
             if spec.kind == "lstm":
-                c = c_new
                 extra[t] = c
+            elif has_extra:
+                extra[t] = e
         cT = c.to(xg.dtype) if c is not None else None
         return Saved(out, h.to(xg.dtype), cT, gates, extra)
 

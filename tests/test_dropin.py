@@ -124,7 +124,7 @@ def test_proj_size_not_supported():
     (lambda m: m(torch.randn(7, 3, 4)), "input_size. Expected 5, got 4"),
     (lambda m: m(torch.randn(3, 7, 3, 5)), "expected input to be 2-D"),
     (lambda m: m(torch.randint(0, 3, (7, 3, 5))), "floating"),
-    (lambda m: m(torch.randn(7, 3, 5, dtype=torch.float64)), "w_ih must have dtype torch.float64"),
+    (lambda m: m(torch.randn(7, 3, 5, dtype=torch.float64)), r"input has dtype torch.float64 but the module.s parameters are torch.float32"),
     (lambda m: m(torch.randn(7, 3, 5), (torch.zeros(1, 2, 9), torch.zeros(1, 3, 9))), r"Expected hidden size \(1, 3, 9\)"),
     (lambda m: m(torch.randn(7, 3, 5), torch.zeros(1, 3, 9)), "tuple"),
     (lambda m: m(torch.randn(7, 3, 5), (torch.zeros(1, 3, 9, dtype=torch.float64),) * 2), "dtype"),

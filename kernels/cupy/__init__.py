@@ -351,8 +351,8 @@ class CupyBackend:
         self._mma = None if mma == "auto" else False
 
     # ---- availability ------------------------------------------------------------------------
-    def _cupy_problem(self):
-        """None if cupy imports, else why not."""
+    def install_problem(self):
+        """None if cupy imports, else why not (rnn.backends.available() reports it)."""
         try:
             _import_cupy()
         except ImportError:
@@ -387,7 +387,7 @@ class CupyBackend:
         device = torch.device(device)
         if device.type != "cuda":
             return f"the cupy backend runs on CUDA devices only, got device {device}"
-        problem = self._cupy_problem()
+        problem = self.install_problem()
         if problem:
             return problem
         if dtype not in DTYPES:

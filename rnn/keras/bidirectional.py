@@ -55,6 +55,13 @@ class Bidirectional(nn.Module):
                 raise ValueError(
                     f"backward_layer.go_backwards={backward_layer.go_backwards} must be the opposite of "
                     f"the forward layer's go_backwards={layer.go_backwards}")
+        if merge_mode in ("sum", "mul", "ave"):
+            sizes = [self._units(sub) for sub in (layer, backward_layer)]
+            if sizes[0] != sizes[1]:
+                raise ValueError(
+                    f"merge_mode={merge_mode!r} adds or multiplies the two directions elementwise, so "
+                    f"both need the same number of units: the forward layer has {sizes[0]}, "
+                    f"backward_layer has {sizes[1]} (use merge_mode='concat' or None, or equal units)")
         self.backward_layer = backward_layer
         self.merge_mode = merge_mode
         self.return_sequences = layer.return_sequences
@@ -63,6 +70,11 @@ class Bidirectional(nn.Module):
         self.name = name
         for sub in (self.forward_layer, self.backward_layer):
             sub.zero_output_for_mask = self.return_sequences
+
+    @staticmethod
+    def _units(layer):
+        cell = layer.cell
+        return cell.output_size if hasattr(cell, "cells") else cell.units
 
     def _n_states(self, layer):
         return sum(c.n_states for c in layer._cells())

@@ -33,6 +33,7 @@ from torch import nn
 
 from .. import backends as _backends
 from .. import cells as _cells
+from ..cells import check_bool
 from . import initializers as _init
 
 
@@ -107,7 +108,7 @@ class _KerasCell(nn.Module):
         self.spec = _cells.CellSpec(self.KIND, activation, recurrent_activation, reset_after)
         self.activation = self.spec.activation
         self.recurrent_activation = self.spec.recurrent_activation
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool("use_bias", use_bias)
         self.kernel_initializer = _init.get(kernel_initializer, "kernel_initializer")
         self.recurrent_initializer = _init.get(recurrent_initializer, "recurrent_initializer")
         self.bias_initializer = _init.get(bias_initializer, "bias_initializer")
@@ -309,7 +310,7 @@ class _KerasCell(nn.Module):
         states = [as_state(s, f"states[{k}]", B, self.units, x.dtype, x.device) for k, s in enumerate(states)]
         h0 = states[0] if states else None
         c0 = states[1] if states and self.n_states > 1 else None
-        training = self.training if training is None else bool(training)
+        training = self.training if training is None else check_bool("training", training)
         in_mask = rec_mask = None
         if training and (self.dropout > 0 or self.recurrent_dropout > 0):
             cached = self._cached_masks
@@ -357,7 +358,7 @@ class LSTMCell(_KerasCell):
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", unit_forget_bias=True, dropout=0.0, recurrent_dropout=0.0,
                  seed=None, *, input_dim=None, backend="auto", dtype=None, device=None):
-        self.unit_forget_bias = bool(unit_forget_bias)
+        self.unit_forget_bias = check_bool("unit_forget_bias", unit_forget_bias)
         super().__init__(units, activation=activation, recurrent_activation=recurrent_activation,
                          use_bias=use_bias, kernel_initializer=kernel_initializer,
                          recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,
@@ -387,7 +388,7 @@ class GRUCell(_KerasCell):
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
                  bias_initializer="zeros", dropout=0.0, recurrent_dropout=0.0, reset_after=True,
                  seed=None, *, input_dim=None, backend="auto", dtype=None, device=None):
-        self.reset_after = bool(reset_after)
+        self.reset_after = check_bool("reset_after", reset_after)
         super().__init__(units, activation=activation, recurrent_activation=recurrent_activation,
                          use_bias=use_bias, kernel_initializer=kernel_initializer,
                          recurrent_initializer=recurrent_initializer, bias_initializer=bias_initializer,

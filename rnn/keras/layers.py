@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..cells import check_bool
 from .cells import GRUCell, LSTMCell, SimpleRNNCell, _KerasCell, as_input, as_state
 
 
@@ -80,12 +81,12 @@ class RNN(nn.Module):
             raise ValueError(f"cell must be an rnn.keras cell (LSTMCell, GRUCell, SimpleRNNCell) or a list "
                              f"of them, got {type(cell).__name__}")
         self.cell = cell
-        self.return_sequences = bool(return_sequences)
-        self.return_state = bool(return_state)
-        self.go_backwards = bool(go_backwards)
-        self.stateful = bool(stateful)
-        self.unroll = bool(unroll)
-        self.zero_output_for_mask = bool(zero_output_for_mask)
+        self.return_sequences = check_bool("return_sequences", return_sequences)
+        self.return_state = check_bool("return_state", return_state)
+        self.go_backwards = check_bool("go_backwards", go_backwards)
+        self.stateful = check_bool("stateful", stateful)
+        self.unroll = check_bool("unroll", unroll)
+        self.zero_output_for_mask = check_bool("zero_output_for_mask", zero_output_for_mask)
         self.name = name
         self.states = None  # stateful: list of detached final states (nested per cell if stacked)
         if input_shape is not None:
@@ -188,7 +189,7 @@ class RNN(nn.Module):
                 raise ValueError(f"a stateful layer keeps the batch size of its first call: expected "
                                  f"batch size {expected}, got inputs of shape {tuple(x.shape)}")
         starts = self._initial_states(initial_state, B, x.dtype, x.device)
-        training = self.training if training is None else bool(training)
+        training = self.training if training is None else check_bool("training", training)
         seq, finals = x, []
         for c, (h0, c0) in zip(cells, starts):
             in_mask = rec_mask = None
