@@ -1,0 +1,234 @@
+"""The static kernel report (profiling.static, profiling.sass): compile one configuration per kernel
+family for sm_90 without a GPU and check what it reads; the PTX walk, the SASS loop finder and the
+latency model on small synthetic inputs."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from profiling import sass, static
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = ("backend", "kernel", "cell", "dtype", "batch", "hidden", "direction", "auto", "registers",
+            "spill_bytes", "shared_bytes", "co_resident", "mma_per_step", "us_per_step_est")
+
+
+# ---------------------------------------------------------------------------------------------
+# latency model
+
+def test_estimate_model_terms():
+    m = static.ESTIMATE_MODEL
+    block = {"mma": 64, "lds_bytes": 100, "sts_bytes": 20, "ldsm_bytes": 8}
+    warp = {"mma": 8, "ldg": 9, "bar": 3, "ffma": 70}
+    est, terms = static.estimate_us(block, warp, grid_barriers=2, launches=0)
+    clk = m["CLOCK_HZ"]
+    expect = {
+        "mma": max(8 * m["MMA_WARP_CLK"], 64 * 4096 / m["MMA_FLOP_PER_CLK_SM"]) / clk,
+        "fma": 70 / clk,
+        "smem": 32 * 128 / m["SMEM_BYTES_PER_CLK"] / clk,
+        "l2": m["L2_LATENCY_S"] * math.ceil(9 / m["LOADS_IN_FLIGHT"]),
+        "bar": 3 * m["BAR_CLK"] / clk,
+        "sync": 2 * m["GRID_BARRIER_S"],
+    }
+    for k, v in expect.items():
+        assert terms[k] == pytest.approx(v * 1e6, abs=1e-3), (k, terms[k], v * 1e6)
+    assert est == pytest.approx(sum(terms.values()), abs=1e-3)
+    # a per-step kernel pays launches instead of grid barriers
+    _, t2 = static.estimate_us(block, warp, grid_barriers=0, launches=3)
+    assert t2["sync"] == pytest.approx(3 * m["LAUNCH_GAP_S"] * 1e6)
+
+
+def test_occupancy():
+    # 255 registers x 256 threads: 8 warps x 8192 registers = the whole register file
+    assert static.blocks_per_sm(255, 256, 2048) == 1
+    assert static.blocks_per_sm(64, 256, 2048) == 4
+    assert static.blocks_per_sm(32, 128, 100 * 1024) == 2        # shared memory bound
+    assert static.blocks_per_sm(32, 128, 300 * 1024) == 0        # does not fit at all
+
+
+# ---------------------------------------------------------------------------------------------
+# PTX walk and SASS loops on synthetic code
+
+PTX = """
+.visible .entry k(
+    .param .u32 k_param_0,
+    .param .u32 k_param_1
+)
+{
+    ld.param.u32 %r1, [k_param_0];
+    ld.param.u32 %r2, [k_param_1];
+    mov.u32 %r3, %tid.x;
+    mov.u32 %r10, 0;
+$L__step:
+    mov.u32 %r11, %r3;
+    setp.ge.s32 %p1, %r11, %r2;
+    @%p1 bra $L__skip;
+$L__inner:
+    ld.shared.v2.b32 {%r20, %r21}, [%r11];
+    ld.global.cg.b16 %rs1, [%rd1];
+    mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1,%f2,%f3,%f4}, {%r20,%r21,%r20,%r21}, {%r20,%r21}, {%f1,%f2,%f3,%f4};
+    add.s32 %r11, %r11, 64;
+    setp.lt.s32 %p2, %r11, %r2;
+    @%p2 bra $L__inner;
+$L__skip:
+    bar.sync 0;
+    ld.global.acquire.gpu.b32 %r30, [%rd2];
+$L__spin:
+    ld.global.acquire.gpu.b32 %r30, [%rd2];
+    setp.lt.u32 %p3, %r30, 5;
+    @%p3 bra $L__spin;
+    add.s32 %r10, %r10, 1;
+    setp.lt.s32 %p4, %r10, %r1;
+    @%p4 bra $L__step;
+    ret;
+}
+"""
+
+
+@pytest.mark.parametrize("tid,n,expected", [(0, 640, 10), (32, 640, 10), (0, 100, 2), (100, 100, 0)])
+def test_ptx_walk_counts_one_step(tid, n, expected):
+    k = sass.parse_ptx(PTX)
+    assert k.params == ["k_param_0", "k_param_1"]
+    win, total, arrivals = sass.walk(k, [4, n], tid=tid, ntid=64)
+    # inner loop: ceil((n - tid) / 64) iterations; the spin loop (unknown value) exits at once
+    assert win["mma"] == expected and win["lds"] == expected and win["lds_bytes"] == 8 * expected
+    assert win["ldg"] == expected + 2 and win["ldg_bytes"] == 2 * expected + 8
+    assert win["bar"] == 1
+    # the walk stops at the end of the window: steps 0 and 1 ran
+    assert total["bar"] == 2 and total["mma"] == 2 * expected
+    assert arrivals == 2
+
+
+def test_ptx_walk_rejects_wrong_argument_count():
+    with pytest.raises(sass.WalkError, match="2 parameters, 1 values"):
+        sass.walk(sass.parse_ptx(PTX), [4])
+
+
+SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   LDS R2, [R1] ;
+        /*0020*/                   HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0030*/              @P0  BRA `(.L_x_2) ;
+.L_x_1:
+        /*0040*/                   LDG.E.U16.STRONG.GPU R3, desc[UR4][R2.64] ;
+        /*0050*/              @P1  BRA `(.L_x_1) ;
+        /*0060*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+.L_x_3:
+        /*0070*/              @P2  BRA `(.L_x_0) ;
+        /*0080*/                   EXIT ;
+.L_x_2:
+        /*0090*/                   STL.64 [R1+0x8], R4 ;
+        /*00a0*/                   LDSM.16.M88.4 R8, [R2] ;
+        /*00b0*/                   BRA `(.L_x_3) ;
+"""
+
+
+def test_sass_step_loop_keeps_out_of_line_blocks():
+    instrs = sass.parse_sass(SASS)
+    assert [i.op for i in instrs][:3] == ["MOV", "LDS", "HMMA.16816.F32.BF16"]
+    loop = sass.step_loop(instrs)
+    assert loop is not None and loop[0] == 0x10
+    # the block at 0x90 is placed after EXIT but belongs to the loop (it branches back into it)
+    assert {0x90, 0xa0, 0xb0} <= loop[1] and 0x80 not in loop[1] and 0x0 not in loop[1]
+    c = sass.count(sass.loop_instrs(instrs, loop))
+    assert c["mma"] == 1 and c["stl"] == 1 and c["stl_bytes"] == 8 and c["ldsm"] == 1 and c["ldsm_bytes"] == 16
+    assert c["ldg_bytes"] == 2 and c["bar"] == 1
+
+
+def test_ptxas_log_parse():
+    log = ("ptxas info    : Compiling entry function 'k' for 'sm_90a'\n"
+           "ptxas info    : Function properties for k\n"
+           "    936 bytes stack frame, 936 bytes spill stores, 900 bytes spill loads\n"
+           "ptxas info    : Used 255 registers, used 1 barriers, 936 bytes cumulative stack size\n")
+    assert sass.parse_ptxas_log(log) == {"k": {"stack_bytes": 936, "spill_store_bytes": 936,
+                                               "spill_load_bytes": 900, "registers": 255}}
+
+
+# ---------------------------------------------------------------------------------------------
+# one configuration per kernel family, compiled for sm_90 (a subprocess: the test session runs
+# the Triton interpreter, whose kernels cannot be compiled)
+
+def _run_static(tmp_path, *args):
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "profiling.static", "--batches", "16", "--hiddens", "64", "--cache-dir", "",
+           "--results-dir", str(tmp_path), "--no-progress", "--out", str(out), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    record = json.loads((out / "static_sm90.json").read_text())
+    return record, (out / "static_sm90.md").read_text()
+
+
+def _row(record, backend, direction):
+    rows = [r for r in record["rows"] if r["backend"] == backend and r["direction"] == direction]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def _check_compiled(row):
+    for key in REQUIRED:
+        assert key in row, key
+    assert row["status"] == "ok", row["note"]
+    assert row["registers"] > 0 and row["shared_bytes"] > 0
+    assert row["step_loop_found"], row
+    assert row["co_resident"] is True and row["us_per_step_est"] > 0
+    assert row["bar_per_step"] > 0
+
+
+def test_triton_family_bf16(tmp_path):
+    record, md = _run_static(tmp_path, "--cells", "rnn", "--dtypes", "bf16", "--backends", "triton")
+    assert record["device"] == "sm_90 (compiled, not run)"
+    for key in ("versions", "git_commit", "date", "estimate_model"):
+        assert record[key]
+    for direction in ("forward", "backward"):
+        row = _row(record, "triton", direction)
+        _check_compiled(row)
+        assert row["kernel"].startswith("triton.") and row["grid_barriers_per_step"] >= 1
+        # a program's tile is 16 rows x 16 units x 64 deep: the m16n8k16 MMAs of its warps cover it
+        assert row["mma_per_warp"] > 0 and row["mma_per_step"] * 16 * 8 * 16 >= 16 * 16 * 64, row
+    assert "compiled for sm_90, estimated, not measured" in md
+
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None,
+                                reason="nvcc not on PATH: the CuPy kernels cannot be compiled here")
+
+
+@needs_nvcc
+def test_cupy_family_bf16_and_fp32(tmp_path):
+    record, _ = _run_static(tmp_path, "--cells", "rnn", "--dtypes", "bf16,fp32", "--backends", "cupy")
+    for direction in ("forward", "backward"):
+        mma = _row_of(record, "bf16", direction)
+        fma = _row_of(record, "fp32", direction)
+        for row in (mma, fma):
+            _check_compiled(row)
+            assert row["auto"] is True  # auto picks cupy where its plan fits
+            assert row["ldg_per_step"] > 0 and row["atomic_per_step"] >= 0
+        assert "[mma]" in mma["kernel"] and mma["mma_per_step"] > 0
+        assert "[fma]" in fma["kernel"] and fma["mma_per_step"] == 0 and fma["ffma_per_warp"] > 0
+
+
+def _row_of(record, dtype, direction):
+    rows = [r for r in record["rows"] if r["dtype"] == dtype and r["direction"] == direction]
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def test_measured_times_are_matched(tmp_path):
+    rec = {"device": "NVIDIA H100 80GB HBM3", "rows": [
+        {"backend": "cupy", "cell": "lstm", "dtype": "fp16", "batch": 16, "hidden": 768, "mode": "forward",
+         "status": "ok", "ms": 2.048, "seq_len": 1024, "ms_cudnn": 3.072},
+        {"backend": "cupy", "cell": "lstm", "dtype": "fp16", "batch": 16, "hidden": 768,
+         "mode": "forward_backward", "status": "ok", "ms": 6.144, "seq_len": 1024, "ms_cudnn": None}]}
+    (tmp_path / "gpu.json").write_text(json.dumps(rec))
+    (tmp_path / "cpu.json").write_text(json.dumps(dict(rec, device="cpu: x")))
+    index = static.measured_index(tmp_path)
+    assert static._measured(index, "cupy", "lstm", "fp16", 16, 768, "forward", True) == (2.0, 3.0, "gpu.json")
+    assert static._measured(index, "cupy", "lstm", "fp16", 16, 768, "backward", True) == (4.0, None, "gpu.json")
+    assert static._measured(index, "triton", "lstm", "fp16", 16, 768, "forward", False) == (None, None, None)
