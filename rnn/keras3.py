@@ -16,8 +16,8 @@ states and merges the two directions. The weights stay Keras variables (saving, 
 torch Parameter itself, so gradients land on it and `fit` / the optimizer see them.
 
 Runs fused: keras.layers.LSTM, GRU (reset_after True and False), SimpleRNN, keras.layers.RNN
-over one LSTMCell / GRUCell / SimpleRNNCell, subclasses of these layers, and Bidirectional around
-any of them; masks (an Embedding(mask_zero=True) in front), go_backwards, return_sequences,
+over an LSTMCell / GRUCell / SimpleRNNCell or a list of them (StackedRNNCells: one recurrence per
+cell), subclasses of these layers, and Bidirectional around any of them; masks (an Embedding(mask_zero=True) in front), go_backwards, return_sequences,
 return_state, stateful, initial states, use_bias=False, activation / recurrent_activation in
 rnn.cells.ACTIVATIONS (tanh, relu, sigmoid, hard_sigmoid, linear/None; the keras.activations,
 keras.ops and torch functions of those names), dropout and recurrent_dropout in training with the
@@ -30,12 +30,13 @@ ignored: the fused path replaces cuDNN as well. Inside Bidirectional, Keras's ow
 attempt is skipped when both directions run fused here.
 
 Falls back to Keras's own loop, with one FallbackWarning per (layer class, reason) and a count in
-`stats["fallback"]`: any other cell (custom cells, StackedRNNCells, ConvLSTM), any other
+`stats["fallback"]`: any other cell (custom cells, ConvLSTM, a stack holding one), any other
 activation, a dropout rate of 1. `explain(model)` gives the reason per layer. Shape inference
 (symbolic calls while a functional model is built) always runs Keras's own code.
 
-`stats` counts the calls that ran fused ("fused", and "fused_lstm" / "fused_gru" / "fused_rnn")
-and those that fell back ("fallback"); `reset_stats()` zeroes it.
+`stats` counts the layer calls (one per direction) that ran fused ("fused") or fell back
+("fallback"), and the fused recurrences per cell kind ("fused_lstm" / "fused_gru" / "fused_rnn");
+`reset_stats()` zeroes it.
 """
 from __future__ import annotations
 
@@ -100,8 +101,9 @@ def _classes():
     from keras.src.layers.rnn.lstm import LSTM, LSTMCell
     from keras.src.layers.rnn.rnn import RNN
     from keras.src.layers.rnn.simple_rnn import SimpleRNNCell
+    from keras.src.layers.rnn.stacked_rnn_cells import StackedRNNCells
 
-    return {"RNN": RNN, "LSTM": LSTM, "GRU": GRU, "Bidirectional": Bidirectional,
+    return {"RNN": RNN, "LSTM": LSTM, "GRU": GRU, "Bidirectional": Bidirectional, "StackedRNNCells": StackedRNNCells,
             "cells": ((LSTMCell, "lstm"), (GRUCell, "gru"), (SimpleRNNCell, "rnn"))}
 
 
@@ -120,20 +122,16 @@ def _activation_names():
 
 
 # ----------------------------------------------------------------------------- the decision
-def plan(layer):
-    """(CellSpec, None) if a Keras RNN layer runs fused, else (None, reason)."""
-    cls = _classes()
-    if not isinstance(layer, cls["RNN"]):
-        return None, f"{type(layer).__name__} is not a Keras RNN layer"
-    cell = layer.cell
+def _cell_spec(cell):
+    """(CellSpec, None) for a Keras cell the kernels can run, else (None, reason)."""
     kind = None
-    for base, k in cls["cells"]:
+    for base, k in _classes()["cells"]:
         # A subclass that redefines the step or the weights is a custom cell.
         if isinstance(cell, base) and type(cell).call is base.call and type(cell).build is base.build:
             kind = k
     if kind is None:
         return None, (f"cell {type(cell).__name__} is not Keras's LSTMCell, GRUCell or SimpleRNNCell "
-                      f"(custom cells and stacked cells run on Keras's loop)")
+                      f"(custom cells run on Keras's loop)")
     names = _activation_names()
     acts = [("activation", cell.activation)]
     if kind != "rnn":
@@ -151,9 +149,29 @@ def plan(layer):
     for arg in ("dropout", "recurrent_dropout"):
         if not getattr(cell, arg) < 1.0:
             return None, f"{arg}={getattr(cell, arg)} (rate 1 drops everything)"
-    spec = CellSpec(kind, found["activation"], found.get("recurrent_activation", "sigmoid"),
-                    getattr(cell, "reset_after", True))
-    return spec, None
+    return CellSpec(kind, found["activation"], found.get("recurrent_activation", "sigmoid"),
+                    getattr(cell, "reset_after", True)), None
+
+
+def plan(layer):
+    """(tuple of CellSpec, one per cell, None) if a Keras RNN layer runs fused, else (None, reason).
+
+    A StackedRNNCells of runnable cells runs as one recurrence per cell (step t of cell k only
+    needs step t of cell k-1)."""
+    cls = _classes()
+    if not isinstance(layer, cls["RNN"]):
+        return None, f"{type(layer).__name__} is not a Keras RNN layer"
+    cell = layer.cell
+    if type(cell) is cls["StackedRNNCells"]:
+        specs = []
+        for k, c in enumerate(cell.cells):
+            spec, why = _cell_spec(c)
+            if spec is None:
+                return None, f"stacked cell {k}: {why}"
+            specs.append(spec)
+        return tuple(specs), None
+    spec, why = _cell_spec(cell)
+    return (None, why) if spec is None else ((spec,), None)
 
 
 def _recurrent_layers(model):
@@ -168,10 +186,11 @@ def explain(model) -> dict:
     _keras()
     out = {}
     for layer in _recurrent_layers(model):
-        spec, why = plan(layer)
+        specs, why = plan(layer)
         if not installed():
             why = "rnn.keras3 is not installed"
-        out[layer.name] = f"fused ({spec.kind}, backend {backend()!r})" if why is None else why
+        kinds = " + ".join(spec.kind for spec in specs or ())
+        out[layer.name] = f"fused ({kinds}, backend {backend()!r})" if why is None else why
     return out
 
 
@@ -236,28 +255,40 @@ def _tensor(variable):
     return None if variable is None else variable.value
 
 
-def fused_inner_loop(layer, spec, sequences, initial_state, mask, training):
-    """What Keras's backend.rnn returns, (last_output, outputs, states), from one fused call."""
-    cell = layer.cell
-    kernel = _tensor(cell.kernel)
-    dtype = kernel.dtype
-    x = torch.as_tensor(sequences).to(dtype)
-    states = list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state]
-    # A stateful layer assigns its state variables in place after this call: our h0 must not
-    # alias them (autograd saves h0).
-    states = [torch.as_tensor(s).to(dtype).clone() if layer.stateful else torch.as_tensor(s).to(dtype)
-              for s in states]
-    h0 = states[0]
-    c0 = states[1] if spec.kind == "lstm" else None
+def _as_list(s):
+    return list(s) if isinstance(s, (list, tuple)) else [s]
+
+
+def fused_inner_loop(layer, specs, sequences, initial_state, mask, training):
+    """What Keras's backend.rnn returns, (last_output, outputs, states), from one fused recurrence
+    per cell (specs: one CellSpec per cell, from plan())."""
+    stacked = len(specs) > 1 or type(layer.cell) is _classes()["StackedRNNCells"]
+    cells = layer.cell.cells if stacked else [layer.cell]
+    per_cell = list(initial_state) if stacked else [initial_state]
+    dtype = _tensor(cells[0].kernel).dtype
+    seq = torch.as_tensor(sequences).to(dtype)
     if isinstance(mask, (list, tuple)):
         mask = mask[0]
     if mask is not None:
-        mask = torch.as_tensor(mask, device=x.device).bool()
-    in_mask, rec_mask = dropout_masks(cell, spec, x, h0, training)
-    w_ih, w_hh, b_ih, b_hh = torch_weights(spec, kernel, _tensor(cell.recurrent_kernel), _tensor(cell.bias))
-    out, hT, cT = F.recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec=spec, mask=mask, in_mask=in_mask,
-                               rec_mask=rec_mask, reverse=layer.go_backwards, backend=backend(),
-                               batch_first=True)
+        mask = torch.as_tensor(mask, device=seq.device).bool()
+    finals = []
+    for cell, spec, start in zip(cells, specs, per_cell):
+        # A stateful layer assigns its state variables in place after this call: h0 / c0 must not
+        # alias them (autograd saves them).
+        states = [torch.as_tensor(s).to(dtype) for s in _as_list(start)]
+        states = [s.clone() for s in states] if layer.stateful else states
+        h0, c0 = states[0], (states[1] if spec.kind == "lstm" else None)
+        in_mask, rec_mask = dropout_masks(cell, spec, seq, h0, training)
+        w_ih, w_hh, b_ih, b_hh = torch_weights(spec, _tensor(cell.kernel), _tensor(cell.recurrent_kernel),
+                                               _tensor(cell.bias))
+        seq, hT, cT = F.recurrence(seq, w_ih, w_hh, b_ih, b_hh, h0, c0, spec=spec, mask=mask, in_mask=in_mask,
+                                   rec_mask=rec_mask, reverse=layer.go_backwards, backend=backend(),
+                                   batch_first=True)
+        new = [hT, cT] if spec.kind == "lstm" else [hT]
+        # Keras keeps each cell's state structure: a list, or a bare tensor inside a stack
+        finals.append(new if isinstance(start, (list, tuple)) or not stacked else hT)
+        stats[f"fused_{spec.kind}"] += 1
+    out = seq
     if layer.go_backwards:  # Keras returns outputs in processing order
         out = out.flip(1)
         mask = None if mask is None else mask.flip(1)
@@ -266,8 +297,7 @@ def fused_inner_loop(layer, spec, sequences, initial_state, mask, training):
     last = out[:, -1]
     outputs = out if layer.return_sequences else last.unsqueeze(1)
     stats["fused"] += 1
-    stats[f"fused_{spec.kind}"] += 1
-    return last, outputs, ([hT, cT] if spec.kind == "lstm" else [hT])
+    return last, outputs, (finals if stacked else finals[0])
 
 
 def _symbolic(sequences):
@@ -283,9 +313,9 @@ def _wrap_inner_loop(original):
             inside = _reentry.ids = set()
         if id(self) in inside or _symbolic(sequences):
             return original(self, sequences, initial_state, mask, training=training)
-        spec, why = plan(self)
-        if spec is not None:
-            return fused_inner_loop(self, spec, sequences, initial_state, mask, training)
+        specs, why = plan(self)
+        if specs is not None:
+            return fused_inner_loop(self, specs, sequences, initial_state, mask, training)
         _warn_once(self, why)
         stats["fallback"] += 1
         inside.add(id(self))  # LSTM / GRU fall back through RNN.inner_loop, also wrapped

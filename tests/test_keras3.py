@@ -45,7 +45,7 @@ def ragged_mask():
 
 
 def flat(y):
-    return list(y) if isinstance(y, (list, tuple)) else [y]
+    return keras.tree.flatten(y)
 
 
 def randomize(layer, seed=5, scale=0.4):
@@ -58,9 +58,10 @@ def upstream_loss(outputs, seed=11):
     return sum((o * torch.tensor(g.normal(size=tuple(o.shape)).astype(np.float32))).sum() for o in outputs)
 
 
-def run_layer(build, fused, *, mask=False, states=0, training=False, calls=1, seed=3):
+def run_layer(build, fused, *, mask=False, states=0, nest=None, training=False, calls=1, seed=3):
     """Build, randomize and call a layer `calls` times; outputs of every call, then the gradients
-    of one loss over all of them (every trainable variable in order, the input, initial states)."""
+    of one loss over all of them (every trainable variable in order, the input, initial states).
+    `states` initial states (B, U), passed as `nest(list)` if given."""
     g = np.random.default_rng(0)
     x = torch.tensor(g.normal(size=(B, T, I)).astype(np.float32), requires_grad=True)
     s0 = [torch.tensor(g.normal(size=(B, U)).astype(np.float32), requires_grad=True) for _ in range(states)]
@@ -73,7 +74,7 @@ def run_layer(build, fused, *, mask=False, states=0, training=False, calls=1, se
         if mask:
             kw["mask"] = torch.tensor(ragged_mask())
         if states:
-            kw["initial_state"] = s0
+            kw["initial_state"] = nest(s0) if nest else s0
         outs = []
         for _ in range(calls):
             outs += flat(layer(x, **kw))
@@ -115,6 +116,12 @@ LAYERS = {
                                                              return_state=True), dict(mask=True, states=1)),
     "simplernn_sigmoid_unroll": (lambda: L.SimpleRNN(U, activation="sigmoid", unroll=True, return_sequences=True),
                                  {}),
+    "rnn_stacked_cells_backwards_state": (
+        lambda: L.RNN([L.LSTMCell(U, dropout=0.2, recurrent_dropout=0.3),
+                       L.GRUCell(U, reset_after=False, dropout=0.2, recurrent_dropout=0.3),
+                       L.SimpleRNNCell(U, activation="relu", dropout=0.1)],
+                      return_sequences=True, return_state=True, go_backwards=True),
+        dict(mask=True, training=True, states=4, nest=lambda s: [[s[0], s[1]], [s[2]], s[3]])),
     "rnn_lstmcell_unroll_dropout": (lambda: L.RNN(L.LSTMCell(U, dropout=0.2, recurrent_dropout=0.2), unroll=True,
                                                   return_sequences=True), dict(mask=True, training=True)),
 }
@@ -139,7 +146,9 @@ def test_layer_parity(case):
     assert k3.stats["fused"] == 0
     fused = run_layer(build, True, **kw)
     directions = 2 if case in BIDIRECTIONAL else 1
+    recurrences = 3 if "stacked" in case else directions  # one per cell and direction
     assert k3.stats["fused"] == directions and k3.stats["fallback"] == 0, dict(k3.stats)
+    assert sum(v for k, v in k3.stats.items() if k.startswith("fused_")) == recurrences, dict(k3.stats)
     check_same(case, plain, fused)
 
 
@@ -325,3 +334,26 @@ def test_import_rnn_does_not_import_keras():
     code = "import sys, rnn, rnn.keras3; assert 'keras' not in sys.modules, 'keras imported'"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_keras3_examples_are_listed_and_runnable():
+    import importlib
+
+    from examples.keras3 import EXAMPLES
+
+    for name in EXAMPLES:
+        assert callable(importlib.import_module(f"examples.keras3.{name}").main), name
+
+
+def test_bench_runs_and_times_both_paths():
+    from profiling import keras3_bench
+
+    threads = torch.get_num_threads()
+    try:
+        rows = keras3_bench.main(["--batch", "4", "--steps", "6", "--features", "3", "--units", "5", "--vocab", "9",
+                                  "--rounds", "1", "--calls", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["row"] for r in rows] == ["layer train step", "layer inference", "model train step"]
+    assert all(r["keras_ms"][0] > 0 and r["fused_ms"][0] > 0 for r in rows)
+    assert not k3.installed()

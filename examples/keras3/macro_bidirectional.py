@@ -1,0 +1,68 @@
+"""(d) Conv1D + MaxPooling1D + Bidirectional(LSTM forward, GRU backward) on a real multivariate series.
+
+Data: the US quarterly macroeconomic data set that statsmodels ships (statsmodels.datasets.macrodata,
+1959Q1-2009Q3; nothing is downloaded), prepared as in examples/macro_bidirectional.py: growth rates
+and levels of 11 series, standardized; from the last WINDOW quarters, predict next quarter's change
+of the unemployment rate ("no change" is the baseline to beat). The last 20% of the quarters test.
+
+The Keras tutorial model, as Keras code: Conv1D(16, 3, activation="relu", padding="same") ->
+MaxPooling1D(2) -> Bidirectional(LSTM(16), backward_layer=GRU(16, go_backwards=True)) -> Dense(1).
+"""
+import numpy as np
+
+from .. import macro_bidirectional as torch_version
+from ._common import keras, pyplot, report, save, setup
+
+WINDOW = torch_version.WINDOW
+
+
+def main():
+    setup()
+    loaded = torch_version.load()
+    if loaded is None:
+        print("skipped: this example needs statsmodels (pip install statsmodels), which ships the data")
+        return {"skipped": "statsmodels not installed"}
+    feats, unemp, years = loaded
+    n = len(feats) - WINDOW  # window i covers quarters i..i+WINDOW-1, target quarter i+WINDOW
+    split = int(0.8 * n)
+    mean, std = feats[:split + WINDOW].mean(0), feats[:split + WINDOW].std(0)
+    z = ((feats - mean) / std).astype("float32")
+    change = unemp[WINDOW:] - unemp[WINDOW - 1:-1]
+    c_std = change[:split].std()
+    x = np.stack([z[i:i + WINDOW] for i in range(n)])
+    y = (change / c_std).astype("float32")[:, None]
+    layers = keras.layers
+    model = keras.Sequential([
+        keras.Input((WINDOW, feats.shape[1])),
+        layers.Conv1D(16, 3, activation="relu", padding="same"),
+        layers.MaxPooling1D(2),
+        layers.Bidirectional(layers.LSTM(16), backward_layer=layers.GRU(16, go_backwards=True)),
+        layers.Dense(1),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
+    history = model.fit(x[:split], y[:split], epochs=20, batch_size=32, verbose=0).history["loss"]
+    last = unemp[WINDOW - 1:-1][split:]
+    pred = last + model.predict(x[split:], verbose=0)[:, 0] * c_std
+    true = unemp[WINDOW:][split:]
+    rmse = float(np.sqrt(((pred - true) ** 2).mean()))
+    naive = float(np.sqrt(((last - true) ** 2).mean()))
+    print(f"{len(feats)} quarters x {feats.shape[1]} features; train {split} windows, test {n - split}")
+    print(f"test RMSE of next-quarter unemployment: {rmse:.3f} points (no-change baseline {naive:.3f})")
+    counts = report(model)
+
+    plt = pyplot()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
+    a.semilogy(history)
+    a.set(title="training loss (Keras 3 + rnn.keras3)", xlabel="epoch", ylabel="MSE (standardized)")
+    t = years[WINDOW:]
+    b.plot(t, unemp[WINDOW:], label="unemployment rate")
+    b.plot(t[split:], pred, "--", label="Conv1D + BiRNN, test")
+    b.axvline(t[split], color="gray", lw=0.8)
+    b.set(title="US unemployment (statsmodels macrodata)", xlabel="year", ylabel="%")
+    b.legend(loc="upper left")
+    save(fig, "keras3_macro_bidirectional")
+    return {"test_rmse": round(rmse, 3), "no_change_rmse": round(naive, 3), **counts}
+
+
+if __name__ == "__main__":
+    main()
