@@ -19,8 +19,9 @@ Runs fused: keras.layers.LSTM, GRU (reset_after True and False), SimpleRNN, kera
 over an LSTMCell / GRUCell / SimpleRNNCell or a list of them (StackedRNNCells: one recurrence per
 cell), subclasses of these layers, and Bidirectional around any of them; masks (an
 Embedding(mask_zero=True) in front), go_backwards, return_sequences, return_state, stateful,
-initial states, use_bias=False, activation / recurrent_activation in rnn.cells.ACTIVATIONS (tanh, relu, sigmoid, hard_sigmoid, linear/None; the keras.activations,
-keras.ops and torch functions of those names), dropout and recurrent_dropout in training with the
+initial states, use_bias=False, activation / recurrent_activation in rnn.cells.ACTIVATIONS
+(tanh, relu, sigmoid, hard_sigmoid, linear/None; the keras.activations, keras.ops and torch
+functions of those names), dropout and recurrent_dropout in training with the
 masks Keras itself drew (`cell.get_dropout_mask` / `get_recurrent_dropout_mask`: one input mask,
 or one per gate when the cell uses `implementation=1`, which Keras forces whenever
 recurrent_dropout > 0; one recurrent mask per gate), so an accelerated model computes what Keras
