@@ -3,22 +3,29 @@
 For every configuration (cell x dtype x batch x hidden, input size = hidden) and mode
 ("forward": inference, no grad; "forward_backward": forward plus gradients of the input and all
 weights for random upstream gradients on every output, final states included) it runs, in one
-process and with the same weights: torch.nn (cuDNN on a GPU; called "cudnn" in the records even
-on a CPU, where `reference_impl` says what ran), our drop-ins per backend, a torch.compile'd step
-loop and FlashRNN when installed.
+process and with the same weights: the baseline torch.nn (row "torch.nn" on every device; each
+row's `reference_impl` says what it ran: cuDNN on a GPU, torch's native kernels on a CPU), our
+drop-ins per backend, a torch.compile'd step loop and FlashRNN when installed.
 
 Each implementation is first checked against a float64 run of torch.nn (outputs, final states
 and, when training, the input gradient): the max error relative to the largest reference value
 must stay under max(TOLERANCE[dtype], 2 x torch.nn's own error). A case that fails is recorded
-as "wrong" with its error and is never timed. Then: warm-up and median / 20 % / 80 % quantiles
-(triton.testing.do_bench on CUDA, a perf_counter timer on a CPU), peak device memory, and the
-floor of profiling.floor. Statuses: ok, wrong, skipped (cannot run this case; the note says
-why), error (raised; the note has the exception).
+as "wrong" with its error and is never timed. Then the implementations that passed are timed
+(profiling.timing: triton.testing.do_bench on CUDA; on a CPU a perf_counter timer with at least
+timing.MIN_REPS calls each, all implementations of a case interleaved), with median and 20 / 80 %
+quantiles, peak device memory, and the floor of profiling.floor. Statuses (report.STATUSES): ok;
+unstable (timed, but q80/q20 > timing.SPREAD_LIMIT: too noisy for a speed-up, none is given);
+wrong; skipped (cannot run this case; the note says why, e.g. a Triton case too big for the
+interpreter on a CPU: impls.INTERPRET_MAX_TBH); error (raised; the note has the exception).
 
 Defaults: on a GPU the full grid (lstm,gru x bf16,fp16,fp32 x B 1,16,64,256 x H 256,768,1024,
 T 1024, backends torch,triton,cupy,compile,flashrnn); on a CPU a smoke grid (lstm,gru x fp32 x
 B 2 x H 32 x T 16, backend torch, no compile). --quick: a few cases (GPU: bf16, B 16,64, H 768,
 T 256, no compile).
+
+Where the record goes (--out overrides): a GPU run writes to profiling/results/, the records
+meant to be committed; a CPU run (a smoke test, says nothing about GPU speed) writes to
+profiling/results/local/, which git ignores and `make plots` does not draw unless named.
 """
 from __future__ import annotations
 
@@ -80,7 +87,7 @@ def _csv(kind, choices=None, alias=None):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m profiling",
-        description="Time fused-rnn against torch.nn (cuDNN), torch.compile and FlashRNN; "
+        description="Time fused-rnn against torch.nn (cuDNN on a GPU), torch.compile and FlashRNN; "
         "write a JSON record and print a markdown table.",
     )
     p.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cuda:N or cpu")
@@ -102,9 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-ms", type=float, default=None, help="warm-up per timing (default 25 GPU, 10 CPU)")
     p.add_argument("--rep-ms", type=float, default=None, help="repeat budget per timing (default 100 GPU, 50 CPU)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(report.RESULTS_DIR), help="directory for the JSON record")
+    p.add_argument("--out", default=None,
+                   help=f"directory for the JSON record (default: on a GPU {_rel(report.RESULTS_DIR)}, "
+                   f"kept; on a CPU {_rel(report.LOCAL_RESULTS_DIR)}, ignored by git)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _rel(path):
+    return path.relative_to(report.REPO_ROOT).as_posix()
+
+
+def default_out_dir(device) -> str:
+    """Where a run on `device` writes its record when --out is not given (module docstring)."""
+    kept = torch.device(device).type == "cuda"
+    return str(report.RESULTS_DIR if kept else report.LOCAL_RESULTS_DIR)
 
 
 def resolve(args) -> dict:
@@ -143,13 +162,15 @@ def resolve(args) -> dict:
         "seed": args.seed,
         "quick": args.quick,
         "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+        "timing": {"spread_limit": timing.SPREAD_LIMIT, "interleaved": not cuda,
+                   "min_reps": None if cuda else timing.MIN_REPS},
         "argv": list(sys.argv[1:]),
     }
 
 
 def _factories(cfg, notes, extra_impls):
     """Ordered {row backend name: factory(case, ref) -> Impl}; torch.nn first."""
-    out = {"cudnn": lambda case, ref: impls.module_impl(ref, case.cell)}
+    out = {report.BASELINE: lambda case, ref: impls.module_impl(ref, case.cell)}
     for name in cfg["backends"]:
         if name in OUR_BACKENDS:
             out[name] = impls.ours(name)
@@ -220,11 +241,28 @@ def _timed_fn(impl, inputs, mode):
     return fn
 
 
-def _run_one(name, factory, case, mode, ref, inputs, expected, baseline_err, cfg):
-    """One row: build, check, time. Never raises."""
-    row = {"backend": name, "status": "ok", "note": "", "ms": None, "ms_q20": None, "ms_q80": None,
-           "max_err": None, "tolerance": None, "peak_mem_bytes": None}
-    impl = None
+def _empty_row(name, status="ok", note=""):
+    return {"backend": name, "status": status, "note": note, "ms": None, "ms_q20": None,
+            "ms_q80": None, "max_err": None, "tolerance": None, "peak_mem_bytes": None}
+
+
+def _failed(row, exc, cfg):
+    """Record an exception in the row: skipped (cannot run, out of memory) or error."""
+    row.update(ms=None, ms_q20=None, ms_q80=None, peak_mem_bytes=None)
+    if _is_skip(exc):
+        row.update(status="skipped", note=str(exc))
+    elif _is_oom(exc):
+        row.update(status="skipped", note="out of memory")
+    else:
+        row.update(status="error", note=_describe(exc))
+        if cfg.get("verbose_errors"):
+            traceback.print_exception(exc)
+
+
+def _check_one(name, factory, case, mode, ref, inputs, expected, baseline_err, cfg):
+    """Build and check one implementation: (row, impl); impl is None unless it is to be timed.
+    Never raises."""
+    row = _empty_row(name)
     try:
         impl = factory(case, ref)
         row["note"] = impl.note
@@ -232,30 +270,35 @@ def _run_one(name, factory, case, mode, ref, inputs, expected, baseline_err, cfg
         tol = max(TOLERANCE[case.dtype], 2 * baseline_err if baseline_err is not None else 0.0)
         row["max_err"] = err if math.isfinite(err) else None
         row["tolerance"] = tol
-        if not err <= tol:
-            row["status"] = "wrong"
-            row["note"] = ("non-finite output" if not math.isfinite(err)
-                           else f"max rel err {err:.3g} > tolerance {tol:.3g}")
-            return row
-        fn = _timed_fn(impl, inputs, mode)
-        row["ms"], row["ms_q20"], row["ms_q80"] = timing.bench(fn, case.device, cfg["warmup_ms"], cfg["rep_ms"])
-        row["peak_mem_bytes"] = timing.peak_memory_bytes(fn, case.device)
+        if err <= tol:
+            return row, impl
+        row["status"] = "wrong"
+        row["note"] = ("non-finite output" if not math.isfinite(err)
+                       else f"max rel err {err:.3g} > tolerance {tol:.3g}")
     except Exception as exc:  # a backend that fails must not stop the grid
-        row.update(ms=None, ms_q20=None, ms_q80=None, peak_mem_bytes=None)
-        if _is_skip(exc):
-            row.update(status="skipped", note=str(exc))
-        elif _is_oom(exc):
-            row.update(status="skipped", note="out of memory")
-        else:
-            row.update(status="error", note=_describe(exc))
-            if cfg.get("verbose_errors"):
-                traceback.print_exc()
-    finally:
-        del impl
-        if torch.device(case.device).type == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
-    return row
+        _failed(row, exc, cfg)
+    return row, None
+
+
+def _time_rows(rows, impls_to_time, case, mode, inputs, cfg):
+    """Time the checked implementations together (interleaved on a CPU) and fill their rows."""
+    fns = {name: _timed_fn(impl, inputs, mode) for name, impl in impls_to_time.items()}
+    results = timing.bench_many(fns, case.device, cfg["warmup_ms"], cfg["rep_ms"])
+    for name, result in results.items():
+        row = rows[name]
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            row["ms"], row["ms_q20"], row["ms_q80"] = result
+            if timing.unstable(row["ms_q20"], row["ms_q80"]):
+                spread = row["ms_q80"] / row["ms_q20"] if row["ms_q20"] > 0 else math.inf
+                row["status"] = "unstable"
+                note = (f"q80/q20 = {spread:.2f} > {timing.SPREAD_LIMIT} (timing.SPREAD_LIMIT): too noisy "
+                        "for a speed-up; a busy machine?")
+                row["note"] = f"{note}; {row['note']}" if row["note"] else note
+            row["peak_mem_bytes"] = timing.peak_memory_bytes(fns[name], case.device)
+        except Exception as exc:
+            _failed(row, exc, cfg)
 
 
 def run(cfg, extra_impls=None) -> dict:
@@ -290,24 +333,31 @@ def run(cfg, extra_impls=None) -> dict:
             ref_name = None
         for mode in cfg["modes"]:
             est = floor.estimate(cell, mode, batch, hidden, case.input_size, case.seq_len, dtype, rates)
-            mode_rows = []
-            baseline_err = ms_cudnn = None
-            for name, factory in factories.items():
+            mode_rows, to_time = {}, {}
+            baseline_err = None
+            for name, factory in factories.items():  # check all, then time the good ones together
                 progress.update(f"{cell} {dtype} B{batch} H{hidden} {mode} {name}")
                 if setup_error:
-                    row = {"backend": name, "status": setup_error, "note": setup_note, "ms": None,
-                           "ms_q20": None, "ms_q80": None, "max_err": None, "tolerance": None,
-                           "peak_mem_bytes": None}
+                    row, impl = _empty_row(name, setup_error, setup_note), None
                 else:
-                    row = _run_one(name, factory, case, mode, ref, inputs, expected, baseline_err, cfg)
-                if name == "cudnn":
+                    row, impl = _check_one(name, factory, case, mode, ref, inputs, expected, baseline_err, cfg)
+                if name == report.BASELINE:
                     baseline_err = row["max_err"]
-                    ms_cudnn = row["ms"] if row["status"] == "ok" else None
-                mode_rows.append(row)
-            for row in mode_rows:
-                ms = row["ms"]
-                row.update(base, mode=mode, reference_impl=ref_name, ms_cudnn=ms_cudnn,
-                           speedup_vs_cudnn=ms_cudnn / ms if ms and ms_cudnn else None,
+                if impl is not None:
+                    to_time[name] = impl
+                mode_rows[name] = row
+            if to_time:
+                _time_rows(mode_rows, to_time, case, mode, inputs, cfg)
+            del to_time
+            if device.type == "cuda":
+                gc.collect()
+                torch.cuda.empty_cache()
+            baseline = mode_rows[report.BASELINE]
+            ms_base = baseline["ms"] if baseline["status"] == "ok" else None
+            for row in mode_rows.values():
+                ms = row["ms"] if row["status"] == "ok" else None  # unstable: a time, no result
+                row.update(base, mode=mode, reference_impl=ref_name, ms_torch_nn=ms_base,
+                           speedup_vs_torch_nn=ms_base / ms if ms and ms_base else None,
                            floor_ms=est["floor_ms"], floor_bound=est["bound"],
                            pct_of_floor=100.0 * ms / est["floor_ms"] if ms and est["floor_ms"] else None)
                 rows.append({k: row.get(k) for k in report.ROW_KEYS})
@@ -331,8 +381,10 @@ def main(argv=None, extra_impls=None) -> int:
         cfg["argv"] = list(argv)
     cfg["no_progress"] = args.no_progress
     record = run(cfg, extra_impls)
-    path = report.write_record(record, args.out)
+    path = report.write_record(record, args.out or default_out_dir(cfg["device"]))
     print(report.markdown_table(record["rows"]))
+    for name in report.baselines(record["rows"]):
+        print(f"{report.BASELINE}: {name}")
     for note in record["notes"]:
         print(f"note: {note}")
     counts = {s: sum(r["status"] == s for r in record["rows"]) for s in report.STATUSES}

@@ -1,4 +1,4 @@
-"""What the benchmark runs: the reference (torch.nn, cuDNN on a GPU), our drop-ins per backend,
+"""What the benchmark runs: the baseline torch.nn (cuDNN on a GPU), our drop-ins per backend,
 a torch.compile'd step loop and FlashRNN, all behind one small interface, plus the float64
 oracle every implementation is checked against before it is timed.
 
@@ -122,6 +122,22 @@ def rel_err(actual, expected) -> float:
 
 
 # --- our drop-ins --------------------------------------------------------------------------------
+# Without a GPU the Triton kernels run under the Triton interpreter (TRITON_INTERPRET=1), about a
+# second per call even at T*B*H = 1024 on this project's CPU; a case above this T*B*H is refused
+# rather than left running for many minutes (H=768, T=1024 did not finish in 590 s).
+INTERPRET_MAX_TBH = 4096
+
+
+def interpreted_too_big(case: Case):
+    """The reason a Triton case on a non-CUDA device is too big for the interpreter, or None."""
+    size = case.seq_len * case.batch * case.hidden
+    if torch.device(case.device).type == "cuda" or size <= INTERPRET_MAX_TBH:
+        return None
+    return (f"triton without a GPU runs under the Triton interpreter: T*B*H = {case.seq_len}*{case.batch}"
+            f"*{case.hidden} = {size} is above its limit {INTERPRET_MAX_TBH} "
+            f"(profiling.impls.INTERPRET_MAX_TBH); run this case on a GPU")
+
+
 def ours(backend):
     """Factory for rnn.LSTM / rnn.GRU with `backend=` and the reference's weights."""
 
@@ -132,6 +148,8 @@ def ours(backend):
             raise Skip(f"rnn.modules is not importable yet ({exc})") from exc
         spec = cells.lstm() if case.cell == "lstm" else cells.gru()
         args = (case.device, spec, case.hidden, case.batch, case.torch_dtype)
+        if backends.validate(backend) == "triton" and (why := interpreted_too_big(case)):
+            raise Skip(why)  # before anything is built: the refusal is instant
         try:
             choice = backends.choose(backend, *args)
         except backends.BackendUnavailable as exc:
@@ -140,11 +158,12 @@ def ours(backend):
             case.input_size, case.hidden, device=case.device, dtype=case.torch_dtype, backend=backend
         )
         module.load_state_dict(ref.state_dict())
-        note = f"auto chose {choice.name}: {choice.reason}" if backend == "auto" else ""
+        notes = [f"auto chose {choice.name}: {choice.reason}"] if backend == "auto" else []
+        if choice.name == "triton" and torch.device(case.device).type != "cuda":
+            notes.append("Triton interpreter (no GPU): the time is the interpreter's, not a kernel's")
         if choice.name == "cupy":  # which matvec path (tensor cores or FMA) and launch shape ran
-            how = backends.get("cupy").describe(case.device, spec, case.hidden, case.batch, case.torch_dtype)
-            note = f"{note}; {how}" if note else how
-        return module_impl(module, case.cell, note)
+            notes.append(backends.get("cupy").describe(case.device, spec, case.hidden, case.batch, case.torch_dtype))
+        return module_impl(module, case.cell, "; ".join(notes))
 
     return make
 

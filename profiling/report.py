@@ -13,15 +13,24 @@ from pathlib import Path
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Records meant to be kept (committed): where a GPU run writes by default.
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# CPU smoke runs write here by default: ignored by git (.gitignore), never plotted unless named.
+LOCAL_RESULTS_DIR = RESULTS_DIR / "local"
 COMMIT_ENV = "FUSED_RNN_COMMIT"  # set by the Dockerfile, where there is no .git
 
+# The baseline's row name. It is torch.nn on every device; which kernels torch.nn ran (cuDNN on
+# a GPU, its native CPU kernels otherwise) is in each row's `reference_impl`.
+BASELINE = "torch.nn"
 ROW_KEYS = (
     "cell", "mode", "dtype", "batch", "hidden", "input_size", "seq_len", "backend", "status",
-    "note", "ms", "ms_q20", "ms_q80", "ms_cudnn", "speedup_vs_cudnn", "max_err", "tolerance",
+    "note", "ms", "ms_q20", "ms_q80", "ms_torch_nn", "speedup_vs_torch_nn", "max_err", "tolerance",
     "peak_mem_bytes", "floor_ms", "pct_of_floor", "floor_bound", "reference_impl",
 )
-STATUSES = ("ok", "wrong", "skipped", "error")
+# ok: timed, speed-up reported; unstable: timed, but q80/q20 > timing.SPREAD_LIMIT, so no speed-up;
+# wrong: failed the correctness check, not timed; skipped: cannot run this case (the note says
+# why); error: raised (the note has the exception).
+STATUSES = ("ok", "unstable", "wrong", "skipped", "error")
 
 
 def cpu_model() -> str:
@@ -77,6 +86,7 @@ def environment(device) -> dict:
     return {
         "device": device_name(device),
         "versions": versions(),
+        "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "platform": platform.platform(),
@@ -88,7 +98,7 @@ def slug(text: str) -> str:
 
 
 def write_record(record: dict, out_dir) -> Path:
-    """profiling/results/<date>_<device>.json (a counter is appended rather than overwrite)."""
+    """<out_dir>/<date>_<device>.json (a counter is appended rather than overwrite)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.fromisoformat(record["date"]).strftime("%Y%m%d-%H%M%S")
@@ -104,16 +114,21 @@ def _fmt(v, spec):
     return "" if v is None else format(v, spec)
 
 
+def baselines(rows) -> list:
+    """What torch.nn ran in these rows, e.g. 'torch.nn.LSTM (cuDNN 90100)', each once."""
+    return sorted({r["reference_impl"] for r in rows if r.get("reference_impl")})
+
+
 def markdown_table(rows) -> str:
-    head = ("cell", "mode", "dtype", "B", "H", "T", "backend", "ms [q20, q80]", "cuDNN ms",
-            "speed-up", "% of floor", "max err", "peak MiB", "status")
+    head = ("cell", "mode", "dtype", "B", "H", "T", "backend", "ms [q20, q80]", f"{BASELINE} ms",
+            f"speed-up vs {BASELINE}", "% of floor", "max err", "peak MiB", "status")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ms = f"{r['ms']:.3f} [{r['ms_q20']:.3f}, {r['ms_q80']:.3f}]" if r["ms"] is not None else ""
         status = r["status"] if not r.get("note") or r["status"] == "ok" else f"{r['status']}: {r['note']}"
         mem = None if r["peak_mem_bytes"] is None else r["peak_mem_bytes"] / 2**20
         cells = (r["cell"], r["mode"], r["dtype"], r["batch"], r["hidden"], r["seq_len"], r["backend"],
-                 ms, _fmt(r["ms_cudnn"], ".3f"), _fmt(r["speedup_vs_cudnn"], ".2f"),
+                 ms, _fmt(r["ms_torch_nn"], ".3f"), _fmt(r["speedup_vs_torch_nn"], ".2f"),
                  _fmt(r["pct_of_floor"], ".0f"), _fmt(r["max_err"], ".2e"), _fmt(mem, ".1f"),
                  status.replace("|", "/"))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
