@@ -21,9 +21,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PYTHON) -m examples
 
+# The record goes to profiling/results/ on a GPU (to be committed), to the git-ignored
+# profiling/results/local/ on a CPU (a smoke run says nothing about GPU speed).
 bench: $(STAMP)
 	$(PYTHON) -m profiling
 
+# Draws the committed records of profiling/results/ (others: python -m profiling.plot FILE...).
 plots: $(STAMP)
 	$(PYTHON) -m profiling.plot
 
