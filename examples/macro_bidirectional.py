@@ -78,18 +78,23 @@ def main():
     print(f"test RMSE of next-quarter unemployment: {rmse:.3f} points "
           f"(no-change baseline {naive:.3f})")
 
+    plot(history, years, unemp, pred, split, "macro_bidirectional", "training loss")
+    return {"test_rmse": round(rmse, 3), "no_change_rmse": round(naive, 3)}
+
+
+def plot(history, years, unemp, pred, split, name, loss_title):
+    """Training loss and the test-period forecast (shared with the Keras 3 version)."""
     plt = pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
     a.semilogy(history)
-    a.set(title="training loss", xlabel="epoch", ylabel="MSE (standardized)")
+    a.set(title=loss_title, xlabel="epoch", ylabel="MSE (standardized)")
     t = years[WINDOW:]
     b.plot(t, unemp[WINDOW:], label="unemployment rate")
     b.plot(t[split:], pred, "--", label="Conv1D + BiRNN, test")
     b.axvline(t[split], color="gray", lw=0.8)
     b.set(title="US unemployment (statsmodels macrodata)", xlabel="year", ylabel="%")
     b.legend(loc="upper left")
-    save(fig, "macro_bidirectional")
-    return {"test_rmse": round(rmse, 3), "no_change_rmse": round(naive, 3)}
+    save(fig, name)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,17 @@ def draw(rng, spec, T=7, B=3, I=5, H=37, *, bias=True, h0=True, mask=None, in_ma
     return p
 
 
+def ragged_mask(B, T):
+    """(B, T) bool, True = valid: row 0 all valid, row 1 masked first steps and a gap, row 2 right
+    padding, row 3 all masked (B >= 4, T >= 6)."""
+    m = np.ones((B, T), bool)
+    m[1, :2] = False
+    m[1, 4] = False
+    m[2, 5:] = False
+    m[3, :] = False
+    return m
+
+
 def to_torch(p, dtype=torch.float64, device="cpu", requires_grad=True):
     out = {}
     for k, v in p.items():

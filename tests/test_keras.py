@@ -5,6 +5,7 @@ the same input (with masks that hide first, middle and last steps, and one fully
 applies random upstream gradients to every returned tensor (outputs and final states) and compares
 the outputs and the gradients of the input, the initial states and every Keras weight.
 """
+import problems
 import itertools
 
 import numpy as np
@@ -24,13 +25,7 @@ N_STATES = {"LSTM": 2, "GRU": 1, "SimpleRNN": 1}
 
 
 def ragged_mask():
-    """Row 0 all valid, row 1 masked first steps and a gap, row 2 right padding, row 3 all masked."""
-    m = np.ones((B, T), bool)
-    m[1, :2] = False
-    m[1, 4] = False
-    m[2, 5:] = False
-    m[3, :] = False
-    return m
+    return problems.ragged_mask(B, T)
 
 
 def as_list(y):

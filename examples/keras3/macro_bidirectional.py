@@ -11,7 +11,7 @@ MaxPooling1D(2) -> Bidirectional(LSTM(16), backward_layer=GRU(16, go_backwards=T
 import numpy as np
 
 from .. import macro_bidirectional as torch_version
-from ._common import keras, pyplot, report, save, setup
+from ._common import keras, report, setup
 
 WINDOW = torch_version.WINDOW
 
@@ -50,17 +50,8 @@ def main():
     print(f"test RMSE of next-quarter unemployment: {rmse:.3f} points (no-change baseline {naive:.3f})")
     counts = report(model)
 
-    plt = pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.5))
-    a.semilogy(history)
-    a.set(title="training loss (Keras 3 + rnn.keras3)", xlabel="epoch", ylabel="MSE (standardized)")
-    t = years[WINDOW:]
-    b.plot(t, unemp[WINDOW:], label="unemployment rate")
-    b.plot(t[split:], pred, "--", label="Conv1D + BiRNN, test")
-    b.axvline(t[split], color="gray", lw=0.8)
-    b.set(title="US unemployment (statsmodels macrodata)", xlabel="year", ylabel="%")
-    b.legend(loc="upper left")
-    save(fig, "keras3_macro_bidirectional")
+    torch_version.plot(history, years, unemp, pred, split, "keras3_macro_bidirectional",
+                       "training loss (Keras 3 + rnn.keras3)")
     return {"test_rmse": round(rmse, 3), "no_change_rmse": round(naive, 3), **counts}
 
 
