@@ -1,5 +1,5 @@
 # fused-rnn: `make test` installs everything it needs and runs the suite; `make demo` runs the
-# Keras-tutorial examples; `make bench` runs the benchmark grid (GPU) or a smoke grid (CPU).
+# Keras-tutorial examples (PyTorch and Keras 3 versions); `make bench` runs the benchmark grid (GPU) or a smoke grid (CPU).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STAMP := .make-deps
@@ -18,21 +18,28 @@ deps: $(STAMP)
 test: $(STAMP)
 	$(PYTHON) -m pytest -q
 
+# The tutorials twice: as PyTorch models (rnn.keras layers), then as Keras 3 scripts accelerated by
+# rnn.keras3.install().
 demo: $(STAMP)
 	$(PYTHON) -m examples
+	$(PYTHON) -m examples.keras3
 
 # The record goes to profiling/results/ on a GPU (to be committed), to the git-ignored
 # profiling/results/local/ on a CPU (a smoke run says nothing about GPU speed).
 bench: $(STAMP)
 	$(PYTHON) -m profiling
+	$(PYTHON) -m profiling.keras3_bench
 
 # Draws the committed records of profiling/results/ (others: python -m profiling.plot FILE...).
 plots: $(STAMP)
 	$(PYTHON) -m profiling.plot
 
-# On a GPU machine: GPU tests + quick grids (tensor-core and FMA CuPy paths) into profiling/results
+# The one-shot GPU harness (profiling/gpu_session.sh, profiling/harness.py), no install needed:
+# env, headline vs cuDNN, grid barrier, GPU tests, ncu, all within 540 s. Files go to $(OUT)
+# when set (the device tool's folder), else profiling/results/gpu-<date>/. GPU_ARGS adds options:
+# `make gpu-check GPU_ARGS=--grid` (the resumable full grid), `GPU_ARGS=--dry-run` (on a CPU).
 gpu-check:
-	PYTHON=$(PYTHON) bash profiling/gpu_session.sh
+	PYTHON=$(PYTHON) bash profiling/gpu_session.sh $(GPU_ARGS) $(OUT)
 
 clean:
 	rm -rf $(STAMP) build *.egg-info .pytest_cache
