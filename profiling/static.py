@@ -555,10 +555,12 @@ def estimate_us(block, warp_max, grid_barriers, launches, model=ESTIMATE_MODEL):
 # measured per-step times from GPU benchmark records
 
 def measured_index(results_dir=report.RESULTS_DIR):
-    """{(backend, cell, dtype, B, H): {"forward": us, "forward_backward": us, "cudnn_forward": ...}}
-    from GPU records (device not a CPU): ms * 1000 / seq_len."""
+    """{(backend or harness path, cell, dtype, B, H): {"forward": us, "forward_backward": us,
+    "cudnn_forward": ...}} from GPU records (device not a CPU): ms * 1000 / seq_len. Benchmark
+    records name the backend ("triton"); the GPU harness's record.json (in a folder below
+    results_dir) names the path ("triton_persistent", "cupy_mma")."""
     out = {}
-    for path in sorted(Path(results_dir).glob("*.json")):
+    for path in sorted(Path(results_dir).glob("**/*.json")):
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -572,16 +574,17 @@ def measured_index(results_dir=report.RESULTS_DIR):
                 key = (r["backend"], r["cell"], r["dtype"], int(r["batch"]), int(r["hidden"]))
                 entry = out.setdefault(key, {"source": path.name})
                 entry[r["mode"]] = 1000.0 * r["ms"] / r["seq_len"]
-                if r.get("ms_cudnn"):
-                    entry["cudnn_" + r["mode"]] = 1000.0 * r["ms_cudnn"] / r["seq_len"]
+                baseline = r.get("ms_torch_nn") or r.get("ms_cudnn")  # older records: ms_cudnn
+                if baseline:
+                    entry["cudnn_" + r["mode"]] = 1000.0 * baseline / r["seq_len"]
             except (KeyError, TypeError, ValueError):
                 continue
     return out
 
 
-def _measured(index, backend, cell, dtype, batch, hidden, direction, auto):
-    entry = index.get((backend, cell, dtype, batch, hidden)) or (index.get(("auto", cell, dtype, batch, hidden))
-                                                                 if auto else None)
+def _measured(index, backend, cell, dtype, batch, hidden, direction, auto, path=None):
+    keys = ([f"{backend}_{path.replace('-', '_')}"] if path else []) + [backend] + (["auto"] if auto else [])
+    entry = next((index[k] for k in ((n, cell, dtype, batch, hidden) for n in keys) if k in index), None)
     if not entry:
         return None, None, None
     if direction == "forward":
@@ -687,7 +690,8 @@ def make_rows(item, results, index):
                 auto=auto)
     cud = CUDNN_PUBLISHED_US.get((cell, dtype, batch, hidden), {}).get(direction)
     base.update(us_per_step_cudnn=cud, cudnn_source=CUDNN_SOURCE if cud is not None else None)
-    meas, meas_cudnn, src = _measured(index, name, cell, dtype, batch, hidden, direction, auto)
+    path = None if isinstance(launches, str) else launches[0].path
+    meas, meas_cudnn, src = _measured(index, name, cell, dtype, batch, hidden, direction, auto, path)
     base.update(us_per_step_measured=meas, us_per_step_cudnn_measured=meas_cudnn, measured_source=src)
     if isinstance(launches, str):
         return [dict(base, kernel=f"{name} (none)", status="skipped", note=launches)]

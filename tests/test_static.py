@@ -232,3 +232,18 @@ def test_measured_times_are_matched(tmp_path):
     assert static._measured(index, "cupy", "lstm", "fp16", 16, 768, "forward", True) == (2.0, 3.0, "gpu.json")
     assert static._measured(index, "cupy", "lstm", "fp16", 16, 768, "backward", True) == (4.0, None, "gpu.json")
     assert static._measured(index, "triton", "lstm", "fp16", 16, 768, "forward", False) == (None, None, None)
+
+
+def test_harness_records_are_matched_by_path(tmp_path):
+    """The GPU harness writes record.json in a folder, names the path and says ms_torch_nn."""
+    row = {"cell": "lstm", "dtype": "bf16", "batch": 16, "hidden": 768, "mode": "forward", "status": "ok",
+           "seq_len": 1024}
+    rec = {"device": "NVIDIA H100 80GB HBM3", "rows": [
+        dict(row, backend="triton_persistent", ms=4.096, ms_torch_nn=2.048),
+        dict(row, backend="triton_per_step", ms=8.192, ms_torch_nn=2.048)]}
+    (tmp_path / "gpu-20261124").mkdir()
+    (tmp_path / "gpu-20261124" / "record.json").write_text(json.dumps(rec))
+    index = static.measured_index(tmp_path)
+    args = ("triton", "lstm", "bf16", 16, 768, "forward", False)
+    assert static._measured(index, *args, path="persistent") == (4.0, 2.0, "record.json")
+    assert static._measured(index, *args, path="per-step") == (8.0, 2.0, "record.json")
