@@ -266,7 +266,7 @@ def test_plan_interpreter():
 
 @pytest.mark.parametrize("hidden,batch,gates,itemsize", [
     (768, 16, 4, 2), (1024, 256, 4, 2), (37, 3, 3, 4), (256, 64, 3, 4), (1024, 64, 4, 4), (2048, 8, 1, 2),
-    (4096, 8, 4, 2), (64, 512, 1, 8)])
+    (4096, 8, 4, 2), (64, 512, 1, 8), (2048, 16, 1, 4), (256, 64, 4, 8), (129, 33, 3, 8)])
 def test_plan_gpu(hidden, batch, gates, itemsize):
     n_sm = 132
     p = make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False)
@@ -279,6 +279,8 @@ def test_plan_gpu(hidden, batch, gates, itemsize):
         assert p.grid[0] == -(-hidden // p.block_h)
         assert p.grid[1] <= -(-batch // p.block_b)
         assert gates * p.block_h * p.k_pad * itemsize <= tb.W_BUDGET_BYTES
+        shared = tb.persistent_shared_bytes(gates, p.block_h, p.block_b, p.k_pad, itemsize)
+        assert shared <= tb.SM90.smem_per_block_optin, f"{shared} bytes of shared memory planned"
     else:
         assert p.grid == (-(-hidden // p.block_h), -(-batch // p.block_b))
     assert make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, per_step=True).persistent is False
@@ -288,6 +290,11 @@ def test_plan_choices():
     assert make_plan(768, 16, 4, 2, 132, False).persistent          # the headline bf16 LSTM case
     assert not make_plan(1024, 64, 4, 4, 132, False).persistent     # fp32 W slice too big: per step
     assert not make_plan(4096, 8, 4, 2, 132, False).persistent      # too many programs
+    # SimpleRNN fp32 H=2048: a 128 KiB W_hh slice plus a 128 KiB h operand exceed 227 KiB
+    assert not make_plan(2048, 16, 1, 4, 132, False).persistent
+    # LSTM fp64 H=256 B=64: the batch tile shrinks from 64 to 32 rows to fit
+    p = make_plan(256, 64, 4, 8, 132, False)
+    assert p.persistent and p.block_b == 32
     with pytest.raises(ValueError, match="hidden"):
         make_plan(0, 1, 4, 4, 132, False)
 

@@ -1,17 +1,28 @@
 """Launchers for the Triton recurrence kernels: the launch plan (grid, block sizes, persistent or
-per-step), the CUDA-graph cache of the per-step path, and `TritonBackend`, which implements the
-backend interface of rnn.backends (forward / backward / unavailable_reason).
+per-step), the co-residency check of persistent launches, the CUDA-graph cache of the per-step
+path, and `TritonBackend`, which implements the backend interface of rnn.backends (forward /
+backward / unavailable_reason).
+
+A persistent launch can never hang: its plan fits the device's shared memory (estimated here,
+validated against sm_90 compiles by tests/test_hang_safety.py), the compiled kernel's real
+resources are checked for co-residency before the launch, the launch is cooperative where Triton
+supports it, and every grid-barrier wait is bounded (barrier.py); a timed-out launch raises
+BarrierTimeoutError instead of returning its outputs.
 
 Shapes follow rnn.cells: T time, B batch, H hidden, G gates; xg (T, B, G*H), w_hh (G*H, H).
 """
 from __future__ import annotations
 
+import functools
+import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import triton
 
 from .. import Saved, compute_dtype, new_empty
+from .barrier import SPIN_CAP, failed_launch, new_status, steps_per_launch
 from .recurrence import ACTIVATION_CODES, KIND_CODES, backward_kernel, forward_kernel
 
 # Kernels are built as interpreted functions when TRITON_INTERPRET=1 at import time (triton decides
@@ -22,6 +33,116 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 MIN_BLOCK = 16           # tl.dot needs M, N, K >= 16
 W_BUDGET_BYTES = 128 * 1024  # on-chip W_hh slice per program for the persistent path (untuned)
 H_OPERAND_ELEMS = 16 * 1024  # cap on BLOCK_B * K_PAD, the h operand loaded per step
+SMEM_STATIC_BYTES = 1024    # static shared memory in the sm_90 cubins of these kernels (cuobjdump SHARED:1024
+                            # wherever they use shared memory), on top of Triton's dynamic metadata.shared
+SMEM_SLACK_BYTES = 1024     # margin of persistent_shared_bytes for buffers another Triton version may add
+PERSISTENT_ENV = "FUSED_RNN_TRITON_PERSISTENT"  # "auto" (default), "off" (per step), "on" (or raise)
+
+
+class BarrierTimeoutError(RuntimeError):
+    """A persistent launch gave up waiting at a grid barrier; its outputs were not returned."""
+
+
+class NotResidentError(RuntimeError):
+    """A persistent grid cannot be co-resident on the device (found before launching)."""
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What co-residency depends on (bytes, registers, counts per SM unless named per block)."""
+    name: str
+    n_sm: int
+    smem_per_block_optin: int
+    smem_per_sm: int
+    regs_per_sm: int = 65536
+    max_threads_per_sm: int = 2048
+    max_blocks_per_sm: int = 32
+    reserved_smem_per_block: int = 1024  # sm_80+: the driver keeps 1 KiB of each block's share
+    max_regs_per_thread: int = 255
+    max_threads_per_block: int = 1024
+
+    @staticmethod
+    def of(device) -> "DeviceLimits":
+        return _device_limits(torch.device(device).index if torch.device(device).index is not None
+                              else torch.cuda.current_device())
+
+
+SM90 = DeviceLimits("sm_90 (H100 SXM)", n_sm=132, smem_per_block_optin=232448, smem_per_sm=233472)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_limits(index):
+    props = torch.cuda.get_device_properties(index)
+    drv = triton.runtime.driver.active.utils.get_device_properties(index)
+    optin = drv["max_shared_mem"]  # CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+    cc = (props.major, props.minor)
+    return DeviceLimits(
+        name=f"cuda:{index} ({props.name}, sm_{props.major}{props.minor})",
+        n_sm=props.multi_processor_count,
+        smem_per_block_optin=optin,
+        smem_per_sm=getattr(props, "shared_memory_per_multiprocessor", optin + 1024),
+        regs_per_sm=getattr(props, "regs_per_multiprocessor", drv["max_num_regs"]),
+        max_threads_per_sm=props.max_threads_per_multi_processor,
+        # 32 on sm_70/80/90/100, 16 or more elsewhere: 16 is the safe side when unsure
+        max_blocks_per_sm=32 if cc in ((7, 0), (8, 0), (9, 0), (10, 0)) else 16,
+    )
+
+
+def _round_up(n, m):
+    return -(-n // m) * m
+
+
+def blocks_per_sm(n_regs, num_warps, shared, limits: DeviceLimits = SM90) -> int:
+    """Blocks of a kernel that fit on one SM at once (the CUDA occupancy rules): registers are
+    allocated per warp in units of 256, shared memory per block in units of 128 bytes plus the
+    driver's reserved share. 0 if one block alone does not fit."""
+    threads = num_warps * 32
+    if (threads > limits.max_threads_per_block or n_regs > limits.max_regs_per_thread
+            or shared > limits.smem_per_block_optin):
+        return 0
+    by_threads = limits.max_threads_per_sm // threads
+    by_regs = limits.regs_per_sm // _round_up(max(n_regs, 1) * 32, 256) // num_warps
+    by_smem = limits.smem_per_sm // _round_up(shared + limits.reserved_smem_per_block, 128)
+    return min(by_threads, by_regs, by_smem, limits.max_blocks_per_sm)
+
+
+def check_resident(kernel, grid, limits: DeviceLimits, what: str) -> int:
+    """Raise NotResidentError unless every program of `grid` can be resident at once, judged from
+    the compiled kernel's resources: registers from the loaded module (where a Triton version does
+    not expose them, the hardware maximum is assumed), Triton's dynamic shared memory plus the
+    static SMEM_STATIC_BYTES (Triton does not report the static part). Returns blocks per SM."""
+    programs = grid[0] * (grid[1] if len(grid) > 1 else 1)
+    try:
+        getattr(kernel, "_init_handles", lambda: None)()  # loads the module: n_regs, Triton's own smem check
+    except triton.runtime.errors.OutOfResources as exc:
+        raise NotResidentError(f"{what}: the compiled kernel does not fit on {limits.name}: {exc}") from exc
+    n_regs = getattr(kernel, "n_regs", None) or limits.max_regs_per_thread
+    num_warps, shared = kernel.metadata.num_warps, kernel.metadata.shared + SMEM_STATIC_BYTES
+    per_sm = blocks_per_sm(n_regs, num_warps, shared, limits)
+    if per_sm * limits.n_sm < programs:
+        raise NotResidentError(
+            f"{what}: {programs} programs cannot all be resident on {limits.name}: {per_sm} per SM x "
+            f"{limits.n_sm} SMs (compiled: {n_regs} registers x {num_warps * 32} threads, "
+            f"{shared} bytes shared memory per block, {SMEM_STATIC_BYTES} of them static)")
+    return per_sm
+
+
+@functools.lru_cache(maxsize=None)
+def cooperative_options() -> dict:
+    """{"launch_cooperative_grid": True} where the installed Triton supports cooperative launches
+    (the driver then refuses a grid that cannot be co-resident instead of letting it deadlock)."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return {}
+    return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__ else {}
+
+
+def persistent_mode() -> str:
+    value = os.environ.get(PERSISTENT_ENV, "auto").strip().lower() or "auto"
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"{PERSISTENT_ENV} must be 'auto', 'on' or 'off', got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -42,12 +163,26 @@ def _pow2(n, lo=MIN_BLOCK):
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
-def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False) -> Plan:
-    """Pure function choosing how to launch. Interpreter: programs run one after another, so the
-    persistent path is ONE program covering all of H and B (no cross-program wait), and the
-    per-step path uses small blocks to exercise the multi-program slicing. GPU: the persistent
-    path needs every program co-resident (grid <= n_sm) and the W_hh slice within
-    W_BUDGET_BYTES; otherwise one fused launch per step (CUDA-graph replayed)."""
+def persistent_shared_bytes(n_gates, block_h, block_b, k_pad, itemsize) -> int:
+    """Shared memory per block (static + dynamic) of a persistent (W_RESIDENT) kernel, forward or
+    backward, every cell: the G resident W_hh operands (K_PAD x BLOCK_H each) plus the staged h /
+    dgates operand (BLOCK_B x K_PAD), which 2-byte types keep twice (Triton 3.9 sm_90 compiles:
+    exactly this for every cell, direction and dtype tried; tests/test_hang_safety.py checks it
+    stays an upper bound), plus SMEM_STATIC_BYTES and SMEM_SLACK_BYTES."""
+    w = n_gates * block_h * k_pad * itemsize
+    h = block_b * k_pad * itemsize
+    return w + (2 if itemsize == 2 else 1) * h + SMEM_STATIC_BYTES + SMEM_SLACK_BYTES
+
+
+def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False,
+              smem_per_block=SM90.smem_per_block_optin) -> Plan:
+    """Pure function choosing how to launch (itemsize: bytes of the matmul dtype). Interpreter:
+    programs run one after another, so the persistent path is ONE program covering all of H and B
+    (no cross-program wait), and the per-step path uses small blocks to exercise the multi-program
+    slicing. GPU: the persistent path needs every program co-resident (grid <= n_sm, one program
+    per SM), the W_hh slice within W_BUDGET_BYTES and everything on chip within smem_per_block
+    (persistent_shared_bytes; the batch tile shrinks to fit); otherwise one fused launch per step
+    (CUDA-graph replayed)."""
     if hidden < 1 or batch < 1 or n_gates < 1:
         raise ValueError(f"hidden, batch and n_gates must be >= 1, got {hidden}, {batch}, {n_gates}")
     k_pad = _pow2(hidden)
@@ -63,9 +198,13 @@ def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False)
     w_bytes = n_gates * block_h * k_pad * itemsize
     if not per_step and n_h <= n_sm and w_bytes <= W_BUDGET_BYTES:
         block_b = min(_pow2(batch), max(MIN_BLOCK, H_OPERAND_ELEMS // k_pad))
-        n_b = min(triton.cdiv(batch, block_b), max(1, n_sm // n_h))
-        return Plan(True, block_h, block_b, k_pad, k_pad, True, (n_h, n_b),
-                    8 if w_bytes > 32 * 1024 else 4, 1)
+        while (persistent_shared_bytes(n_gates, block_h, block_b, k_pad, itemsize) > smem_per_block
+               and block_b > MIN_BLOCK):
+            block_b //= 2
+        if persistent_shared_bytes(n_gates, block_h, block_b, k_pad, itemsize) <= smem_per_block:
+            n_b = min(triton.cdiv(batch, block_b), max(1, n_sm // n_h))
+            return Plan(True, block_h, block_b, k_pad, k_pad, True, (n_h, n_b),
+                        8 if w_bytes > 32 * 1024 else 4, 1)
     block_h = 32 if hidden <= 2048 else 64
     block_b = min(_pow2(batch), 64)
     return Plan(False, block_h, block_b, 64, k_pad, False,
@@ -78,15 +217,46 @@ def _n_sm(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _launch_steps(launch, plan, T, sync, phases):
-    """Persistent plan: one launch runs every step and phase (PHASE=0). Otherwise one launch per
-    step and phase, the kernel boundaries ordering the phases."""
-    if plan.persistent:
-        launch(0, T, 0, sync)
+def _issue(kernel, plan, consts, args, T, phases, barriers_per_step, device, spin_cap, what):
+    """Issue every launch of one direction. args(status) gives the kernel's arguments up to and
+    including H (status: this launch's barrier status row, None without a grid barrier).
+
+    Per-step plan: one launch per step and phase, the kernel boundaries ordering the phases.
+    Persistent plan: launches of up to steps_per_launch(...) steps (one, unless T is huge), every
+    phase inside (PHASE=0); on a GPU the compiled kernel is checked for co-residency first and
+    launched cooperatively where Triton can; with a grid barrier (SYNC) the status rows are read
+    back afterwards and a timeout raises BarrierTimeoutError (the outputs are never returned)."""
+    options = dict(consts, num_warps=plan.num_warps, num_stages=plan.num_stages)
+    if not plan.persistent:
+        for step in range(T):
+            for phase in phases:
+                kernel[plan.grid](*args(None), step, step + 1, PHASE=phase, SYNC=False, **options)
         return
-    for step in range(T):
-        for phase in phases:
-            launch(step, step + 1, phase, False)
+    programs = plan.grid[0] * plan.grid[1]
+    sync = programs > 1
+    chunk = steps_per_launch(programs, barriers_per_step)
+    begins = range(0, T, chunk)
+    status = new_status(len(begins), device) if sync else None
+    if device.type == "cuda" and not INTERPRET:
+        options.update(cooperative_options())
+        compiled = kernel.warmup(*args(None if status is None else status[0]), 0, min(chunk, T), grid=plan.grid,
+                                 PHASE=0, SYNC=sync, **options)
+        check_resident(compiled, plan.grid, DeviceLimits.of(device), what)
+    for i, begin in enumerate(begins):
+        kernel[plan.grid](*args(None if status is None else status[i]), begin, min(begin + chunk, T),
+                          PHASE=0, SYNC=sync, **options)
+    if sync and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        failed = failed_launch(status)  # 16 bytes per launch back to the host; waits for the kernel
+        if failed is not None:
+            launch, timeouts, target = failed
+            barrier = target // programs
+            step = begins[launch] + (barrier - 1) // barriers_per_step
+            raise BarrierTimeoutError(
+                f"{what}: timed out at grid barrier {barrier} (step {step}): {timeouts} of {programs} programs "
+                f"waited {spin_cap} polls for the others, so the grid was not all running at once (another "
+                "stream or process holding SMs, MPS, or fewer resident blocks than planned). The outputs of "
+                f"this call are invalid and were not returned. Set {PERSISTENT_ENV}=off (one launch per step, "
+                "no grid barrier) or use another backend ('cupy' or 'torch').")
 
 
 class _GraphCache:
@@ -125,11 +295,18 @@ class _GraphCache:
 
 class TritonBackend:
     """The Triton recurrence backend. `per_step=True` forces the per-step path (tests use it to
-    cover that path in the interpreter); `use_graphs=False` launches the steps eagerly on GPU."""
+    cover that path in the interpreter), as FUSED_RNN_TRITON_PERSISTENT=off does; "on" makes a
+    size or device that cannot take the persistent path an error instead of a per-step fallback.
+    `use_graphs=False` launches the steps eagerly on GPU. `spin_cap`: polls before a grid-barrier
+    wait gives up (barrier.SPIN_CAP; tests make it tiny)."""
 
-    def __init__(self, per_step: bool = False, use_graphs: bool = True):
+    def __init__(self, per_step: bool = False, use_graphs: bool = True, spin_cap: int = SPIN_CAP):
+        if not 1 <= spin_cap < 2 ** 31:
+            raise ValueError(f"spin_cap must be in [1, 2**31), got {spin_cap}")
         self.per_step = per_step
         self.use_graphs = use_graphs
+        self.spin_cap = int(spin_cap)
+        self._not_resident = set()  # configurations whose persistent grid failed the residency check
         self._graphs = _GraphCache()
 
     # ---- availability ----------------------------------------------------------------------
@@ -200,16 +377,44 @@ class TritonBackend:
         prec = "ieee"
         if xg_dtype == torch.float32 and not INTERPRET and torch.backends.cuda.matmul.allow_tf32:
             prec = "tf32"
-        plan = make_plan(H, B, spec.n_gates, torch.finfo(mm).bits // 8, _n_sm(device), INTERPRET, self.per_step)
         consts = dict(
             KIND=KIND_CODES[spec.kind], NG=spec.n_gates, ACT=ACTIVATION_CODES[spec.activation],
             RACT=ACTIVATION_CODES[spec.recurrent_activation], RESET_AFTER=bool(spec.reset_after),
             HAS_MASK=mask is not None, HAS_RMASK=rec_mask is not None,
-            TWO_PHASE=spec.kind == "gru" and not spec.reset_after,
-            W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-            BLOCK_K=plan.block_k, K_PAD=plan.k_pad, PREC=prec,
+            TWO_PHASE=spec.kind == "gru" and not spec.reset_after, PREC=prec,
         )
-        return cdt, args, plan, consts
+        return cdt, args, consts
+
+    def _plan(self, spec, device, B, H, w, per_step):
+        """The plan for this call (make_plan with this device's limits and the persistent mode)."""
+        mode = persistent_mode()
+        on_gpu = device.type == "cuda" and not INTERPRET
+        limits = DeviceLimits.of(device) if on_gpu else SM90
+        plan = make_plan(H, B, spec.n_gates, w.element_size(), limits.n_sm if on_gpu else 1, INTERPRET,
+                         per_step or self.per_step or mode == "off", limits.smem_per_block_optin)
+        if mode == "on" and not plan.persistent and not (per_step or self.per_step):
+            raise RuntimeError(f"{PERSISTENT_ENV}=on, but {spec.kind} H={H} B={B} {w.dtype} gets no persistent plan "
+                               f"on {limits.name} (W_hh slices or shared memory too large); unset it to run per step")
+        return plan
+
+    @staticmethod
+    def _plan_consts(plan):
+        return dict(W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
+                    BLOCK_K=plan.block_k, K_PAD=plan.k_pad)
+
+    def _with_fallback(self, attempt, key, spec, device, B, H, w):
+        """attempt(plan) with this call's plan; a persistent grid found not co-resident before its
+        launch is replanned per step ("auto": warned once per configuration `key`, which then goes
+        per step directly) or raises (FUSED_RNN_TRITON_PERSISTENT=on)."""
+        if key not in self._not_resident:
+            try:
+                return attempt(self._plan(spec, device, B, H, w, per_step=False))
+            except NotResidentError as exc:
+                if persistent_mode() == "on":
+                    raise RuntimeError(f"{exc}; {PERSISTENT_ENV}=on forbids the per-step fallback") from exc
+                warnings.warn(f"{exc}; running it per step instead", RuntimeWarning, stacklevel=3)
+                self._not_resident.add(key)
+        return attempt(self._plan(spec, device, B, H, w, per_step=True))
 
     def _run(self, device, plan, key, sequence, inputs):
         """sequence(inputs) issues the launches and returns the outputs. A per-step sequence on a
@@ -218,11 +423,17 @@ class TritonBackend:
             return self._graphs.run(key, sequence, inputs)
         return sequence(inputs)
 
+    @staticmethod
+    def _describe(direction, spec, dtype, T, B, H, plan):
+        cell = spec.kind + (f"(reset_after={spec.reset_after})" if spec.kind == "gru" else "")
+        return (f"Triton persistent {direction} kernel ({cell}, {dtype}, T={T}, B={B}, H={H}, "
+                f"grid={plan.grid}, {plan})")
+
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse):
         T, B, H = self._check(spec, xg, w_hh, h0)
         device, dtype = xg.device, xg.dtype
-        cdt, a, plan, consts = self._common(spec, dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H)
+        cdt, a, consts = self._common(spec, dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H)
         lstm, gru_ra = spec.kind == "lstm", spec.kind == "gru" and spec.reset_after
         two = consts["TWO_PHASE"]
         G = spec.n_gates
@@ -233,30 +444,32 @@ class TritonBackend:
                          new_empty((0, B, H), cdt, device) if (lstm or gru_ra) else None)
         bias = b_hh.detach().to(cdt).contiguous() if b_hh is not None else None
         consts.update(REVERSE=bool(reverse), HAS_BIAS=bias is not None)
-        sync = plan.grid != (1, 1)
-
-        def sequence(ins):
-            xg_, w_, bias_, h0_, c0_, mask_, rmask_ = ins
-            out = new_empty((T, B, H), dtype, device)
-            gates = new_empty((T, B, G * H), cdt, device)
-            extra = new_empty((T, B, H), cdt, device) if (lstm or gru_ra) else None
-            scratch = new_empty((B, H), cdt, device) if two else None
-            counter = torch.zeros(1, dtype=torch.int32, device=device) if (plan.persistent and sync) else None
-
-            def launch(step_begin, step_end, phase, sync_):
-                forward_kernel[plan.grid](
-                    xg_, w_, _or(bias_, gates), h0_, _or(c0_, gates), _or(mask_, gates), _or(rmask_, gates),
-                    out, gates, _or(extra, gates), _or(scratch, gates), _or(counter, gates),
-                    T, B, H, step_begin, step_end, PHASE=phase, SYNC=sync_,
-                    num_warps=plan.num_warps, num_stages=plan.num_stages, **consts)
-
-            _launch_steps(launch, plan, T, sync, (1, 2) if two else (1,))
-            return out, gates, extra
-
         inputs = [xg.detach().contiguous(), a["w"], bias, a["h0"], a["c0"], a["mask"], a["rmask"]]
+
+        def attempt(plan):
+            what = self._describe("forward", spec, dtype, T, B, H, plan)
+
+            def sequence(ins):
+                xg_, w_, bias_, h0_, c0_, mask_, rmask_ = ins
+                out = new_empty((T, B, H), dtype, device)
+                gates = new_empty((T, B, G * H), cdt, device)
+                extra = new_empty((T, B, H), cdt, device) if (lstm or gru_ra) else None
+                scratch = new_empty((B, H), cdt, device) if two else None
+
+                def args(status):
+                    return (xg_, w_, _or(bias_, gates), h0_, _or(c0_, gates), _or(mask_, gates), _or(rmask_, gates),
+                            out, gates, _or(extra, gates), _or(scratch, gates), _or(status, gates), self.spin_cap,
+                            T, B, H)
+
+                _issue(forward_kernel, plan, dict(consts, **self._plan_consts(plan)), args, T,
+                       (1, 2) if two else (1,), 2 if two else 1, device, self.spin_cap, what)
+                return out, gates, extra
+
+            return self._run(device, plan, key, sequence, inputs)
+
         key = ("fwd", spec, T, B, H, dtype, str(device), bool(reverse), bias is not None,
                mask is not None, rec_mask is not None, consts["PREC"])
-        out, gates, extra = self._run(device, plan, key, sequence, inputs)
+        out, gates, extra = self._with_fallback(attempt, key, spec, device, B, H, a["w"])
         last = 0 if reverse else T - 1
         hT = out[last].clone()
         cT = extra[last].to(dtype) if lstm else None
@@ -269,47 +482,55 @@ class TritonBackend:
         dtype, device = out.dtype, out.device
         G = spec.n_gates
         self._check(spec, out.new_empty((T, B, G * H)), w_hh, h0)
-        cdt, a, plan, consts = self._common(spec, dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H)
+        cdt, a, consts = self._common(spec, dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H)
         lstm = spec.kind == "lstm"
         two = consts["TWO_PHASE"]
         if dout is None:
             dout = torch.zeros(T, B, H, dtype=dtype, device=device)
         if tuple(dout.shape) != (T, B, H):
             raise ValueError(f"dout must be (T, B, H) = {(T, B, H)}, got {tuple(dout.shape)}")
-        # dh / dc carries start as dhT / dcT and end as dh0 / dc0 (updated in place by the kernel)
-        dh = dhT.detach().to(cdt, copy=True).contiguous() if dhT is not None \
-            else torch.zeros(B, H, dtype=cdt, device=device)
-        dc = None
-        if lstm:
-            dc = dcT.detach().to(cdt, copy=True).contiguous() if dcT is not None \
+
+        def carries():
+            """dh / dc carries start as dhT / dcT and end as dh0 / dc0 (updated in place by the
+            kernel; fresh for every attempt)."""
+            dh = dhT.detach().to(cdt, copy=True).contiguous() if dhT is not None \
                 else torch.zeros(B, H, dtype=cdt, device=device)
+            dc = None
+            if lstm:
+                dc = dcT.detach().to(cdt, copy=True).contiguous() if dcT is not None \
+                    else torch.zeros(B, H, dtype=cdt, device=device)
+            return dh, dc
+
         if T == 0:
-            return new_empty((0, B, G * H), cdt, device), dh, dc
+            return (new_empty((0, B, G * H), cdt, device), *carries())
         consts.update(REVERSE=bool(reverse))
-        sync = plan.grid != (1, 1)
+        fixed = [a["w"], a["h0"], a["c0"], a["mask"], a["rmask"], out.detach().contiguous(),
+                 gates.detach().contiguous(), extra.detach().contiguous() if extra is not None else None,
+                 dout.detach().to(dtype).contiguous()]
 
-        def sequence(ins):
-            w_, h0_, c0_, mask_, rmask_, out_, gates_, extra_, dout_, dh_, dc_ = ins
-            dxg = new_empty((T, B, G * H), cdt, device)
-            scratch = new_empty((B, H), cdt, device) if two else None
-            counter = torch.zeros(1, dtype=torch.int32, device=device) if (plan.persistent and sync) else None
+        def attempt(plan):
+            what = self._describe("backward", spec, dtype, T, B, H, plan)
 
-            def launch(step_begin, step_end, phase, sync_):
-                backward_kernel[plan.grid](
-                    w_, h0_, _or(c0_, dxg), _or(mask_, dxg), _or(rmask_, dxg), out_, gates_,
-                    _or(extra_, dxg), dout_, dxg, dh_, _or(dc_, dxg), _or(scratch, dxg), _or(counter, dxg),
-                    T, B, H, step_begin, step_end, PHASE=phase, SYNC=sync_,
-                    num_warps=plan.num_warps, num_stages=plan.num_stages, **consts)
+            def sequence(ins):
+                w_, h0_, c0_, mask_, rmask_, out_, gates_, extra_, dout_, dh_, dc_ = ins
+                dxg = new_empty((T, B, G * H), cdt, device)
+                scratch = new_empty((B, H), cdt, device) if two else None
 
-            _launch_steps(launch, plan, T, sync, (1, 2, 3) if two else (1, 3))
-            return dxg, dh_, dc_
+                def args(status):
+                    return (w_, h0_, _or(c0_, dxg), _or(mask_, dxg), _or(rmask_, dxg), out_, gates_,
+                            _or(extra_, dxg), dout_, dxg, dh_, _or(dc_, dxg), _or(scratch, dxg), _or(status, dxg),
+                            self.spin_cap, T, B, H)
 
-        inputs = [a["w"], a["h0"], a["c0"], a["mask"], a["rmask"], out.detach().contiguous(),
-                  gates.detach().contiguous(), extra.detach().contiguous() if extra is not None else None,
-                  dout.detach().to(dtype).contiguous(), dh, dc]
+                # grid barriers per step: after phase 1 and (GRU reset_after=False) phase 2
+                _issue(backward_kernel, plan, dict(consts, **self._plan_consts(plan)), args, T,
+                       (1, 2, 3) if two else (1, 3), 2 if two else 1, device, self.spin_cap, what)
+                return dxg, dh_, dc_
+
+            return self._run(device, plan, key, sequence, fixed + list(carries()))
+
         key = ("bwd", spec, T, B, H, dtype, str(device), bool(reverse), mask is not None,
                rec_mask is not None, consts["PREC"])
-        return self._run(device, plan, key, sequence, inputs)
+        return self._with_fallback(attempt, key, spec, device, B, H, a["w"])
 
 
 def _or(t, fallback):

@@ -14,7 +14,10 @@ Work split: program (ph, pb) owns hidden units j in [ph*BLOCK_H, (ph+1)*BLOCK_H)
 and loops over the batch tiles pb, pb + num_programs(1), ... Two launch modes share the source:
   * persistent (one launch for steps [step_begin, step_end) = all T): W_hh slices are loaded once
     (W_RESIDENT) and the programs exchange h through global memory, meeting at a grid-wide
-    barrier (SYNC) after each phase of each step. Needs every program co-resident (grid <= SMs).
+    barrier (SYNC) after each phase of each step. Needs every program co-resident (grid <= SMs;
+    the launcher checks it and launches cooperatively). Every barrier wait is bounded (barrier.py):
+    once one times out, the program does no more work in this launch (`live` = 0) and the host
+    raises instead of returning the outputs.
   * per step (one launch per step and phase, step_end = step_begin + 1, PHASE = 1, 2 or 3):
     kernel boundaries order the phases; W_hh is streamed in BLOCK_K chunks.
 A step has one phase, except GRU reset_after=False: (r*h) @ W_n^T needs r of all units, so the
@@ -29,6 +32,8 @@ Cell codes: 0 LSTM, 1 GRU, 2 SimpleRNN.
 """
 import triton
 import triton.language as tl
+
+from .barrier import grid_barrier
 
 LSTM, GRU, RNN = 0, 1, 2
 ACTIVATION_CODES = {"tanh": 0, "relu": 1, "sigmoid": 2, "hard_sigmoid": 3, "linear": 4}
@@ -136,16 +141,15 @@ def _rec(acc, src_ptr, src_stride, scale_ptr, scale_stride, w_ptr, w_tile, g, b,
 
 
 @triton.jit
-def _barrier(sync_ptr, target, SYNC: tl.constexpr):
-    """Make this program's stores visible to the others before anyone reads them. With SYNC, a
-    grid-wide barrier: one release-increment per program of a counter that only grows (target =
-    programs * barriers passed so far), then spin on acquire reads until everybody arrived."""
-    tl.debug_barrier()
+def _barrier(status_ptr, target, spin_cap, live, SYNC: tl.constexpr):
+    """Make this program's stores visible to the others before anyone reads them. With SYNC, the
+    bounded grid-wide barrier (barrier.py): returns 0 once the launch is aborted, and the caller
+    skips the rest of its work; without SYNC `live` is returned unchanged (a constant 1)."""
     if SYNC:
-        tl.atomic_add(sync_ptr, 1, sem="release", scope="gpu")
-        while tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu") < target:
-            pass
+        live = grid_barrier(status_ptr, target, spin_cap)
+    else:
         tl.debug_barrier()
+    return live
 
 
 @triton.jit
@@ -292,7 +296,8 @@ def forward_kernel(
     gates_ptr,    # (T, B, G*H) out: post-activation gates, CDT
     extra_ptr,    # (T, B, H) out: LSTM c_t / GRU reset_after hn, CDT
     scratch_ptr,  # (B, H) CDT: r * h exchange of GRU reset_after=False
-    sync_ptr,     # int32 barrier counter, zero at launch (SYNC only)
+    sync_ptr,     # int32 (STATUS_WORDS,) barrier status of barrier.py, zero at launch (SYNC only)
+    spin_cap,     # polls of a barrier wait before the launch is aborted (SYNC only)
     T, B, H,
     step_begin, step_end,  # forward-order steps done by this launch
     KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
@@ -311,6 +316,7 @@ def forward_kernel(
     j_ok = j < H
     w0, w1, w2, w3 = _resident_tiles(w_ptr, j, j_ok, H, NG, False, W_RESIDENT, K_PAD)
     arrived = 0
+    live = 1  # 0 once a barrier timed out: the rest of the launch does nothing (the host raises)
     for step in range(step_begin, step_end):
         t, tp = _times(step, T, REVERSE)
         hp = out_ptr + tp * B * H
@@ -319,22 +325,24 @@ def forward_kernel(
             hp = h0_ptr
             cp = c0_ptr
         if PHASE != 2:
-            for b0 in range(pid_b * BLOCK_B, B, n_pb * BLOCK_B):
-                _fwd_tile(1, t, hp, cp, b0, j, j_ok, xg_ptr, w_ptr, w0, w1, w2, w3, bias_ptr, mask_ptr,
-                          rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H, KIND, NG, ACT,
-                          RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT, BLOCK_B,
-                          BLOCK_H, BLOCK_K, K_PAD, PREC)
-            arrived += n_prog
-            _barrier(sync_ptr, arrived, SYNC)
-        if TWO_PHASE:
-            if PHASE != 1:
+            if live != 0:
                 for b0 in range(pid_b * BLOCK_B, B, n_pb * BLOCK_B):
-                    _fwd_tile(2, t, hp, cp, b0, j, j_ok, xg_ptr, w_ptr, w0, w1, w2, w3, bias_ptr, mask_ptr,
+                    _fwd_tile(1, t, hp, cp, b0, j, j_ok, xg_ptr, w_ptr, w0, w1, w2, w3, bias_ptr, mask_ptr,
                               rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H, KIND, NG, ACT,
                               RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT, BLOCK_B,
                               BLOCK_H, BLOCK_K, K_PAD, PREC)
                 arrived += n_prog
-                _barrier(sync_ptr, arrived, SYNC)
+                live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
+        if TWO_PHASE:
+            if PHASE != 1:
+                if live != 0:
+                    for b0 in range(pid_b * BLOCK_B, B, n_pb * BLOCK_B):
+                        _fwd_tile(2, t, hp, cp, b0, j, j_ok, xg_ptr, w_ptr, w0, w1, w2, w3, bias_ptr, mask_ptr,
+                                  rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H, KIND, NG, ACT,
+                                  RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT, BLOCK_B,
+                                  BLOCK_H, BLOCK_K, K_PAD, PREC)
+                    arrived += n_prog
+                    live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,7 +452,8 @@ def backward_kernel(
     dh_ptr,       # (B, H) CDT: in dhT, out dh0 (the carried dh, each program its own units)
     dc_ptr,       # (B, H) CDT: in dcT, out dc0 (LSTM)
     scratch_ptr,  # (B, H) CDT: du of GRU reset_after=False
-    sync_ptr,     # int32 barrier counter, zero at launch (SYNC only)
+    sync_ptr,     # int32 (STATUS_WORDS,) barrier status of barrier.py, zero at launch (SYNC only)
+    spin_cap,     # polls of a barrier wait before the launch is aborted (SYNC only)
     T, B, H,
     step_begin, step_end,  # backward steps done by this launch: step k handles forward step T-1-k
     KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
@@ -461,6 +470,7 @@ def backward_kernel(
     j_ok = j < H
     w0, w1, w2, w3 = _resident_tiles(w_ptr, j, j_ok, H, NG, True, W_RESIDENT, K_PAD)
     arrived = 0
+    live = 1  # 0 once a barrier timed out: the rest of the launch does nothing (the host raises)
     for step in range(step_begin, step_end):
         fstep = T - 1 - step
         t, tp = _times(fstep, T, REVERSE)
@@ -471,15 +481,16 @@ def backward_kernel(
             cp = c0_ptr
         for P in tl.static_range(1, 4):
             if (P != 2 or TWO_PHASE) and (PHASE == 0 or PHASE == P):
-                for b0 in range(pid_b * BLOCK_B, B, n_pb * BLOCK_B):
-                    _bwd_tile(P, t, hp, cp, b0, j, j_ok, w_ptr, w0, w1, w2, w3, mask_ptr, rmask_ptr,
-                              gates_ptr, extra_ptr, dout_ptr, dxg_ptr, dh_ptr, dc_ptr, scratch_ptr, B, H,
-                              KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, HAS_RMASK, W_RESIDENT,
-                              BLOCK_B, BLOCK_H, BLOCK_K, K_PAD, PREC)
-                # phase 3 reads and writes only this program's units of dh/dc, and the next
-                # step's phase 1 writes a different dxg[t]: no grid barrier needed after it
-                if P != 3:
-                    arrived += n_prog
-                    _barrier(sync_ptr, arrived, SYNC)
-                else:
-                    tl.debug_barrier()
+                if live != 0:
+                    for b0 in range(pid_b * BLOCK_B, B, n_pb * BLOCK_B):
+                        _bwd_tile(P, t, hp, cp, b0, j, j_ok, w_ptr, w0, w1, w2, w3, mask_ptr, rmask_ptr,
+                                  gates_ptr, extra_ptr, dout_ptr, dxg_ptr, dh_ptr, dc_ptr, scratch_ptr, B, H,
+                                  KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, HAS_RMASK, W_RESIDENT,
+                                  BLOCK_B, BLOCK_H, BLOCK_K, K_PAD, PREC)
+                    # phase 3 reads and writes only this program's units of dh/dc, and the next
+                    # step's phase 1 writes a different dxg[t]: no grid barrier needed after it
+                    if P != 3:
+                        arrived += n_prog
+                        live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
+                    else:
+                        tl.debug_barrier()
