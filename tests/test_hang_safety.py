@@ -59,9 +59,12 @@ def _forward(backend, spec, p, reverse=False):
 def _backward(backend, spec, p, saved, reverse=False):
     T, B, H = saved.out.shape
     g = torch.Generator().manual_seed(1)
-    dout = torch.randn(T, B, H, generator=g, dtype=saved.out.dtype)
-    dhT = torch.randn(B, H, generator=g, dtype=saved.out.dtype)
-    dcT = torch.randn(B, H, generator=g, dtype=saved.out.dtype) if spec.kind == "lstm" else None
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(saved.out.device, saved.out.dtype)
+
+    dout, dhT = draw(T, B, H), draw(B, H)
+    dcT = draw(B, H) if spec.kind == "lstm" else None
     return backend.backward(spec, p["w_hh"], p["b_hh"], p["h0"], p["c0"], None, None, reverse, saved, dout, dhT, dcT)
 
 
@@ -541,7 +544,8 @@ def test_gpu_persistent_launch_checks_residency(monkeypatch):
     real = tb.check_resident
     monkeypatch.setattr(tb, "check_resident", lambda *a: seen.append(real(*a)) or seen[-1])
     spec = _spec("lstm")
-    p = {k: (v.cuda().to(torch.bfloat16) if v is not None else None) for k, v in _problem(spec, T=50, B=48, H=256).items()}
+    p = {k: (v.cuda().to(torch.bfloat16) if v is not None else None)
+         for k, v in _problem(spec, T=50, B=48, H=256).items()}
     saved = _forward(TritonBackend(), spec, p)
     _backward(TritonBackend(), spec, p, saved)
     assert len(seen) == 2 and all(n >= 1 for n in seen)
