@@ -71,9 +71,10 @@ class DeviceLimits:
     reserved_smem_per_block: int = 1024
     compute_capability: tuple = (9, 0)
     cooperative_launch: bool = True
+    max_cluster: int = 0  # CTAs per thread-block cluster the cluster kernels may use (0: none)
 
 
-H100 = DeviceLimits("H100 SXM", 132, 232448, 233472, compute_capability=(9, 0))
+H100 = DeviceLimits("H100 SXM", 132, 232448, 233472, compute_capability=(9, 0), max_cluster=16)
 A100 = DeviceLimits("A100", 108, 166912, 167936, compute_capability=(8, 0))
 
 
@@ -98,28 +99,32 @@ class Config:
     mma: bool = False  # tensor-core matvec (bf16 / fp16; fp32 as tf32)
     threads: int = THREADS
     rows: int = ROWS
+    # the family: "grid" (forward.cu / backward.cu, cooperative grid) or "cluster" (cluster.cu,
+    # one thread-block cluster of `grid` CTAs; sm_90). Cluster-only fields:
+    kernel: str = "grid"
+    ks: int = 1  # k splits of the MMA schedule
+    reg_frags: int = 0  # weight fragment pairs per warp held in registers (RF)
+    ntiles: int = 1  # 8-row batch tiles (NT), MMA
 
     @property
     def template_args(self) -> str:
-        return ", ".join(
-            str(a)
-            for a in (
-                KIND_CODES[self.kind],
-                ACT_CODES[self.activation],
-                ACT_CODES[self.recurrent_activation],
-                "true" if self.reset_after else "false",
-                DTYPES[self.dtype][0],
-                "true" if self.rec_mask else "false",
-                "true" if self.mma else "false",
-                self.rows,
-                self.threads,
-            )
-        )
+        head = (KIND_CODES[self.kind], ACT_CODES[self.activation], ACT_CODES[self.recurrent_activation],
+                "true" if self.reset_after else "false", DTYPES[self.dtype][0], "true" if self.rec_mask else "false",
+                "true" if self.mma else "false")
+        tail = (self.grid, self.reg_frags, self.ntiles, self.threads) if self.kernel == "cluster" else \
+            (self.rows, self.threads)
+        return ", ".join(str(a) for a in head + tail)
+
+    @property
+    def name(self) -> str:
+        """The kernel's name expression (what NVRTC is asked for)."""
+        stem = "rnn_cluster_" if self.kernel == "cluster" else "rnn_"
+        return f"frnn::{stem}{self.direction}<{self.template_args}>"
 
     @property
     def compile_key(self) -> tuple:
         """What the compiled code depends on (sizes are run-time arguments)."""
-        return (self.direction, self.template_args)
+        return (self.kernel, self.direction, self.template_args)
 
 
 def _gates(kind):
@@ -280,6 +285,132 @@ def max_hidden(direction, kind, batch, dtype, limits: DeviceLimits, *, rec_mask=
 
 
 # ----------------------------------------------------------------------------------------------
+# the cluster family (cluster.cu, sm_90): one thread-block cluster runs one layer / direction
+
+CLUSTER_MIN_COMPUTE_CAPABILITY = (9, 0)
+CLUSTER_PORTABLE = 8  # CTAs per cluster every sm_90 part allows; 16 needs the non-portable attribute
+CLUSTER_NON_PORTABLE = 16
+CLUSTER_MAX_BATCH = 64  # MMA: 8 batch tiles of accumulators per weight fragment
+CLUSTER_THREADS = (256, 384, 512)
+CLUSTER_REGS_BASE = 64  # registers besides weight fragments (4 each) and accumulators (4 per batch tile):
+#   ptxas (sm_90a) gives 160 for RF=24, NT=2 at 384 threads (the cap, 168, holds) and spills at RF=16 on
+#   512 threads (cap 128 < 64 + 64 + 8); the launch re-checks ptxas' count
+
+
+def _cluster_geometry(direction, kind, reset_after, hidden, batch, dtype, rec_mask, mma, units, ntiles, ks, threads,
+                      reg_frags):
+    """(dynamic shared memory bytes, fragment pairs of the busiest warp), as cl::geometry and
+    cl::carve (cluster.cu) lay them out."""
+    g = _gates(kind)
+    _, itemsize, acc = _dtype_info(dtype)
+    acc_size = 8 if acc == torch.float64 else 4
+    two_phase = kind == "gru" and not reset_after
+    ug = _round_up(units, 16)
+    bp = ntiles * 8 if mma else batch
+    k = 8 * (4 // itemsize) if mma else 8
+    kpad = _round_up(hidden, k)
+    ld = kpad + 16 // itemsize
+    if direction == "backward" or rec_mask:
+        slots = g
+    else:
+        slots = 2 if two_phase else 1
+    mt, nk, nw = g * ug // 16, kpad // k, threads // 32
+    kper = -(-nk // ks)
+    ipw = -(-(mt * ks) // nw)
+    wpw = max(0, ipw * kper - reg_frags)
+    npin = g if direction == "forward" else g + 3
+    a = _align16
+    total = a(4 * 8) + a(2 * slots * bp * ld * itemsize)
+    if mma:
+        total += a(ks * g * ug * bp * 4) + a(nw * wpw * 512)
+    else:
+        total += a(g * ug * batch * acc_size) + a(g * ug * ld * itemsize)
+    total += a(g * units * acc_size) + a(g * batch * units * acc_size if rec_mask else 0)
+    pin_size = itemsize if direction == "forward" else acc_size  # forward stages xg as stored
+    total += 2 * a(batch * units * acc_size) + a(2 * batch * units * npin * pin_size) + a(2 * batch * 4)
+    busiest = ipw * kper if mma else -(-(g * ug * batch) // threads) * kpad
+    return total, busiest
+
+
+def plan_cluster(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, activation="tanh",
+                 recurrent_activation="sigmoid", reset_after=True, rec_mask=False, mma=None, tf32=False,
+                 max_cluster=None, threads=None, reg_frags=None, ks=None, units=None) -> Config:
+    """The cluster kernel's configuration: the largest cluster the device allows (fewest units per
+    CTA), then the threads / k split / register-held weight fragments that put the least work on
+    the busiest warp while the slice fits in shared memory + registers. Raises SizeLimitError where
+    it does not fit (the grid-wide family takes over). Keyword overrides pin a choice (tests)."""
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    g = _gates(kind)
+    _dtype_info(dtype)
+    if not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"hidden size must be a positive int, got {hidden!r}")
+    if not isinstance(batch, int) or batch < 0:
+        raise ValueError(f"batch size must be a non-negative int, got {batch!r}")
+    if limits.compute_capability < CLUSTER_MIN_COMPUTE_CAPABILITY or limits.max_cluster < 1:
+        raise SizeLimitError(f"the cluster kernels need sm_90 thread-block clusters; {limits.name} has compute "
+                             f"capability {limits.compute_capability}")
+    mma = use_mma(dtype, limits, tf32, mma)
+    batch_eff = max(batch, 1)
+    if batch_eff > CLUSTER_MAX_BATCH:
+        raise SizeLimitError(f"the cluster kernels take a batch of at most {CLUSTER_MAX_BATCH}, got {batch}")
+    ntiles = -(-batch_eff // 8) if mma else 1
+    nc_max = min(max_cluster or limits.max_cluster, limits.max_cluster)
+    cap = min(limits.smem_per_block_optin, limits.smem_per_sm - limits.reserved_smem_per_block)
+    unit_choices = [units] if units else sorted({_round_up(-(-hidden // nc), 8) for nc in range(1, nc_max + 1)})
+    for u in unit_choices:  # smallest slice first: the largest cluster
+        nc = -(-hidden // u)
+        if nc > nc_max:
+            continue
+        best = None
+        for th in ([threads] if threads else CLUSTER_THREADS):
+            regs_cap = min(255, limits.regs_per_sm // th // 8 * 8)
+            mt = g * _round_up(u, 16) // 16
+            nk = _round_up(hidden, 8 * (4 // DTYPES[dtype][1]) if mma else 8) // (8 * (4 // DTYPES[dtype][1]) if mma else 8)
+            for k_split in ([ks] if ks else ([1, 2, 4, 8] if mma else [1])):
+                if not ks and (k_split > max(1, nk) or (mma and k_split > 1 and mt * k_split > 2 * (th // 32))):
+                    continue
+                for rf in ([reg_frags] if reg_frags is not None else (range(0, 65, 2) if mma else [0])):
+                    regs = CLUSTER_REGS_BASE + 4 * rf + 4 * ntiles
+                    if regs > regs_cap and reg_frags is None:
+                        break
+                    smem, busiest = _cluster_geometry(direction, kind, reset_after, hidden, batch_eff, dtype, rec_mask,
+                                                      mma, u, ntiles, k_split, th, rf)
+                    if smem > cap:
+                        continue
+                    score = (busiest, th, rf)
+                    if best is None or score < best[0]:
+                        best = (score, Config(direction, kind, activation, recurrent_activation,
+                                              bool(reset_after) if kind == "gru" else True, dtype, bool(rec_mask),
+                                              hidden, batch, u, nc, batch_eff, smem, 1, mma, th, ROWS, "cluster",
+                                              k_split, rf, ntiles))
+                    break  # the fewest register-held fragments that fit
+        if best is not None:
+            return best[1]
+    raise SizeLimitError(
+        f"{direction} W_hh ({g} gates x {hidden} x {hidden}, {str(dtype).replace('torch.', '')}) does not fit in the "
+        f"shared memory and registers of a {nc_max}-CTA cluster on {limits.name}")
+
+
+FAMILIES = {"cluster": plan_cluster, "grid": plan}  # the launch-plan table; "auto" tries them in this order
+KERNEL_ENV = "FUSED_RNN_CUPY_KERNEL"  # "auto" (default), "cluster" or "grid"
+
+
+def choose(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, kernel="auto", **options) -> Config:
+    """The configuration the backend launches: `kernel` names a family of FAMILIES, or "auto":
+    the first family whose plan fits (the cluster kernel on sm_90 where it fits, else grid-wide)."""
+    if kernel != "auto" and kernel not in FAMILIES:
+        raise ValueError(f"kernel must be 'auto' or one of {tuple(FAMILIES)}, got {kernel!r}")
+    names = tuple(FAMILIES) if kernel == "auto" else (kernel,)
+    for i, name in enumerate(names):
+        try:
+            return FAMILIES[name](direction, kind, hidden, batch, dtype, limits, **options)
+        except SizeLimitError:
+            if i == len(names) - 1:
+                raise
+
+
+# ----------------------------------------------------------------------------------------------
 # sources
 
 _INCLUDE = re.compile(r'^#include "cupy/recurrence\.cuh"\s*$', re.MULTILINE)
@@ -297,18 +428,18 @@ def kernel_source(config: Config, barrier="cg"):
     switched off and the one configuration is instantiated explicitly."""
     if barrier not in ("cg", "atomic"):
         raise ValueError(f"barrier must be 'cg' or 'atomic', got {barrier!r}")
-    file = "forward.cu" if config.direction == "forward" else "backward.cu"
+    cluster = config.kernel == "cluster"
+    file = "cluster.cu" if cluster else ("forward.cu" if config.direction == "forward" else "backward.cu")
     header = _read("recurrence.cuh").replace("#pragma once", "")
     source, n = _INCLUDE.subn(lambda _: header, _read(file))
     if n != 1:
         raise RuntimeError(f"{file}: expected exactly one #include \"cupy/recurrence.cuh\"")
-    macro = "FRNN_INSTANTIATE_FORWARD" if config.direction == "forward" else "FRNN_INSTANTIATE_BACKWARD"
+    macro = "FRNN_INSTANTIATE_" + ("CLUSTER_" if cluster else "") + config.direction.upper()
     source += f"\n{macro}({config.template_args})\n"
     options = ["-std=c++17", "-DFRNN_NO_DEFAULT_INSTANTIATIONS"]
-    if barrier == "atomic":
+    if barrier == "atomic" or cluster:  # the cluster kernels use no grid barrier: skip cooperative_groups.h
         options.append("-DFRNN_ATOMIC_BARRIER")
-    name = f"frnn::rnn_{config.direction}<{config.template_args}>"
-    return source, tuple(options), name
+    return source, tuple(options), config.name
 
 
 # ----------------------------------------------------------------------------------------------
