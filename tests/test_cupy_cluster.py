@@ -372,3 +372,11 @@ def test_choose_prefers_the_cluster_where_it_fits(kind, dtype, hidden, batch):
         assert kc.choose(direction, kind, hidden, batch, dtype, kc.H100, kernel="grid").kernel == "grid"
     with pytest.raises(ValueError, match="kernel must be 'auto' or one of"):
         kc.choose("forward", kind, hidden, batch, dtype, kc.H100, kernel="fast")
+
+
+def test_kernel_family_env_switch(monkeypatch):
+    monkeypatch.setenv(kc.KERNEL_ENV, "grid")
+    assert kc.CupyBackend()._family == "grid"
+    monkeypatch.setenv(kc.KERNEL_ENV, "warp")
+    with pytest.raises(ValueError, match="FUSED_RNN_CUPY_KERNEL must be 'auto' or one of \\('cluster', 'grid'\\)"):
+        kc.CupyBackend()

@@ -29,7 +29,8 @@ import torch
 
 from .. import Saved, new_empty
 
-__all__ = ["CupyBackend", "DeviceLimits", "Config", "SizeLimitError", "plan", "max_hidden", "use_mma", "kernel_source"]
+__all__ = ["CupyBackend", "DeviceLimits", "Config", "SizeLimitError", "plan", "plan_cluster", "choose", "max_hidden",
+           "use_mma", "kernel_source"]
 
 SOURCE_DIR = Path(__file__).resolve().parent
 INSTALL_HINT = "cupy is not installed (pip install fused-rnn[cuda12] or [cuda13])"
@@ -50,7 +51,8 @@ THREADS = 256  # threads per block: 8 warps
 ROWS = 4  # batch rows per warp tile (FMA path)
 MMA_MIN_COMPUTE_CAPABILITY = (8, 0)  # mma.sync m16n8k16 bf16 / m16n8k8 tf32
 REGS_PER_THREAD_ESTIMATE = 80  # ptxas reports 48-80 (sm_90, the MMA kernels highest); the launch re-checks
-MIN_COMPUTE_CAPABILITY = (7, 0)  # ld.acquire in the atomic barrier; Volta+ cooperative launches
+MIN_COMPUTE_CAPABILITY = (7, 0)
+CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute (cuda.h)  # ld.acquire in the atomic barrier; Volta+ cooperative launches
 
 
 class SizeLimitError(ValueError):
@@ -480,6 +482,9 @@ class CupyBackend:
         if mma not in ("auto", "off"):
             raise ValueError(f"{MMA_ENV} must be 'auto' or 'off', got {mma!r}")
         self._mma = None if mma == "auto" else False
+        self._family = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
+        if self._family != "auto" and self._family not in FAMILIES:
+            raise ValueError(f"{KERNEL_ENV} must be 'auto' or one of {tuple(FAMILIES)}, got {self._family!r}")
 
     # ---- availability ------------------------------------------------------------------------
     def install_problem(self):
@@ -510,6 +515,8 @@ class CupyBackend:
                 reserved_smem_per_block=a["reserved_smem_per_block"],
                 compute_capability=(a["cc_major"], a["cc_minor"]),
                 cooperative_launch=bool(a["cooperative_launch"]),
+                # sm_90 parts run clusters of 8 CTAs, 16 with the non-portable attribute the launch sets
+                max_cluster=CLUSTER_NON_PORTABLE if (a["cc_major"], a["cc_minor"]) >= CLUSTER_MIN_COMPUTE_CAPABILITY else 0,
             )
         return self._limits[index]
 
@@ -541,12 +548,16 @@ class CupyBackend:
         return None
 
     def describe(self, device, spec, hidden, batch, dtype, rec_mask=False) -> str:
-        """How a call would run, per direction: matvec path, grid, units per block, batch tile."""
+        """How a call would run, per direction: kernel family, matvec path, CTAs, units per CTA."""
         parts = []
         for direction in ("forward", "backward"):
             c = self._plan(direction, spec, int(hidden), int(batch), dtype, torch.device(device), rec_mask)
             path = ("tf32 mma" if dtype == torch.float32 else "mma") if c.mma else "fma"
-            parts.append(f"{direction} {path}, {c.grid} blocks x {c.units} units, batch tile {c.batch_tile}")
+            if c.kernel == "cluster":
+                parts.append(f"{direction} {path}, cluster of {c.grid} CTAs x {c.units} units, {c.threads} threads, "
+                             f"{c.reg_frags} weight fragments per warp in registers")
+            else:
+                parts.append(f"{direction} {path}, {c.grid} blocks x {c.units} units, batch tile {c.batch_tile}")
         return "; ".join(parts)
 
     # ---- compile + launch --------------------------------------------------------------------
@@ -593,6 +604,18 @@ class CupyBackend:
             if config.smem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < config.smem:
                 kernel.max_dynamic_shared_size_bytes = config.smem
             limits = self.device_limits(device)
+            stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+            if config.kernel == "cluster":
+                if kernel.num_regs * config.threads > limits.regs_per_sm:
+                    raise SizeLimitError(
+                        f"the cupy cluster {config.direction} kernel uses {kernel.num_regs} registers x "
+                        f"{config.threads} threads, above the {limits.regs_per_sm} of an SM of {limits.name}; "
+                        f"set {KERNEL_ENV}=grid")
+                if config.grid > CLUSTER_PORTABLE:  # 16-CTA clusters are opt-in per kernel
+                    cupy.cuda.driver.funcSetAttribute(function.ptr, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
+                # the cluster shape is compiled in (__cluster_dims__): an ordinary launch of one cluster
+                function((config.grid, 1, 1), (config.threads, 1, 1), args, shared_mem=config.smem, stream=stream)
+                return
             occupancy = getattr(cupy.cuda.driver, "occupancyMaxActiveBlocksPerMultiprocessor", None)
             resident = None
             if occupancy is not None:
@@ -604,7 +627,6 @@ class CupyBackend:
                     f"{limits.name} holds only {resident} ({kernel.num_regs} registers per thread); "
                     "use backend='triton'"
                 )
-            stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
             with warnings.catch_warnings():
                 # CuPy would shrink an oversized cooperative grid; that would drop hidden units
                 warnings.filterwarnings("error", message=".*grid size will be reduced.*")
@@ -618,10 +640,10 @@ class CupyBackend:
                 )
 
     def _plan(self, direction, spec, hidden, batch, dtype, device, rec_mask):
-        return plan(direction, spec.kind, hidden, batch, dtype, self.device_limits(device),
-                    activation=spec.activation, recurrent_activation=spec.recurrent_activation,
-                    reset_after=spec.reset_after, rec_mask=rec_mask, mma=self._mma,
-                    tf32=torch.backends.cuda.matmul.allow_tf32)
+        return choose(direction, spec.kind, hidden, batch, dtype, self.device_limits(device), kernel=self._family,
+                      activation=spec.activation, recurrent_activation=spec.recurrent_activation,
+                      reset_after=spec.reset_after, rec_mask=rec_mask, mma=self._mma,
+                      tf32=torch.backends.cuda.matmul.allow_tf32)
 
     # ---- the backend interface ---------------------------------------------------------------
     def forward(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse):
@@ -641,6 +663,15 @@ class CupyBackend:
         if batch == 0:
             return Saved(out, hT, cT, gates, extra)
         config = self._plan("forward", spec, hidden, batch, dtype, device, rec_mask is not None)
+        if config.kernel == "cluster":
+            status = torch.zeros(1, dtype=torch.int32, device=device)
+            args = (
+                _ptr(xg), _ptr(w_hh), _ptr(b_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask),
+                _ptr(out), _ptr(hT), _ptr(cT), _ptr(gates), _ptr(extra), _ptr(status),
+                _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.ks), _i32(bool(reverse)),
+            )
+            self._launch(device, config, args)
+            return Saved(out, hT, cT, gates, extra)
         state = torch.empty((2, batch, hidden), dtype=acc, device=device)
         two_phase = spec.kind == "gru" and not spec.reset_after
         scratch = torch.empty((batch, hidden), dtype=acc, device=device) if two_phase else None
@@ -675,6 +706,15 @@ class CupyBackend:
         if batch == 0:
             return dxg, dh0, dc0
         config = self._plan("backward", spec, hidden, batch, dtype, device, rec_mask is not None)
+        if config.kernel == "cluster":
+            status = torch.zeros(1, dtype=torch.int32, device=device)
+            args = (
+                _ptr(w_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask), _ptr(out), _ptr(gates), _ptr(extra),
+                _ptr(dout), _ptr(dhT), _ptr(dcT), _ptr(dxg), _ptr(dh0), _ptr(dc0), _ptr(status),
+                _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.ks), _i32(bool(reverse)),
+            )
+            self._launch(device, config, args)
+            return dxg, dh0, dc0
         state = torch.empty((2, batch, hidden), dtype=acc, device=device)
         scratch = torch.empty((2, batch, g * hidden), dtype=acc, device=device)
         barrier = torch.zeros(1, dtype=torch.int32, device=device)
