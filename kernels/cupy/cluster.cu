@@ -328,38 +328,53 @@ __device__ __forceinline__ void matvec(const Smem<T, MMA>& s, const Geometry& g,
 #pragma unroll
             for (int i = 0; i < 4; ++i) d[n][i] = 0.f;
         // one fragment pair: accumulate, and at the end of an item store its partial sums
-        auto step = [&](int j, const unsigned (&a)[4]) {
-            const int item = warp + (j / g.kper) * NW;
-            const int mtile = item % g.mt, ks = item / g.mt;
-            const int kt = ks + (j % g.kper) * g.ks;
+        // a cursor over this warp's pairs: per-item values are computed once per item, so the
+        // per-pair work is the loads, the MMAs and two adds (no integer division)
+        int item = warp, kk = 0, kt = 0, mtile = 0, ks = 0;
+        bool active = false;
+        const T* xrow = s.xbuf;
+        auto start_item = [&]() {
+            mtile = item % g.mt;
+            ks = item / g.mt;
+            kt = ks;
             const int gate = mtile * 16 / g.ug;
-            if (gate < glo || gate >= ghi) return;
-            if (kt < g.nk) {
-                const T* xb = s.x(p, slot0 + (per_gate ? gate - glo : 0), g) + (size_t)gr * g.ld + kt * K + E * q;
+            active = gate >= glo && gate < ghi;
+            xrow = s.x(p, slot0 + (per_gate && active ? gate - glo : 0), g) + (size_t)gr * g.ld + E * q;
+        };
+        start_item();
+        auto step = [&](const unsigned (&a)[4]) {
+            if (active && kt < g.nk) {
+                const T* xb = xrow + kt * K;
 #pragma unroll
                 for (int n = 0; n < NT; ++n) {
                     const unsigned b[2] = {word_at(xb + n * 8 * g.ld), word_at(xb + n * 8 * g.ld + 4 * E)};
                     mma_16x8<T>(d[n], a, b);
                 }
             }
-            if (j % g.kper == g.kper - 1) {
-                float* out = s.res + ((size_t)ks * rows + mtile * 16) * g.bp;
+            kt += g.ks;
+            if (++kk == g.kper) {  // end of the item: store its partial sums
+                if (active) {
+                    float* out = s.res + ((size_t)ks * rows + mtile * 16) * g.bp;
 #pragma unroll
-                for (int n = 0; n < NT; ++n)
+                    for (int n = 0; n < NT; ++n)
 #pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        out[(gr + 8 * (i >> 1)) * g.bp + n * 8 + 2 * q + (i & 1)] = d[n][i];  // D fragment layout
-                        d[n][i] = 0.f;
-                    }
+                        for (int i = 0; i < 4; ++i) {
+                            out[(gr + 8 * (i >> 1)) * g.bp + n * 8 + 2 * q + (i & 1)] = d[n][i];  // D fragment layout
+                            d[n][i] = 0.f;
+                        }
+                }
+                kk = 0;
+                item += NW;
+                if (item < g.items) start_item();
             }
         };
 #pragma unroll
         for (int j = 0; j < (RF > 0 ? RF : 0); ++j)
-            if (j < npairs) step(j, areg[j]);
+            if (j < npairs) step(areg[j]);
         for (int j = RF; j < npairs; ++j) {
             const uint4 v = ws[(size_t)(j - RF) * 32];
             const unsigned a[4] = {v.x, v.y, v.z, v.w};
-            step(j, a);
+            step(a);
         }
     } else {
         (void)areg;
