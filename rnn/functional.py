@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from . import backends
-from .autograd import RecurrentFunction, differentiable
+from . import backends, ops
+from .autograd import recurrence as _recurrence_op
 from .cells import CellSpec, check_bool, gru as _gru_spec, lstm as _lstm_spec, simple_rnn as _rnn_spec
 
 
@@ -93,23 +93,28 @@ def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, m
         x = x.transpose(0, 1) if isinstance(x, torch.Tensor) else x
         mask = mask.transpose(0, 1) if isinstance(mask, torch.Tensor) else mask
     T, B, I, H = validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask)
-    choice = backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype)
+    if torch.onnx.is_in_onnx_export():
+        from .onnx_export import recurrence as onnx_recurrence  # an ONNX LSTM / GRU / RNN node
+
+        out, hT, cT = onnx_recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask,
+                                      reverse)
+        return (out.transpose(0, 1) if batch_first else out), hT, cT
+    if torch.compiler.is_compiling():
+        # Traced once for many shapes: the operator resolves "auto" at run time, when B is known.
+        name = "auto" if backend is None else backend
+    else:  # resolved here: an explicit backend that cannot run raises now
+        name = backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype).name
     if h0 is None:
         h0 = x.new_zeros(B, H)
     if spec.kind == "lstm" and c0 is None:
         c0 = x.new_zeros(B, H)
     x = x.contiguous()
     mask = None if mask is None else mask.contiguous()
-    if T == 0 or B == 0:
-        # Nothing to launch: plain differentiable ops give empty outputs, hT = h0 (gradients flow
-        # to h0 / c0) and weight gradients of the right (empty-sum) value.
-        out, hT, cT = differentiable(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
-                                     spec, reverse)
-    else:
-        res = RecurrentFunction.apply(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
-                                      spec, reverse, choice.backend)
-        out, hT = res[0], res[1]
-        cT = res[2] if spec.kind == "lstm" else None
+    # One operator call per layer and direction (rnn.ops); empty batches and sequences included.
+    out, hT, cT, _, _ = _recurrence_op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
+                                       *ops.spec_args(spec), reverse, name)
+    if spec.kind != "lstm":
+        cT = None
     if batch_first:
         out = out.transpose(0, 1)
     return out, hT, cT

@@ -1,9 +1,15 @@
 """Drop-ins for torch.nn.LSTM / GRU / RNN.
 
-They subclass the torch.nn modules, so the constructor, parameter names, shapes, initialisation,
-state_dict and repr are torch's own; only `forward` is replaced (plus a `backend=` argument).
-Every layer and direction is one `rnn.functional.recurrence` call. PackedSequence input is
-padded once and run with a (T, B) validity mask inside the recurrence, not a loop over sequences.
+They subclass torch.nn.RNNBase, the common base of the three torch.nn classes, with torch's own
+constructor arguments, so parameter names, shapes, initialisation, state_dict and repr are torch's;
+only `forward` is replaced (plus a `backend=` argument). They are deliberately NOT subclasses of
+torch.nn.LSTM / GRU / RNN: `isinstance(rnn.LSTM(...), torch.nn.LSTM)` is False (it is an
+nn.RNNBase), because torch.compile refuses every instance of those three classes ("Dynamo does not
+support RNN, GRU, or LSTM"), and these modules compile.
+
+Every layer and direction is one `rnn.functional.recurrence` call (one operator in a compiled
+graph). PackedSequence input is padded once and run with a (T, B) validity mask inside the
+recurrence, not a loop over sequences.
 """
 from __future__ import annotations
 
@@ -36,13 +42,9 @@ class _Fused:
         unbatched = False
         if packed:
             data, batch_sizes, sorted_idx, unsorted_idx = input
-            T, B = batch_sizes.numel(), int(batch_sizes[0])
-            steps = torch.arange(T).unsqueeze(1)
-            mask = (steps < (batch_sizes.unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)).to(data.device)
             if data.dim() != 2:
                 raise ValueError(f"packed data must be 2-D (sum of lengths, input_size), got shape {tuple(data.shape)}")
-            x = data.new_zeros(T, B, data.shape[-1])
-            x[mask] = data
+            x, mask, rows = _pad_packed(data, batch_sizes, sorted_idx)
         else:
             if not isinstance(input, torch.Tensor):
                 raise TypeError(f"input must be a Tensor or PackedSequence, got {type(input).__name__}")
@@ -80,7 +82,8 @@ class _Fused:
         h_n = torch.stack(hn)
         c_n = torch.stack(cn) if lstm else None
         if packed:
-            output = PackedSequence(layer_in[mask], batch_sizes, sorted_idx, unsorted_idx)
+            output = PackedSequence(layer_in.flatten(0, 1).index_select(0, rows), batch_sizes, sorted_idx,
+                                    unsorted_idx)
             if unsorted_idx is not None:
                 h_n = h_n.index_select(1, unsorted_idx)
                 c_n = c_n.index_select(1, unsorted_idx) if lstm else None
@@ -136,35 +139,76 @@ class _Fused:
         return h0, c0
 
 
-class LSTM(_Fused, torch.nn.LSTM):
+def _pad_packed(data, batch_sizes, sorted_idx):
+    """Packed data (N, I) -> padded x (T, B, I), the validity mask (T, B) and the row of every packed
+    element in x.flatten(0, 1). Index arithmetic on batch_sizes, not a boolean-mask scatter, so the
+    shapes do not depend on tensor values and torch.compile traces it without a graph break."""
+    T = batch_sizes.shape[0]
+    if sorted_idx is not None:
+        B = sorted_idx.shape[0]
+    elif torch.compiler.is_compiling():
+        raise NotImplementedError(
+            "torch.compile(fullgraph=True) cannot read the batch size of a PackedSequence made with "
+            "enforce_sorted=True (it is a tensor value, batch_sizes[0]); pack with enforce_sorted=False, "
+            "or pass padded input with a mask")
+    else:
+        B = int(batch_sizes[0])
+    device = data.device
+    sizes = batch_sizes.to(device)
+    mask = torch.arange(B, device=device).unsqueeze(0) < sizes.unsqueeze(1)
+    ends = sizes.cumsum(0)  # packed data is time-major: step t holds the first sizes[t] sequences
+    p = torch.arange(data.shape[0], device=device)
+    t = torch.searchsorted(ends, p, right=True)
+    rows = t * B + (p - (ends - sizes)[t])
+    x = data.new_zeros(T * B, data.shape[1]).index_copy(0, rows, data).view(T, B, data.shape[1])
+    return x, mask, rows
+
+
+class LSTM(_Fused, torch.nn.RNNBase):
     """torch.nn.LSTM with fused recurrence kernels. Extra argument: backend ("auto", "torch",
     "triton", "cupy"; default "auto", overridable by FUSED_RNN_BACKEND)."""
 
     def __init__(self, *args, backend="auto", **kwargs):
-        super().__init__(*args, **kwargs)
+        super().__init__("LSTM", *args, **kwargs)
         self._setup_backend(backend)
 
     def _spec(self):
         return cells.lstm()
 
 
-class GRU(_Fused, torch.nn.GRU):
+class GRU(_Fused, torch.nn.RNNBase):
     """torch.nn.GRU with fused recurrence kernels (gate order r, z, n; reset_after form)."""
 
     def __init__(self, *args, backend="auto", **kwargs):
-        super().__init__(*args, **kwargs)
+        _no_proj_size(kwargs)
+        super().__init__("GRU", *args, **kwargs)
         self._setup_backend(backend)
 
     def _spec(self):
         return cells.gru()
 
 
-class RNN(_Fused, torch.nn.RNN):
+class RNN(_Fused, torch.nn.RNNBase):
     """torch.nn.RNN (Elman, tanh or relu) with fused recurrence kernels."""
 
     def __init__(self, *args, backend="auto", **kwargs):
-        super().__init__(*args, **kwargs)
+        _no_proj_size(kwargs)
+        # torch.nn.RNN's own rule: nonlinearity is the 4th positional argument or a keyword.
+        if len(args) > 3:
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if self.nonlinearity not in modes:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or 'relu'.")
+        super().__init__(modes[self.nonlinearity], *args, **kwargs)
         self._setup_backend(backend)
 
     def _spec(self):
         return cells.simple_rnn(self.nonlinearity)
+
+
+def _no_proj_size(kwargs):
+    if "proj_size" in kwargs:  # torch.nn.GRU / RNN refuse it with the same message
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")

@@ -1,0 +1,208 @@
+"""The recurrence as registered PyTorch operators: what torch.compile, torch.export and torch.func see.
+
+    fused_rnn::recurrence           one layer, one direction, forward: the input projection (one
+                                    GEMM) and the backend's recurrence kernel
+    fused_rnn::recurrence_backward  the backend's reverse-time recurrence: (dxg, dh0, dc0)
+
+Each is ONE opaque node in a traced graph whatever T is, so compiling does not get slower with the
+sequence length, and the fake (meta) implementations give output shapes in terms of the input
+shapes, so a new T or B reuses a graph compiled with dynamic shapes. rnn.autograd registers the
+backward (register_autograd): it calls `recurrence_backward` and does the weight and input
+gradients as large GEMMs in plain torch ops that a compiler sees.
+
+Arguments that are not tensors travel as strings and bools: the cell spec (kind, activation,
+recurrent_activation, reset_after), the direction, and the backend name: concrete ("torch",
+"triton" or "cupy") when rnn.functional resolved "auto" before the call (eager), or "auto" under
+torch.compile, where one traced graph serves many batch sizes and the operator resolves it at run
+time (on a GPU the choice can depend on B). An operator cannot
+return None, so an absent output (cT and extra when the cell has none, dc0) is an empty tensor of
+shape (0,). Empty batches and sequences (B = 0 or T = 0) are handled here without calling a
+backend: out is empty and the final states are the initial ones.
+
+Outputs of `recurrence`: out (T, B, H) and hT, cT (B, H) in x's dtype; gates (T, B, G*H) and extra
+(T, B, H) in the compute dtype (float32 for fp16 / bf16 input): what the backward needs, see the
+contract in rnn.backends.
+"""
+import torch
+
+from kernels import compute_dtype
+
+from . import backends
+from .cells import CellSpec
+
+_SPEC = "str kind, str activation, str recurrent_activation, bool reset_after, bool reverse, str backend"
+_FORWARD_SCHEMA = ("(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor h0, Tensor? c0, "
+                   "Tensor? mask, Tensor? in_mask, Tensor? rec_mask, " + _SPEC +
+                   ") -> (Tensor, Tensor, Tensor, Tensor, Tensor)")
+_BACKWARD_SCHEMA = ("(Tensor w_hh, Tensor? b_hh, Tensor h0, Tensor? c0, Tensor? mask, Tensor? rec_mask, "
+                    "Tensor out, Tensor gates, Tensor extra, Tensor dout, Tensor dhT, Tensor dcT, " + _SPEC +
+                    ") -> (Tensor, Tensor, Tensor)")
+
+
+def spec_args(spec):
+    """The operator arguments that describe a cell: (kind, activation, recurrent_activation, reset_after)."""
+    return spec.kind, spec.activation, spec.recurrent_activation, spec.reset_after
+
+
+def has_extra(spec):
+    """Whether the backends save `extra` for this cell (LSTM: c_t; GRU reset_after: h W_n^T + b_hn)."""
+    return spec.kind == "lstm" or (spec.kind == "gru" and spec.reset_after)
+
+
+def project(x, w_ih, b_ih, in_mask, G, H):
+    """xg (T, B, G*H) = (x * in_mask) @ W_ih^T + b_ih, with per-gate input masks if given."""
+    if in_mask is None or in_mask.dim() == 2:
+        xm = x if in_mask is None else x * in_mask
+        xg = xm.reshape(-1, x.shape[-1]) @ w_ih.t()
+        if b_ih is not None:
+            xg = xg + b_ih
+        return xg.view(x.shape[0], x.shape[1], G * H)
+    parts = [(x * in_mask[g]) @ w_ih[g * H:(g + 1) * H].t() for g in range(G)]
+    xg = torch.cat(parts, -1)
+    return xg if b_ih is None else xg + b_ih
+
+
+def _none(t):
+    """An empty placeholder (an absent optional output) back to None."""
+    return None if t is None or t.numel() == 0 and t.dim() == 1 else t
+
+
+def _fresh(outputs, inputs):
+    """Operators must return new, contiguous memory: copy any output that shares storage with an
+    input or an earlier output (a backend may return hT as a view of its saved states)."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor) and t.numel()}
+    result = []
+    for t in outputs:
+        if t.numel():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen or not t.is_contiguous():
+                t = t.clone(memory_format=torch.contiguous_format)
+                ptr = t.untyped_storage().data_ptr()
+            seen.add(ptr)
+        result.append(t)
+    return tuple(result)
+
+
+def _forward_shapes(x, w_hh, kind, activation, recurrent_activation, reset_after):
+    """(shape, dtype) of the five outputs; shared by the real and the fake implementation."""
+    spec = CellSpec(kind, activation, recurrent_activation, reset_after)
+    T, B = x.shape[0], x.shape[1]
+    H = w_hh.shape[1]
+    cd = compute_dtype(x.dtype)
+    return [((T, B, H), x.dtype), ((B, H), x.dtype), ((B, H) if kind == "lstm" else (0,), x.dtype),
+            ((T, B, spec.n_gates * H), cd), ((T, B, H) if has_extra(spec) else (0,), cd)]
+
+
+@torch.library.custom_op("fused_rnn::recurrence", mutates_args=(), schema=_FORWARD_SCHEMA)
+def recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
+               kind, activation, recurrent_activation, reset_after, reverse, backend):
+    spec = CellSpec(kind, activation, recurrent_activation, reset_after)
+    T, B = x.shape[0], x.shape[1]
+    if T == 0 or B == 0:  # nothing to launch: empty outputs, the final states are the initial ones
+        shapes = _forward_shapes(x, w_hh, *spec_args(spec))
+        out, _, _, gates, extra = (x.new_zeros(s, dtype=d) for s, d in shapes)
+        cT = c0.clone() if spec.kind == "lstm" else x.new_empty((0,))
+        return out, h0.clone(), cT, gates, extra
+    H = w_hh.shape[1]
+    xg = project(x, w_ih, b_ih, in_mask, spec.n_gates, H)
+    s = backends.choose(backend, x.device, spec, H, B, x.dtype).backend.forward(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse)
+    cd = compute_dtype(x.dtype)
+    outs = (s.out.to(x.dtype), s.hT.to(x.dtype),
+            x.new_empty((0,)) if s.cT is None else s.cT.to(x.dtype),
+            s.gates.to(cd), x.new_empty((0,), dtype=cd) if s.extra is None else s.extra.to(cd))
+    return _fresh(outs, (x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask, xg))
+
+
+@recurrence.register_fake
+def _recurrence_fake(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
+                     kind, activation, recurrent_activation, reset_after, reverse, backend):
+    return tuple(x.new_empty(s, dtype=d)
+                 for s, d in _forward_shapes(x, w_hh, kind, activation, recurrent_activation, reset_after))
+
+
+@torch.library.custom_op("fused_rnn::recurrence_backward", mutates_args=(), schema=_BACKWARD_SCHEMA)
+def recurrence_backward(w_hh, b_hh, h0, c0, mask, rec_mask, out, gates, extra, dout, dhT, dcT,
+                        kind, activation, recurrent_activation, reset_after, reverse, backend):
+    """(dxg (T, B, G*H) in the compute dtype, dh0 in h0's dtype, dc0 in c0's dtype or empty)."""
+    spec = CellSpec(kind, activation, recurrent_activation, reset_after)
+    T, B = out.shape[0], out.shape[1]
+    lstm = spec.kind == "lstm"
+    if T == 0 or B == 0:  # the gradients of the final states pass straight to the initial ones
+        dc0 = dcT.to(c0.dtype).clone() if lstm else h0.new_empty((0,))
+        return gates.new_zeros(gates.shape), dhT.to(h0.dtype).clone(), dc0
+    saved = backends.Saved(out, None, None, gates, _none(extra))
+    impl = backends.choose(backend, out.device, spec, w_hh.shape[1], B, out.dtype).backend
+    dxg, dh0, dc0 = impl.backward(spec, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, saved,
+                                                   dout, dhT, _none(dcT) if lstm else None)
+    outs = (dxg.to(gates.dtype), dh0.to(h0.dtype), dc0.to(c0.dtype) if lstm else h0.new_empty((0,)))
+    return _fresh(outs, (w_hh, b_hh, h0, c0, mask, rec_mask, out, gates, extra, dout, dhT, dcT))
+
+
+@recurrence_backward.register_fake
+def _recurrence_backward_fake(w_hh, b_hh, h0, c0, mask, rec_mask, out, gates, extra, dout, dhT, dcT,
+                              kind, activation, recurrent_activation, reset_after, reverse, backend):
+    dc0 = c0.new_empty(c0.shape) if kind == "lstm" else h0.new_empty((0,))
+    return gates.new_empty(gates.shape), h0.new_empty(h0.shape), dc0
+
+
+# ---- vmap (torch.func): per-sample calls become one call over a larger batch ---------------------
+# For every tensor argument, the axis that holds the batch B (None: shared by all samples, like the
+# weights). Under vmap with shared weights the vmapped dimension N is folded into B, so per-sample
+# gradients (vmap(grad(f))) run ONE recurrence over N*B sequences; with per-sample weights (model
+# ensembles) the samples run one after another.
+def _in_mask_axis(t):
+    return 0 if t.dim() == 2 else 1  # (B, I) or (G, B, I)
+
+
+_FORWARD_AXES = (1, None, None, None, None, 0, 0, 1, _in_mask_axis, 1)
+_FORWARD_OUT_AXES = (1, 0, 0, 1, 1)
+_BACKWARD_AXES = (None, None, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0)
+_BACKWARD_OUT_AXES = (1, 0, 0)
+
+
+def _is_placeholder(t, batched):
+    """The (0,) stand-in for an absent tensor (possibly batched: (N, 0))."""
+    return t.dim() == 1 + batched and t.shape[-1] == 0 and t.numel() == 0
+
+
+def _vmap_rule(op, axes, out_axes):
+    def rule(info, in_dims, *args):
+        n = info.batch_size
+        tensors, rest = args[:len(axes)], args[len(axes):]
+        dims = in_dims[:len(axes)]
+        shared_batched = any(d is not None and a is None for d, a in zip(dims, axes))
+        if shared_batched:  # per-sample weights: one call per sample
+            results = [op(*(t if d is None else t.select(d, i) for t, d in zip(tensors, dims)), *rest)
+                       for i in range(n)]
+            stacked = tuple(r[0] if _is_placeholder(r[0], False) else torch.stack(r)
+                            for r in zip(*results))
+            return stacked, tuple(None if _is_placeholder(s, False) else 0 for s in stacked)
+        folded = []
+        for t, d, a in zip(tensors, dims, axes):
+            if t is None or a is None or _is_placeholder(t, d is not None):
+                folded.append(t.new_empty((0,)) if t is not None and a is not None else t)
+                continue
+            if d is None:  # the same for every sample: repeat it
+                t = t.unsqueeze(0).expand(n, *t.shape)
+                d = 0
+            axis = a(t.select(d, 0)) if callable(a) else a
+            t = t.movedim(d, axis)
+            folded.append(t.reshape(*t.shape[:axis], n * t.shape[axis + 1], *t.shape[axis + 2:]))
+        outs = op(*folded, *rest)
+        results, result_dims = [], []
+        for o, a in zip(outs, out_axes):
+            if _is_placeholder(o, False):
+                results.append(o)
+                result_dims.append(None)
+            else:
+                results.append(o.reshape(*o.shape[:a], n, o.shape[a] // n, *o.shape[a + 1:]))
+                result_dims.append(a)
+        return tuple(results), tuple(result_dims)
+    return rule
+
+
+torch.library.register_vmap("fused_rnn::recurrence", _vmap_rule(recurrence, _FORWARD_AXES, _FORWARD_OUT_AXES))
+torch.library.register_vmap("fused_rnn::recurrence_backward",
+                            _vmap_rule(recurrence_backward, _BACKWARD_AXES, _BACKWARD_OUT_AXES))
+
+from . import autograd as _autograd  # noqa: E402,F401  (registers the backward of `recurrence`)
