@@ -53,7 +53,7 @@ import torch
 
 from . import functional as F
 from .cells import ACTIVATIONS, CellSpec
-from .keras.cells import check_backend
+from .keras.cells import check_backend, keras_to_torch_weights
 
 
 class FallbackWarning(UserWarning):
@@ -209,22 +209,9 @@ def _warn_once(layer, reason):
 
 
 # ----------------------------------------------------------------------------- the fused loop
-def _gru_blocks(t):
-    """Keras GRU gate blocks z, r, h (last axis, or the leading gate axis of a mask) -> torch r, z, n."""
-    z, r, h = t.chunk(3, dim=-1)
-    return torch.cat([r, z, h], dim=-1)
-
-
 def torch_weights(spec, kernel, recurrent_kernel, bias):
-    """Keras kernel (I, G*u), recurrent_kernel (u, G*u), bias -> (w_ih, w_hh, b_ih, b_hh) in the
-    torch.nn layout of rnn.cells (differentiable; the same conversion as rnn.keras.cells)."""
-    fix = _gru_blocks if spec.kind == "gru" else (lambda t: t)
-    w_ih, w_hh = fix(kernel).t(), fix(recurrent_kernel).t()
-    if bias is None:
-        return w_ih, w_hh, None, None
-    if bias.dim() == 2:  # GRU reset_after=True: row 0 input bias, row 1 recurrent bias
-        return w_ih, w_hh, fix(bias[0]), fix(bias[1])
-    return w_ih, w_hh, fix(bias), None
+    """Keras kernel, recurrent_kernel, bias -> (w_ih, w_hh, b_ih, b_hh), torch.nn layout."""
+    return keras_to_torch_weights(spec.kind, kernel, recurrent_kernel, bias)
 
 
 def _stack_mask(mask, spec, per_gate_shape, dtype):

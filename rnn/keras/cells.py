@@ -95,6 +95,25 @@ def _to_array(a):
 
 
 # ----------------------------------------------------------------------------- base cell
+def keras_gru_to_torch_order(t):
+    """Keras GRU gate blocks z, r, h (last axis) -> torch's r, z, n."""
+    z, r, h = t.chunk(3, dim=-1)
+    return torch.cat([r, z, h], dim=-1)
+
+
+def keras_to_torch_weights(kind, kernel, recurrent_kernel, bias):
+    """Keras kernel (I, G*u), recurrent_kernel (u, G*u) and bias ((G*u,), or (2, G*u) for GRU
+    reset_after=True: input row, recurrent row) -> (w_ih, w_hh, b_ih, b_hh) in the torch.nn layout
+    of rnn.cells. Plain differentiable ops, so gradients reach the Keras-layout tensors."""
+    fix = keras_gru_to_torch_order if kind == "gru" else (lambda t: t)
+    w_ih, w_hh = fix(kernel).t(), fix(recurrent_kernel).t()
+    if bias is None:
+        return w_ih, w_hh, None, None
+    if bias.dim() == 2:
+        return w_ih, w_hh, fix(bias[0]), fix(bias[1])
+    return w_ih, w_hh, fix(bias), None
+
+
 class _KerasCell(nn.Module):
     """Shared parameter handling of the three Keras cells; subclasses set KIND and the shapes."""
 
@@ -233,27 +252,10 @@ class _KerasCell(nn.Module):
         return sum(p.numel() for p in self.keras_parameters())
 
     # -- torch layout ----------------------------------------------------------------------
-    def _gate_order(self):
-        """Column permutation taking Keras gate blocks to torch's (identity except GRU)."""
-        return None
-
     def torch_weights(self):
         """(w_ih, w_hh, b_ih, b_hh) in the torch.nn layout of rnn.cells, differentiable."""
         self._check_built("torch_weights()")
-        perm = self._gate_order()
-        k, rk, b = self.kernel, self.recurrent_kernel, self.bias
-        if perm is not None:
-            perm = perm.to(k.device)
-            k, rk = k.index_select(1, perm), rk.index_select(1, perm)
-            if b is not None:
-                b = b.index_select(b.dim() - 1, perm)
-        b_ih = b_hh = None
-        if b is not None:
-            if b.dim() == 2:  # GRU reset_after=True: row 0 input bias, row 1 recurrent bias
-                b_ih, b_hh = b[0], b[1]
-            else:
-                b_ih = b
-        return k.t(), rk.t(), b_ih, b_hh
+        return keras_to_torch_weights(self.KIND, self.kernel, self.recurrent_kernel, self.bias)
 
     # -- dropout ---------------------------------------------------------------------------
     def _keep_mask(self, shape, rate, dtype, device):
@@ -398,10 +400,6 @@ class GRUCell(_KerasCell):
 
     def _bias_shape(self):
         return (2, 3 * self.units) if self.reset_after else (3 * self.units,)
-
-    def _gate_order(self):
-        u = self.units  # Keras z, r, h -> torch r, z, n
-        return torch.cat([torch.arange(u, 2 * u), torch.arange(0, u), torch.arange(2 * u, 3 * u)])
 
     def get_config(self):
         return {**super().get_config(), "reset_after": self.reset_after}
