@@ -109,10 +109,23 @@ PATHS = (
     KernelPath("triton_per_step", "triton", "kernels.triton:TritonBackend", (("per_step", True),),
                env=(("FUSED_RNN_TRITON_PERSISTENT", "off"),), static_kernel=("step",),
                about="Triton, one fused launch per step, CUDA-graph replay"),
-    KernelPath("cupy_mma", "cupy", "kernels.cupy:CupyBackend", env=(("FUSED_RNN_CUPY_MMA", "auto"),),
-               static_kernel=("mma",), about="CUDA C cooperative kernel, tensor-core (mma.sync) matvec"),
-    KernelPath("cupy_fma", "cupy", "kernels.cupy:CupyBackend", env=(("FUSED_RNN_CUPY_MMA", "off"),),
-               static_kernel=("fma",), about="CUDA C cooperative kernel, FMA matvec"),
+    # the CuPy paths pin the kernel family (FUSED_RNN_CUPY_KERNEL), so that on sm_90 "auto"'s
+    # preference for the cluster kernel cannot turn cupy_mma / cupy_fma into something else;
+    # static_kernel names the family too: "rnn_forward[" is never part of "rnn_cluster_forward["
+    KernelPath("cupy_mma", "cupy", "kernels.cupy:CupyBackend",
+               env=(("FUSED_RNN_CUPY_KERNEL", "grid"), ("FUSED_RNN_CUPY_MMA", "auto")),
+               static_kernel=("rnn_forward[mma]", "rnn_backward[mma]", "rnn_forward[tf32 mma]",
+                              "rnn_backward[tf32 mma]"),
+               about="CUDA C cooperative grid-wide kernel, tensor-core (mma.sync) matvec"),
+    KernelPath("cupy_fma", "cupy", "kernels.cupy:CupyBackend",
+               env=(("FUSED_RNN_CUPY_KERNEL", "grid"), ("FUSED_RNN_CUPY_MMA", "off")),
+               static_kernel=("rnn_forward[fma]", "rnn_backward[fma]"),
+               about="CUDA C cooperative grid-wide kernel, FMA matvec"),
+    KernelPath("cupy_cluster", "cupy", "kernels.cupy:CupyBackend",
+               env=(("FUSED_RNN_CUPY_KERNEL", "cluster"), ("FUSED_RNN_CUPY_MMA", "auto")),
+               static_kernel=("rnn_cluster_",),
+               about="CUDA C thread-block cluster (sm_90): W_hh on 8-16 SMs, h pushed through distributed "
+                     "shared memory, mbarrier waits instead of a grid barrier"),
     # the chain's middle link (explicit backward in PyTorch ops), not a contender: headline only
     KernelPath("torch", "torch", gpu_only=False, compiles=False, grid=False,
                about="PyTorch ops per step (the reference backend)"),
@@ -1085,6 +1098,11 @@ def _skip_reason(paths, name, case, dry):
             how = obj.describe(case.device, spec, case.hidden, case.batch, case.torch_dtype)
             if "mma" not in how:
                 return f"the tensor-core path does not apply here (see cupy_fma): {how}", ""
+        if name == "cupy_cluster":  # both directions must fit one cluster (an explicit family never falls back)
+            why = obj.unavailable_reason(case.device, spec, case.hidden, case.batch, case.torch_dtype)
+            if why:
+                return f"the cluster kernels do not run this case (see cupy_mma): {why}", ""
+            note = obj.describe(case.device, spec, case.hidden, case.batch, case.torch_dtype)
     except Exception as exc:  # the description is a nicety; the case itself will tell
         note = f"(launch description failed: {type(exc).__name__}: {exc})"
     return None, note

@@ -247,7 +247,11 @@ def ldsm_bytes(ins) -> int:
 
 
 CLASSES = ("mma", "wgmma", "ldsm", "lds", "sts", "ldg", "stg", "ldl", "stl", "bar", "membar", "atomic",
-           "shfl")
+           "shfl", "bulk", "syncs")
+# bulk: asynchronous bulk copies (cp.async.bulk = UBLKCP; a thread's copy of a distributed-shared-
+#   memory or global block, one per issuing thread: ptxas loops over the active lanes).
+# syncs: mbarrier operations (mbarrier.* = SYNCS: init, arrive, expect-tx, try-wait); cluster
+#   barriers (barrier.cluster = UCGABAR) count as "bar".
 
 
 def classify(ins) -> str | None:
@@ -271,8 +275,12 @@ def classify(ins) -> str | None:
         return "ldl"
     if b == "STL":
         return "stl"
-    if b == "BAR" or b == "SYNCS":
+    if b in ("BAR", "UCGABAR_ARV", "UCGABAR_WAIT"):
         return "bar"
+    if b == "SYNCS":
+        return "syncs"
+    if b == "UBLKCP":
+        return "bulk"
     if b in ("MEMBAR", "FENCE", "CCTL"):
         return "membar"
     if b in ("ATOM", "ATOMG", "ATOMS", "RED", "REDG", "REDUX"):
@@ -381,7 +389,7 @@ def parse_ptx(text: str, entry: str | None = None) -> PtxKernel:
         while s:
             if s in ("{", "}") or s.startswith("."):
                 break
-            lm = re.match(r"^([$\w.]+):\s*(.*)$", s)
+            lm = re.match(r"^([$\w.]+):(?!:)\s*(.*)$", s)  # a label; not "op.shared::cta ..."
             if lm and not lm.group(1).startswith("%"):
                 labels[lm.group(1)] = len(code)
                 code.append(lm.group(1))
@@ -468,6 +476,10 @@ def _ptx_class(ins):
         return "stg"
     if base in ("bar", "barrier") and ".warp" not in op:
         return "bar"
+    if base == "mbarrier":
+        return "syncs"
+    if base == "cp" and ".async.bulk" in op and ".prefetch" not in op:
+        return "bulk"
     if base in ("membar", "fence"):
         return "membar"
     if base in ("atom", "red"):
@@ -497,21 +509,31 @@ def _to_signed(v, bits):
     return v - (1 << bits) if v >> (bits - 1) else v
 
 
-def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nctaid=(1, 1, 1),
+def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nctaid=(1, 1, 1), cluster=1,
          window=(1, 2), max_instructions=20_000_000) -> tuple:
     """Execute the control flow of `kernel` for thread `tid` of block `ctaid`.
 
     args: one value per kernel parameter: an int (sizes; pointers as any non-zero int, 0 for a
-    null pointer). Returns (counts over the window, counts of the whole run, steps seen): the
+    null pointer). cluster: CTAs per thread-block cluster along x (the block's rank in it is
+    ctaid.x % cluster). Returns (counts over the window, counts of the whole run, steps seen): the
     window is [arrival window[0], arrival window[1]) at the step-loop head (arrivals counted
-    from 0), i.e. one step by default; without a step loop the window is empty."""
+    from 0), i.e. one step by default; without a step loop the window is empty.
+
+    An mbarrier try-wait / test-wait is taken to find its phase complete at the first poll: the
+    walk counts the instructions of a wait whose data has arrived; how long the data takes to
+    arrive is the latency model's business (profiling.static.ESTIMATE_MODEL)."""
     if len(args) != len(kernel.params):
         raise WalkError(f"{kernel.name}: {len(kernel.params)} parameters, {len(args)} values given")
     params = dict(zip(kernel.params, args))
     special = {"%tid.x": tid, "%tid.y": 0, "%tid.z": 0, "%ntid.x": ntid, "%ntid.y": 1, "%ntid.z": 1,
                "%ctaid.x": ctaid[0], "%ctaid.y": ctaid[1], "%ctaid.z": ctaid[2],
                "%nctaid.x": nctaid[0], "%nctaid.y": nctaid[1], "%nctaid.z": nctaid[2],
-               "%laneid": tid % 32, "%warpid": tid // 32}
+               "%laneid": tid % 32, "%warpid": tid // 32,
+               "%cluster_ctarank": ctaid[0] % cluster, "%cluster_nctarank": cluster,
+               "%cluster_ctaid.x": ctaid[0] % cluster, "%cluster_ctaid.y": 0, "%cluster_ctaid.z": 0,
+               "%cluster_nctaid.x": cluster, "%cluster_nctaid.y": 1, "%cluster_nctaid.z": 1,
+               "%clusterid.x": ctaid[0] // cluster, "%clusterid.y": ctaid[1], "%clusterid.z": ctaid[2],
+               "%nclusterid.x": -(-nctaid[0] // cluster), "%nclusterid.y": nctaid[1], "%nclusterid.z": nctaid[2]}
     regs = {}
     loop = ptx_step_loop(kernel)
     head = loop[0] if loop else None
@@ -524,6 +546,8 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
             if a in special:
                 return special[a]
             return regs.get(a)
+        if a in regs:  # a register declared inside an inline-asm block ({ .reg .pred p; ... })
+            return regs[a]
         if a in params:
             return params[a]
         try:
@@ -542,7 +566,7 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
         return [x.strip() for x in a.split("|")]
 
     def setv(name, v, bits=64):
-        if name.startswith("%") and name not in special:
+        if name not in special and (name.startswith("%") or re.fullmatch(r"[A-Za-z_]\w*", name)):
             regs[name] = None if v is None else (v & ((1 << bits) - 1) if bits > 1 else bool(v))
 
     code, labels = kernel.code, kernel.labels
@@ -572,6 +596,9 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
         cls = _ptx_class(ins)
         if cls is not None:
             nbytes = _ptx_instr_bytes(ins, cls)
+            if cls == "bulk":  # cp.async.bulk [dst], [src], size, [mbar]: the size operand
+                size = val(ins.args[2]) if len(ins.args) > 2 else None
+                nbytes = size if isinstance(size, int) else 0
             total[cls] += 1
             if nbytes:
                 total[cls + "_bytes"] += nbytes
@@ -618,8 +645,15 @@ def _execute(op, base, args, val, dsts, setv):
         if v is None or not isinstance(v, (int, bool)):
             return None
         v = int(v)
-        return _to_signed(v, bits) if signed and bits else v
+        if not bits:
+            return v
+        # operands are bit patterns of the instruction's width: an immediate -1431655765 of a
+        # mul.wide.u32 (division by a magic number) is 0xaaaaaaab
+        return _to_signed(v, bits) if signed else v & ((1 << bits) - 1)
 
+    if base == "mbarrier" and (".try_wait" in op or ".test_wait" in op):
+        setv(d, True, 1)  # the phase is complete (see walk)
+        return
     if base == "ld" and ".param" in op:
         m = re.match(r"\[\s*([\w$.]+)\s*(?:\+\s*(\d+))?\s*\]", args[1])
         v = val(m.group(1)) if m and not m.group(2) else None

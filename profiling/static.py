@@ -8,22 +8,25 @@ Legend: B batch, H hidden, G gates, T steps (1024, the benchmark's, where it mat
 
 Per configuration (cell, dtype, B, H, direction) and backend:
   * the launch plan, from the backend's own pure planning functions (kernels.triton.backend.make_plan,
-    kernels.cupy.plan) with H100 SXM limits: 132 SMs, 228 KiB shared memory per SM (227 KiB per
+    kernels.cupy.choose: the cluster kernel where "auto" takes it, with the grid-wide kernel beside
+    it as the alternative) with H100 SXM limits: 132 SMs, 228 KiB shared memory per SM (227 KiB per
     block), 64 K registers per SM;
   * the compile, exactly as the launch would do it: Triton through `triton.compile(ASTSource)` for
     GPUTarget("cuda", 90, 32), with the signature, constexprs and specialization attributes
     produced by Triton's own JIT binder from the launch's arguments (so e.g. B == 1 becomes a
     constant and sizes divisible by 16 are marked so, as the JIT does); CuPy's generated source
-    through `nvcc -cubin -arch=sm_90` (nvcc stands in for NVRTC: same front end and ptxas);
+    through nvcc for sm_90 (the cluster kernels: sm_90a) (nvcc stands in for NVRTC: same front end
+    and ptxas);
   * from ptxas (-v): registers, stack frame, spill stores / loads; from cuobjdump: static shared
     memory; with the plan: dynamic shared memory, blocks per SM that fit, whether every block of
     the grid can be co-resident (persistent kernels need it);
   * per step, from the compiled code (profiling.sass): tensor-core instructions (mma.sync = HMMA,
     wgmma = HGMMA), ldmatrix and shared loads / stores with bytes, global loads / stores with
-    bytes, barriers, fences and atomics, counted by walking the control flow of the PTX for lane 0
-    of every warp of block 0 through one steady-state step (inner loops at their real trip
-    counts); spill traffic (LDL / STL) from the SASS of the step loop, each instruction counted
-    once; whether the step loop was found in the SASS;
+    bytes, barriers, fences and atomics, mbarrier operations and bulk (DSMEM) copies, counted by
+    walking the control flow of the PTX for lane 0 of every warp of block 0 through one
+    steady-state step (inner loops at their real trip counts; bulk copies, one per issuing
+    thread, summed over the lanes); spill traffic (LDL / STL) from the SASS of the step loop,
+    each instruction counted once; whether the step loop was found in the SASS;
   * an estimate of the time of one step from the small model below (ESTIMATE_MODEL), beside
     cuDNN's per-step time where a published figure is known, and beside the measured time where
     a GPU benchmark record (profiling/results/*.json) has the same case.
@@ -89,10 +92,16 @@ ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 #   t_l2   = L2_LATENCY x ceil(busiest warp's global loads / LOADS_IN_FLIGHT)   (dependent rounds)
 #   t_bar  = block barriers per step x BAR_CLK / CLOCK
 #   t_sync = grid barriers per step x GRID_BARRIER (persistent), or
-#            launches per step x LAUNCH_GAP (per-step kernels replayed from a CUDA graph)
+#            launches per step x LAUNCH_GAP (per-step kernels replayed from a CUDA graph), or
+#            for a thread-block cluster (kernels/cupy/cluster.cu) the exchange that replaces the
+#            grid barrier: exchanges per step x CLUSTER_EXCHANGE + the CTA's bulk-copied DSMEM
+#            bytes per step / DSMEM_BYTES_PER_CLK / CLOCK
 # Global stores are fire-and-forget (not on the critical path). Overlap between the terms is
 # ignored, so the model leans pessimistic for kernels with much independent work and optimistic
-# for long dependency chains inside one term.
+# for long dependency chains inside one term. One overlap is counted: a cluster kernel loads its
+# next step's inputs (xg, saved gates) between its push and its mbarrier wait (cluster.cu), so
+# its loads hide behind the exchange: its l2 term is only what the exchange does not cover,
+# max(0, t_l2 - t_sync).
 ESTIMATE_MODEL = {
     "CLOCK_HZ": 1.755e9,              # H100 SXM boost clock
     "MMA_WARP_CLK": 16,               # one m16n8k16 mma.sync per warp every 16 clocks (~half of the
@@ -104,6 +113,11 @@ ESTIMATE_MODEL = {
     "LOADS_IN_FLIGHT": 4,             # independent loads a thread keeps in flight (unroll x 4)
     "BAR_CLK": 20,                    # one __syncthreads / bar.sync with all warps arriving
     "GRID_BARRIER_S": 1.0e-6,         # one grid-wide barrier through L2 (atomic + polls), ~1 us
+    "CLUSTER_EXCHANGE_S": 0.3e-6,     # ASSUMPTION (not measured): one cluster exchange, from the last
+                                      # bulk DSMEM copy's issue to the receiver's mbarrier wait returning
+                                      # (SM-to-SM transfer + complete_tx + try_wait); "a few hundred ns"
+    "DSMEM_BYTES_PER_CLK": 32,        # ASSUMPTION (not published): bytes per clock one SM pushes into
+                                      # other SMs' shared memory (one 32-byte transaction per clock)
     "LAUNCH_GAP_S": 1.0e-6,           # one kernel of a CUDA graph replay, launch to launch
 }
 
@@ -124,6 +138,7 @@ ROW_KEYS = (
     "lds_per_step", "lds_bytes_per_step", "sts_per_step", "sts_bytes_per_step",
     "ldg_per_step", "ldg_bytes_per_step", "ldg_per_thread", "stg_per_step", "stg_bytes_per_step",
     "ffma_per_warp", "bar_per_step", "membar_per_step", "atomic_per_step", "grid_barriers_per_step",
+    "cluster_size", "cluster_exchanges_per_step", "bulk_per_step", "dsmem_bytes_per_step", "syncs_per_step",
     "spill_ld_per_step", "spill_st_per_step",
     "us_per_step_est", "est_terms_us", "us_per_step_cudnn", "cudnn_source", "us_per_step_measured",
     "us_per_step_cudnn_measured", "measured_source", "compile_s",
@@ -147,6 +162,8 @@ class Launch:
     persistent: bool
     grid_barriers_per_step: int
     per_step_launches: int = 1  # how many times this launch runs per step (per-step kernels)
+    cluster: int = 1            # CTAs per thread-block cluster (the cluster kernels: the whole grid)
+    exchanges_per_step: int = 0  # cluster kernels: DSMEM exchanges (push + mbarrier wait) per step
 
 
 class Unavailable(Exception):
@@ -294,32 +311,58 @@ def compile_triton(spec) -> dict:
 
 
 # ---- CuPy ----------------------------------------------------------------------------------
+# Two kernel families (kernels/cupy: FAMILIES): "cluster" (cluster.cu, one thread-block cluster,
+# sm_90) and "grid" (forward.cu / backward.cu, a cooperative grid). The "cupy" rows are what
+# kernels.cupy.choose(kernel="auto") launches; the "cupy_grid" rows (FAMILIES below) add the
+# grid-wide kernel where auto launches the cluster kernel, the alternative auto did not take.
 _CUPY_NULL = {"mask", "rec_mask"}  # the benchmark passes no mask and no recurrent dropout
+# Config fields the compiled code depends on (sizes are run-time arguments; the cluster kernel
+# has its cluster size, register-held fragments and batch tiles as template arguments)
+_CUPY_COMPILE_FIELDS = ("kind", "activation", "recurrent_activation", "reset_after", "dtype", "rec_mask", "mma",
+                        "threads", "rows")
+_CUPY_CLUSTER_FIELDS = ("grid", "reg_frags", "ntiles")
+# the cluster kernels use sm_90a (cp.async.bulk into distributed shared memory, mbarrier tx counts)
+_CUPY_ARCH = {"grid": f"sm_{ARCH}", "cluster": f"sm_{ARCH}a"}
 
 
-def cupy_launches(cell, dtype, batch, hidden, direction, tf32=False):
+def cupy_launches(cell, dtype, batch, hidden, direction, tf32=False, kernel="auto"):
+    """The launch kernels.cupy.choose picks on an H100 (kernel: "auto", "cluster" or "grid")."""
     import kernels.cupy as kc
 
     try:
-        c = kc.plan(direction, cell, hidden, batch, _torch_dtype(dtype), kc.H100, tf32=tf32)
+        c = kc.choose(direction, cell, hidden, batch, _torch_dtype(dtype), kc.H100, kernel=kernel, tf32=tf32)
     except kc.SizeLimitError as exc:
         raise Unavailable(str(exc)) from None
-    path = ("tf32 mma" if dtype == "fp32" else "mma") if c.mma else "fma"
-    two = cell == "gru" and not c.reset_after
-    spec = ("cupy", direction, c.template_args, c.dtype, c.kind, c.activation, c.recurrent_activation,
-            c.reset_after, c.rec_mask, c.mma, c.threads, c.rows)
-    return [Launch("cupy", f"cupy.rnn_{direction}[{path}]", path, spec, (c.grid, 1), c.threads, c.smem,
-                   (("B", batch), ("H", hidden), ("T", SEQ_LEN), ("U", c.units), ("BB", c.batch_tile),
-                    ("cell", cell)),
+    matvec = ("tf32 mma" if dtype == "fp32" else "mma") if c.mma else "fma"
+    two = cell == "gru" and not c.reset_after  # GRU reset_after=False: a second phase per step
+    fields = _CUPY_COMPILE_FIELDS + (_CUPY_CLUSTER_FIELDS if c.kernel == "cluster" else ())
+    spec = ("cupy", direction, c.kernel, c.template_args, tuple((f, getattr(c, f)) for f in fields))
+    args = (("B", batch), ("H", hidden), ("T", SEQ_LEN), ("U", c.units), ("BB", c.batch_tile), ("KS", c.ks),
+            ("cell", cell))
+    if c.kernel == "cluster":
+        # one cluster; each phase of a step ends in a DSMEM exchange instead of a grid barrier
+        return [Launch("cupy", f"cupy.rnn_cluster_{direction}[{matvec}]", "cluster", spec, (c.grid, 1), c.threads,
+                       c.smem, args, True, 0, cluster=c.grid, exchanges_per_step=1 + two)]
+    return [Launch("cupy", f"cupy.rnn_{direction}[{matvec}]", matvec, spec, (c.grid, 1), c.threads, c.smem, args,
                    True, 1 + two)]
 
 
+def cupy_grid_launches(cell, dtype, batch, hidden, direction, tf32=False):
+    return cupy_launches(cell, dtype, batch, hidden, direction, tf32, kernel="grid")
+
+
 def _cupy_config(spec):
+    """A Config with the spec's compile-relevant fields (sizes are placeholders)."""
     import kernels.cupy as kc
 
-    _, direction, _, dtype, kind, act, ract, reset_after, rec_mask, mma, threads, rows = spec
-    return kc.Config(direction, kind, act, ract, reset_after, dtype, rec_mask, 1, 1, 1, 1, 1, 0, 1, mma,
-                     threads, rows)
+    _, direction, kernel, template_args, fields = spec
+    fields = dict(fields)
+    config = kc.Config(direction=direction, hidden=1, batch=1, units=1, grid=fields.pop("grid", 1), batch_tile=1,
+                       smem=0, blocks_per_sm=1, kernel=kernel, **fields)
+    if config.template_args != template_args:
+        raise ValueError(f"profiling.static._cupy_config rebuilt <{config.template_args}> for <{template_args}>: "
+                         "a compile-relevant Config field is missing from _CUPY_COMPILE_FIELDS")
+    return config
 
 
 def compile_cupy(spec) -> dict:
@@ -329,17 +372,19 @@ def compile_cupy(spec) -> dict:
         raise sass.ToolMissing("nvcc not found on PATH: the CuPy kernels cannot be compiled here")
     config = _cupy_config(spec)
     source, options, name = kc.kernel_source(config)
+    sm = _CUPY_ARCH[config.kernel]
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.cu"
         src.write_text(source)
         # one front-end run to PTX, then the toolkit's own ptxas (as nvcc -cubin would run it)
         ptx_path, cubin_path = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
-        cmd = ["nvcc", "-ptx", f"-arch=sm_{ARCH}", "-lineinfo", *options, "-o", str(ptx_path), str(src)]
+        arch = f"-gencode=arch=compute_{sm[3:]},code={sm}"
+        cmd = ["nvcc", "-ptx", arch, "-lineinfo", *options, "-o", str(ptx_path), str(src)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)}\n{res.stderr[-3000:]}")
         ptxas_bin = Path(shutil.which("nvcc")).resolve().parent / "ptxas"
-        cmd = [str(ptxas_bin) if ptxas_bin.exists() else "ptxas", "-v", f"--gpu-name=sm_{ARCH}", "-lineinfo",
+        cmd = [str(ptxas_bin) if ptxas_bin.exists() else "ptxas", "-v", f"--gpu-name={sm}", "-lineinfo",
                str(ptx_path), "-o", str(cubin_path)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp)
         if res.returncode != 0:
@@ -351,11 +396,15 @@ def compile_cupy(spec) -> dict:
             "entry": next(iter(ptxas), None), "source": source, "signature_source": source}
 
 
-def _cupy_param_names(source, direction):
-    """Parameter names of frnn::rnn_<direction>, in order, from the generated source."""
-    m = re.search(rf"rnn_{direction}\s*\((.*?)\)\s*\{{", source, re.S)
+def _cupy_function(kernel, direction):
+    return f"rnn_cluster_{direction}" if kernel == "cluster" else f"rnn_{direction}"
+
+
+def _cupy_param_names(source, function):
+    """Parameter names of frnn::<function> (e.g. rnn_cluster_forward), in order, from the source."""
+    m = re.search(rf"\b{function}\s*\((.*?)\)\s*\{{", source, re.S)
     if m is None:
-        raise ValueError(f"cannot find the parameter list of rnn_{direction} in the generated source")
+        raise ValueError(f"cannot find the parameter list of {function} in the generated source")
     names = []
     for part in re.sub(r"//[^\n]*", "", m.group(1)).split(","):
         part = part.strip()
@@ -364,25 +413,28 @@ def _cupy_param_names(source, direction):
     return names
 
 
-def cupy_walk_args(source, direction, launch):
+def cupy_walk_args(source, launch):
+    """The launch's argument values in the kernel's parameter order, for the PTX walk."""
+    _, direction, kernel = launch.compile_spec[:3]
     values = dict(launch.args)
     cell = values["cell"]
-    scalars = {"steps": SEQ_LEN, "B": values["B"], "H": values["H"], "U": values["U"],
-               "BB": values["BB"], "reverse": 0}
+    scalars = {"steps": SEQ_LEN, "B": values["B"], "H": values["H"], "U": values["U"], "reverse": 0,
+               "BB": values["BB"], "KS": values["KS"]}
     lstm = cell == "lstm"
     null = set(_CUPY_NULL)
     if not lstm:
         null |= {"c0", "cT", "dcT", "dc0"}
     if cell == "rnn":
         null |= {"extra"}
+    function = _cupy_function(kernel, direction)
     out = []
-    for name, is_ptr in _cupy_param_names(source, direction):
+    for name, is_ptr in _cupy_param_names(source, function):
         if is_ptr:
             out.append(0 if name in null else 1 << 40)
         elif name in scalars:
             out.append(scalars[name])
         else:
-            raise ValueError(f"rnn_{direction}: no value for the argument {name!r}: extend "
+            raise ValueError(f"{function}: no value for the argument {name!r}: extend "
                              "profiling.static.cupy_walk_args")
     return out
 
@@ -393,11 +445,15 @@ class Family:
     backend: str
     launches: object     # (cell, dtype, batch, hidden, direction, tf32) -> [Launch]; raises Unavailable
     compile: object      # compile_spec -> {"ptx", "cubin", "ptxas", "dynamic_shared", ...}
+    # an alternative of another family: reported with that family's rows (as the same backend),
+    # never chosen by auto, and left out where it launches what that family launches anyway
+    alternative_of: str | None = None
 
 
 FAMILIES = {
     "triton": Family("triton", triton_launches, compile_triton),
     "cupy": Family("cupy", cupy_launches, compile_cupy),
+    "cupy_grid": Family("cupy", cupy_grid_launches, compile_cupy, alternative_of="cupy"),
 }
 AUTO_ORDER = ("cupy", "triton")  # rnn.backends.choose: cupy first on CUDA, then triton
 
@@ -522,20 +578,67 @@ def walk_counts(ptx_text, launch, source=None):
         args += [1 << 40] * (len(kernel.params) - len(args))
         window = (1, 2) if launch.persistent else (0, 1)
     else:
-        args = cupy_walk_args(source, launch.compile_spec[1], launch)
+        args = cupy_walk_args(source, launch)
         window = (1, 2)
     block, warp_max = sass.Counter(), sass.Counter()
     grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
+
+    def one(tid):
+        return sass.walk(kernel, args, tid=tid, ntid=launch.threads, nctaid=grid, cluster=launch.cluster,
+                         window=window)[0]
+
     for w in range(warps):
-        win, _, _ = sass.walk(kernel, args, tid=32 * w, ntid=launch.threads, nctaid=grid, window=window)
+        win = one(32 * w)
+        for k, v in _lane_sum(one, 32 * w, min(32 * w + 31, launch.threads - 1), win).items():
+            win[k] = v  # the warp's sum over its lanes replaces lane 0's count
         for k, v in win.items():
             block[k] += v
             warp_max[k] = max(warp_max[k], v)
     return {"block": block, "warp_max": warp_max}
 
 
-def estimate_us(block, warp_max, grid_barriers, launches, model=ESTIMATE_MODEL):
-    """Per-step time (us) and its terms from per-step counts (see ESTIMATE_MODEL). An estimate."""
+# Classes whose every thread's instruction is an operation of its own (a bulk copy per lane: ptxas
+# issues one UBLKCP per active lane), so a warp's count is the sum over its lanes, not lane 0's.
+PER_LANE = ("bulk",)
+
+
+def _lane_sum(walk_lane, first, last, at_first):
+    """{cls: sum over the lanes first..last, cls + "_bytes": ...} of the PER_LANE classes.
+    Assumes a lane's count is monotone in its index (a thread-strided loop, a `tid == 0` guard),
+    so equal counts at both ends mean every lane between has them, and splits a range otherwise
+    (a few walks per warp, only where lane 0 has such work)."""
+    keys = [k for c in PER_LANE for k in (c, c + "_bytes")]
+
+    def pick(c):
+        return tuple(c.get(k, 0) for k in keys)
+
+    out = sass.Counter()
+    lo = pick(at_first)
+    if not any(lo):
+        return out  # monotone: no lane after the first has any either
+    memo = {first: lo}
+
+    def at(lane):
+        if lane not in memo:
+            memo[lane] = pick(walk_lane(lane))
+        return memo[lane]
+
+    def span(a, b):  # sum over lanes a..b-1
+        if at(a) == at(b - 1):
+            return [v * (b - a) for v in at(a)]
+        if b - a <= 2:
+            return [x + y for x, y in zip(at(a), at(b - 1))]
+        m = (a + b) // 2
+        return [x + y for x, y in zip(span(a, m), span(m, b))]
+
+    for k, v in zip(keys, span(first, last + 1)):
+        out[k] = v
+    return out
+
+
+def estimate_us(block, warp_max, grid_barriers, launches, model=ESTIMATE_MODEL, exchanges=0):
+    """Per-step time (us) and its terms from per-step counts (see ESTIMATE_MODEL). An estimate.
+    exchanges: cluster exchanges per step (their DSMEM bytes: block["bulk_bytes"])."""
     m = model
     clk = m["CLOCK_HZ"]
     mma_flops = block.get("mma", 0) * 2 * 16 * 8 * 16
@@ -546,6 +649,9 @@ def estimate_us(block, warp_max, grid_barriers, launches, model=ESTIMATE_MODEL):
     t_l2 = m["L2_LATENCY_S"] * math.ceil(warp_max.get("ldg", 0) / m["LOADS_IN_FLIGHT"])
     t_bar = warp_max.get("bar", 0) * m["BAR_CLK"] / clk
     t_sync = grid_barriers * m["GRID_BARRIER_S"] + launches * m["LAUNCH_GAP_S"]
+    if exchanges:
+        t_sync += exchanges * m["CLUSTER_EXCHANGE_S"] + block.get("bulk_bytes", 0) / m["DSMEM_BYTES_PER_CLK"] / clk
+        t_l2 = max(0.0, t_l2 - t_sync)  # the loads between push and wait (see ESTIMATE_MODEL)
     terms = {"mma": t_mma, "fma": t_fma, "smem": t_smem, "l2": t_l2, "bar": t_bar, "sync": t_sync}
     terms = {k: round(v * 1e6, 3) for k, v in terms.items()}
     return round(sum(terms.values()), 3), terms
@@ -620,9 +726,14 @@ def plan_grid(cfg):
             if ok:
                 auto_pick = name
                 break
-        for name in FAMILIES:
+        for name, fam in FAMILIES.items():
             auto = name == auto_pick
-            if name in cfg["backends"] or (auto and "auto" in cfg["backends"]):
+            parent = fam.alternative_of
+            if parent is not None:
+                wanted = parent in cfg["backends"] or (parent == auto_pick and "auto" in cfg["backends"])
+                if wanted and launches[name] != launches[parent]:
+                    items.append(((cell, dtype, batch, hidden, direction), name, launches[name], False))
+            elif name in cfg["backends"] or (auto and "auto" in cfg["backends"]):
                 items.append(((cell, dtype, batch, hidden, direction), name, launches[name], auto))
     return items
 
@@ -685,16 +796,18 @@ def _worker_init():
 
 def make_rows(item, results, index):
     (cell, dtype, batch, hidden, direction), name, launches, auto = item
+    backend = FAMILIES[name].backend
     base = {k: None for k in ROW_KEYS}
-    base.update(backend=name, cell=cell, dtype=dtype, batch=batch, hidden=hidden, direction=direction,
+    base.update(backend=backend, cell=cell, dtype=dtype, batch=batch, hidden=hidden, direction=direction,
                 auto=auto)
     cud = CUDNN_PUBLISHED_US.get((cell, dtype, batch, hidden), {}).get(direction)
     base.update(us_per_step_cudnn=cud, cudnn_source=CUDNN_SOURCE if cud is not None else None)
     path = None if isinstance(launches, str) else launches[0].path
-    meas, meas_cudnn, src = _measured(index, name, cell, dtype, batch, hidden, direction, auto, path)
+    meas, meas_cudnn, src = _measured(index, backend, cell, dtype, batch, hidden, direction, auto, path)
     base.update(us_per_step_measured=meas, us_per_step_cudnn_measured=meas_cudnn, measured_source=src)
     if isinstance(launches, str):
-        return [dict(base, kernel=f"{name} (none)", status="skipped", note=launches)]
+        kernel = f"{backend}.{name[len(backend) + 1:]} (none)" if name != backend else f"{backend} (none)"
+        return [dict(base, kernel=kernel, status="skipped", note=launches)]
     # a step may take several launches (per-step path): one row, counts summed over them
     row = dict(base, kernel=launches[0].kernel, path=launches[0].path, grid=list(launches[0].grid),
                threads=launches[0].threads, launches_per_step=0 if launches[0].persistent else len(launches),
@@ -728,6 +841,8 @@ def make_rows(item, results, index):
         row["spill_ld_per_step"] = (row["spill_ld_per_step"] or 0) + res["sass_spill"]["ldl"]
         row["spill_st_per_step"] = (row["spill_st_per_step"] or 0) + res["sass_spill"]["stl"]
         row["grid_barriers_per_step"] = (row["grid_barriers_per_step"] or 0) + la.grid_barriers_per_step
+        row["cluster_exchanges_per_step"] = (row["cluster_exchanges_per_step"] or 0) + la.exchanges_per_step
+        row["cluster_size"] = la.cluster if la.cluster > 1 else row["cluster_size"]
         if la.persistent and not co:
             notes.append(f"grid of {n_blocks} blocks > {fit} per SM x {SM_COUNT} SMs: cannot be co-resident")
         try:
@@ -740,14 +855,16 @@ def make_rows(item, results, index):
         for k, v in counts["warp_max"].items():
             warp_max[k] += v
     row["compile_s"] = round(compile_s, 2)
-    for cls in ("mma", "wgmma", "ldsm", "lds", "sts", "ldg", "stg", "bar", "membar", "atomic"):
+    for cls in ("mma", "wgmma", "ldsm", "lds", "sts", "ldg", "stg", "bar", "membar", "atomic", "syncs", "bulk"):
         row[f"{cls}_per_step"] = block.get(cls, 0)
     for cls in ("ldsm", "lds", "sts", "ldg", "stg"):
         row[f"{cls}_bytes_per_step"] = 32 * block.get(cls + "_bytes", 0)
+    row["dsmem_bytes_per_step"] = block.get("bulk_bytes", 0)  # bulk copies: counted per thread, real bytes
     row["mma_per_warp"] = warp_max.get("mma", 0)
     row["ffma_per_warp"] = warp_max.get("ffma", 0)
     row["ldg_per_thread"] = warp_max.get("ldg", 0)
-    est, terms = estimate_us(block, warp_max, row["grid_barriers_per_step"], row["launches_per_step"])
+    est, terms = estimate_us(block, warp_max, row["grid_barriers_per_step"], row["launches_per_step"],
+                             exchanges=row["cluster_exchanges_per_step"])
     row["us_per_step_est"], row["est_terms_us"] = est, terms
     row["note"] = "; ".join(notes)
     if not row["step_loop_found"]:
@@ -764,20 +881,23 @@ def _f(v, spec="", none=""):
 
 def markdown_table(rows) -> str:
     head = ("cell", "dtype", "B", "H", "dir", "backend", "kernel", "auto", "regs", "spill B", "smem KiB",
-            "co-res", "mma/step (warp)", "ldsm+lds B/step", "ldg/thread", "est us/step", "cuDNN us/step",
+            "co-res", "mma/step (warp)", "bulk cp/step (DSMEM B)", "ldsm+lds B/step", "ldg/thread", "est us/step",
+            "cuDNN us/step",
             "measured us/step", "note")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r["status"] != "ok":
             cells = (r["cell"], r["dtype"], r["batch"], r["hidden"], r["direction"][:3], r["backend"],
-                     r["kernel"], "yes" if r["auto"] else "", "", "", "", "", "", "", "", "", "", "",
+                     r["kernel"], "yes" if r["auto"] else "", "", "", "", "", "", "", "", "", "", "", "",
                      f"{r['status']}: {r['note'][:120]}")
         else:
             smem = r["ldsm_bytes_per_step"] + r["lds_bytes_per_step"]
             cells = (r["cell"], r["dtype"], r["batch"], r["hidden"], r["direction"][:3], r["backend"],
                      r["kernel"].split(".", 1)[1], "yes" if r["auto"] else "", r["registers"], r["spill_bytes"],
                      f"{r['shared_bytes'] / 1024:.1f}", "yes" if r["co_resident"] else "NO",
-                     f"{r['mma_per_step']} ({r['mma_per_warp']})", smem, r["ldg_per_thread"],
+                     f"{r['mma_per_step']} ({r['mma_per_warp']})",
+                     f"{r['bulk_per_step']} ({r['dsmem_bytes_per_step']})" if r["cluster_exchanges_per_step"] else "",
+                     smem, r["ldg_per_thread"],
                      _f(r["us_per_step_est"], ".2f"), _f(r["us_per_step_cudnn"], ".1f"),
                      _f(r["us_per_step_measured"], ".2f"), r["note"][:120])
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")

@@ -380,3 +380,58 @@ def test_kernel_family_env_switch(monkeypatch):
     monkeypatch.setenv(kc.KERNEL_ENV, "warp")
     with pytest.raises(ValueError, match="FUSED_RNN_CUPY_KERNEL must be 'auto' or one of \\('cluster', 'grid'\\)"):
         kc.CupyBackend()
+
+
+# ------------------------------------------------------------------------------------------------
+# the status flag: a bounded wait that timed out becomes an error after the launch (no GPU needed)
+
+def _loader_on_cpu(monkeypatch, flag):
+    """The cupy backend driven on CPU tensors: an H100 and CuPy faked (tests/test_cupy.py), the
+    tensors' "must be CUDA" check skipped, and the launch replaced by one that does what a kernel
+    whose wait timed out does: write `flag` into the status word it was handed, by pointer.
+    Returns (backend, the configurations launched)."""
+    from profiling.static import _cupy_param_names
+    from tests.test_cupy import _fake_gpu_backend
+
+    backend = _fake_gpu_backend(monkeypatch)
+    monkeypatch.setattr(kc, "_check_common", lambda spec, x, name, w_hh, gates_tensor=True: (
+        x.shape[0], x.shape[1], w_hh.shape[1], x.device, x.dtype, kc.DTYPES[x.dtype][2]))
+    launched = []
+
+    def launch(device, config, args):
+        source = kc.kernel_source(config)[0]
+        names = [n for n, _ in _cupy_param_names(source, f"rnn_cluster_{config.direction}")]
+        assert len(args) == len(names), (names, args)  # the loader passes every kernel argument
+        ctypes.c_uint32.from_address(int(args[names.index("status")])).value = flag
+        launched.append(config)
+
+    monkeypatch.setattr(backend, "_launch", launch)
+    return backend, launched
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_cluster_timeout_flag_raises_after_the_launch(monkeypatch, direction):
+    from tests.test_cupy import spec
+
+    T, B, H = 5, 3, 64
+    cell = spec("lstm")
+    xg = torch.zeros(T, B, 4 * H, dtype=torch.bfloat16)
+    w_hh = torch.zeros(4 * H, H, dtype=torch.bfloat16)
+    backend, launched = _loader_on_cpu(monkeypatch, 0)
+    saved = backend.forward(cell, xg, w_hh, None, None, None, None, None, False)  # flag clear: outputs returned
+    grads = backend.backward(cell, w_hh, None, None, None, None, None, False, saved, saved.out, None, None)
+    assert len(grads) == 3 and [c.kernel for c in launched] == ["cluster", "cluster"]
+
+    backend, launched = _loader_on_cpu(monkeypatch, 1)
+    with pytest.raises(kc.ClusterTimeoutError) as err:
+        if direction == "forward":
+            backend.forward(cell, xg, w_hh, None, None, None, None, None, False)
+        else:
+            backend.backward(cell, w_hh, None, None, None, None, None, False, saved, saved.out, None, None)
+    config = launched[-1]
+    assert config.direction == direction
+    text = str(err.value)
+    # names the configuration and says what to do
+    for part in (f"cluster {direction} kernel", "lstm, H=64, B=3, bfloat16", config.name, "not returned",
+                 f"a cluster of {config.grid} CTAs x {config.units} units", "FUSED_RNN_CUPY_KERNEL=grid"):
+        assert part in text, (part, text)

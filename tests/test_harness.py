@@ -189,22 +189,41 @@ def test_path_table_covers_the_registry_and_takes_new_kernels():
     assert {n for n in backends.NAMES if n != "auto"} <= {p.backend for p in paths}  # every backend runs
     extra = harness.all_paths(list(backends.NAMES) + ["cluster"])
     assert extra[-1].name == "cluster" and extra[-1].backend == "cluster" and extra[-1].gpu_only
-    cases = harness.bench_cases("grid", harness.GRID, [p.name for p in harness.PATHS if p.grid])
-    assert len({c["key"] for c in cases}) == len(cases) == 2 * 3 * 4 * 3 * 2 * 5
-    assert all(cases[k]["path"] == harness.REFERENCE for k in range(0, len(cases), 5))
+    grid_paths = [p.name for p in harness.PATHS if p.grid]
+    assert grid_paths == ["triton_persistent", "triton_per_step", "cupy_mma", "cupy_fma", "cupy_cluster"]
+    cases = harness.bench_cases("grid", harness.GRID, grid_paths)
+    per_config = 1 + len(grid_paths)  # the reference, then every path
+    assert len({c["key"] for c in cases}) == len(cases) == 2 * 3 * 4 * 3 * 2 * per_config
+    assert all(cases[k]["path"] == harness.REFERENCE for k in range(0, len(cases), per_config))
+
+
+def test_cupy_paths_pin_their_kernel_family():
+    """On sm_90 "auto" prefers the cluster kernel: each CuPy path sets FUSED_RNN_CUPY_KERNEL so it
+    runs what its name says, and the loader accepts the value."""
+    import kernels.cupy as kc
+
+    paths = {p.name: p for p in harness.PATHS}
+    family = {n: dict(paths[n].env).get(kc.KERNEL_ENV) for n in ("cupy_mma", "cupy_fma", "cupy_cluster")}
+    assert family == {"cupy_mma": "grid", "cupy_fma": "grid", "cupy_cluster": "cluster"}
+    assert all(f in kc.FAMILIES for f in family.values())
 
 
 def test_static_estimate_beside_the_path():
     rows = [dict(backend="triton", kernel="triton.forward_kernel[persistent]", cell="lstm", dtype="bf16",
                  batch=16, hidden=768, direction=d, us_per_step_est=e) for d, e in (("forward", 2.0), ("backward", 3.5))]
     rows.append(dict(rows[0], backend="cupy", kernel="cupy.rnn_forward[fma]", us_per_step_est=9.0))
+    rows.append(dict(rows[0], backend="cupy", kernel="cupy.rnn_cluster_forward[mma]", us_per_step_est=4.0))
+    rows.append(dict(rows[0], backend="cupy", kernel="cupy.rnn_forward[mma]", us_per_step_est=6.0))
     paths = {p.name: p for p in harness.PATHS}
     args = ("lstm", "bf16", 16, 768)
     assert harness.static_estimate(rows, paths["triton_persistent"], *args, "forward") == 2.0
     assert harness.static_estimate(rows, paths["triton_persistent"], *args, "forward_backward") == 5.5
     assert harness.static_estimate(rows, paths["triton_per_step"], *args, "forward") is None
     assert harness.static_estimate(rows, paths["cupy_fma"], *args, "forward") == 9.0
-    assert harness.static_estimate(rows, paths["cupy_mma"], *args, "forward") is None
+    # the cluster row (listed first) is not the grid-wide mma path's, and the other way round
+    assert harness.static_estimate(rows, paths["cupy_mma"], *args, "forward") == 6.0
+    assert harness.static_estimate(rows, paths["cupy_cluster"], *args, "forward") == 4.0
+    assert harness.static_estimate(rows, paths["cupy_cluster"], *args, "forward_backward") is None
     assert harness.static_estimate(rows, paths["cupy_fma"], *args, "forward_backward") is None  # no backward row
     assert harness.static_estimate(rows, paths["torch"], *args, "forward") is None
 

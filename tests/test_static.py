@@ -43,6 +43,25 @@ def test_estimate_model_terms():
     assert t2["sync"] == pytest.approx(3 * m["LAUNCH_GAP_S"] * 1e6)
 
 
+def test_estimate_model_cluster_exchange():
+    """A cluster kernel pays its DSMEM exchanges instead of a grid barrier; its loads (the next
+    step's prefetch, between push and wait) hide behind the exchange."""
+    m = static.ESTIMATE_MODEL
+    clk = m["CLOCK_HZ"]
+    block = {"mma": 64, "bulk": 240, "bulk_bytes": 23040}
+    exchange = 2 * m["CLUSTER_EXCHANGE_S"] + 23040 / m["DSMEM_BYTES_PER_CLK"] / clk
+    _, terms = static.estimate_us(block, {"ldg": 4}, grid_barriers=0, launches=0, exchanges=2)
+    assert terms["sync"] == pytest.approx(exchange * 1e6, abs=1e-3)
+    assert terms["l2"] == pytest.approx(max(0.0, m["L2_LATENCY_S"] - exchange) * 1e6, abs=1e-3)
+    many = 4 * m["LOADS_IN_FLIGHT"] * math.ceil(exchange / m["L2_LATENCY_S"])  # more load rounds than it hides
+    _, terms = static.estimate_us(block, {"ldg": many}, grid_barriers=0, launches=0, exchanges=2)
+    rounds = math.ceil(many / m["LOADS_IN_FLIGHT"])
+    assert terms["l2"] == pytest.approx((rounds * m["L2_LATENCY_S"] - exchange) * 1e6, abs=1e-3)
+    # without exchanges the DSMEM bytes cost nothing and the loads are all on the critical path
+    _, terms = static.estimate_us(block, {"ldg": 4}, grid_barriers=0, launches=0)
+    assert terms["sync"] == 0 and terms["l2"] == pytest.approx(m["L2_LATENCY_S"] * 1e6, abs=1e-3)
+
+
 def test_occupancy():
     # 255 registers x 256 threads: 8 warps x 8192 registers = the whole register file
     assert static.blocks_per_sm(255, 256, 2048) == 1
@@ -102,6 +121,87 @@ def test_ptx_walk_counts_one_step(tid, n, expected):
     # the walk stops at the end of the window: steps 0 and 1 ran
     assert total["bar"] == 2 and total["mma"] == 2 * expected
     assert arrivals == 2
+
+
+# a cluster step: a thread-strided loop of bulk copies (CTA rank 0 only) whose size is a magic-number
+# division, then an mbarrier wait that would spin for ever if the walk did not take it as complete
+CLUSTER_PTX = """
+.visible .entry c(
+    .param .u32 c_param_0,
+    .param .u32 c_param_1,
+    .param .u32 c_param_2
+)
+{
+    ld.param.u32 %r1, [c_param_0];
+    ld.param.u32 %r2, [c_param_1];
+    ld.param.u32 %r3, [c_param_2];
+    mov.u32 %r4, %tid.x;
+    mov.u32 %r5, %cluster_ctarank;
+    mul.wide.u32 %rd1, %r3, -1431655765;
+    shr.u64 %rd2, %rd1, 33;
+    cvt.u32.u64 %r6, %rd2;
+    mov.u32 %r10, 0;
+$L__step:
+    bar.sync 0;
+    setp.ne.s32 %p5, %r5, 0;
+    @%p5 bra $L__wait;
+    mov.u32 %r11, %r4;
+    setp.ge.s32 %p1, %r11, %r1;
+    @%p1 bra $L__wait;
+$L__push:
+    // begin inline asm
+    mapa.shared::cluster.u32 %r20, %r21, %r11;
+    // end inline asm
+    cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%r20], [%r21], %r6, [%r22];
+    add.s32 %r11, %r11, 64;
+    setp.lt.s32 %p2, %r11, %r1;
+    @%p2 bra $L__push;
+$L__wait:
+    { .reg .pred p; mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%r30], %r31; selp.u32 %r32, 1, 0, p; }
+    setp.ne.s32 %p3, %r32, 0;
+    @%p3 bra $L__done;
+    bra $L__wait;
+$L__done:
+    add.s32 %r10, %r10, 1;
+    setp.lt.s32 %p4, %r10, %r2;
+    @%p4 bra $L__step;
+    ret;
+}
+"""
+
+
+@pytest.mark.parametrize("tid,n,copies", [(0, 100, 2), (40, 100, 1), (63, 100, 1), (0, 40, 1), (40, 40, 0)])
+def test_ptx_walk_cluster_step(tid, n, copies):
+    k = sass.parse_ptx(CLUSTER_PTX)
+    # "op.shared::cluster ..." is an instruction, not a label named "op.shared"
+    assert not any(":" in label for label in k.labels) and "mapa.shared" not in k.labels
+    win, _, arrivals = sass.walk(k, [n, 4, 96], tid=tid, ntid=64, ctaid=(2, 0, 0), nctaid=(4, 1, 1), cluster=2)
+    assert arrivals == 2
+    # rank 0 of its cluster: ceil((n - tid) / 64) copies of 96 / 3 = 32 bytes (0xaaaaaaab, not a negative number)
+    assert win["bulk"] == copies and win["bulk_bytes"] == 32 * copies
+    assert win["syncs"] == 1 and win["bar"] == 1  # one try_wait, taken as complete: no spin
+    win, _, _ = sass.walk(k, [n, 4, 96], tid=tid, ntid=64, ctaid=(3, 0, 0), nctaid=(4, 1, 1), cluster=2)
+    assert win["bulk"] == 0 and win["syncs"] == 1  # rank 1 pushes nothing
+
+
+def test_lane_sum_counts_every_lane_with_few_walks():
+    """Bulk copies are per thread: a warp's count is the sum over its 32 lanes, found by walking
+    a few lanes (counts are monotone in the lane of a thread-strided loop). Lane t of the loop
+    above copies ceil((n - t) / 64) times."""
+    k = sass.parse_ptx(CLUSTER_PTX)
+    walked = []
+
+    def one(tid):
+        walked.append(tid)
+        return sass.walk(k, [n, 4, 96], tid=tid, ntid=64, cluster=1)[0]
+
+    for n, warp, expected in [(100, 0, 64), (100, 1, 4 * 2 + 28), (40, 1, 8), (40, 0, 32), (170, 1, 10 * 3 + 22 * 2)]:
+        walked.clear()
+        first = 32 * warp
+        lanes = static._lane_sum(one, first, first + 31, one(first))
+        exact = sum(sass.walk(k, [n, 4, 96], tid=t, ntid=64)[0]["bulk"] for t in range(first, first + 32))
+        assert lanes["bulk"] == exact == expected and lanes["bulk_bytes"] == 32 * expected
+        assert len(walked) <= 12, walked
 
 
 def test_ptx_walk_rejects_wrong_argument_count():
@@ -201,23 +301,64 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None,
 
 
 @needs_nvcc
-def test_cupy_family_bf16_and_fp32(tmp_path):
+def test_cupy_grid_family_bf16_and_fp32(tmp_path):
+    """The grid-wide kernels (what auto launches where W_hh fits no cluster, and before sm_90),
+    reported beside the cluster rows that auto takes at this size."""
     record, _ = _run_static(tmp_path, "--cells", "rnn", "--dtypes", "bf16,fp32", "--backends", "cupy")
     for direction in ("forward", "backward"):
-        mma = _row_of(record, "bf16", direction)
-        fma = _row_of(record, "fp32", direction)
+        mma = _row_of(record, "bf16", direction, "cupy.rnn_" + direction)
+        fma = _row_of(record, "fp32", direction, "cupy.rnn_" + direction)
         for row in (mma, fma):
             _check_compiled(row)
-            assert row["auto"] is True  # auto picks cupy where its plan fits
+            # at H=64 auto takes the cluster kernel (sm_90): the grid-wide row is the alternative
+            assert row["auto"] is False and row["grid_barriers_per_step"] >= 1 and row["bulk_per_step"] == 0
+            assert _row_of(record, row["dtype"], direction, "cupy.rnn_cluster_")["auto"] is True
             assert row["ldg_per_step"] > 0 and row["atomic_per_step"] >= 0
         assert "[mma]" in mma["kernel"] and mma["mma_per_step"] > 0
         assert "[fma]" in fma["kernel"] and fma["mma_per_step"] == 0 and fma["ffma_per_warp"] > 0
 
 
-def _row_of(record, dtype, direction):
-    rows = [r for r in record["rows"] if r["dtype"] == dtype and r["direction"] == direction]
+def _row_of(record, dtype, direction, kernel_prefix):
+    rows = [r for r in record["rows"] if r["dtype"] == dtype and r["direction"] == direction
+            and r["kernel"].startswith(kernel_prefix)]
     assert len(rows) == 1, rows
     return rows[0]
+
+
+@needs_nvcc
+def test_cupy_cluster_family_lstm_bf16(tmp_path):
+    """The thread-block-cluster kernels (sm_90a): tensor cores, every bulk copy of a step counted
+    per thread, the DSMEM exchange in place of a grid barrier."""
+    import torch
+
+    import kernels.cupy as kc
+
+    record, md = _run_static(tmp_path, "--cells", "lstm", "--dtypes", "bf16", "--backends", "cupy")
+    for direction in ("forward", "backward"):
+        plan = kc.choose(direction, "lstm", 64, 16, torch.bfloat16, kc.H100)
+        assert plan.kernel == "cluster"
+        row = _row_of(record, "bf16", direction, f"cupy.rnn_cluster_{direction}[mma]")
+        _check_compiled(row)
+        assert row["auto"] is True and row["path"] == "cluster" and row["grid"] == [plan.grid, 1]
+        assert row["spill_bytes"] == 0 and row["spill_ld_per_step"] == 0
+        assert row["shared_bytes"] <= static.SMEM_PER_BLOCK + static.SMEM_RESERVED_PER_BLOCK
+        assert row["mma_per_step"] > 0 and row["mma_per_warp"] > 0
+        # no grid barrier: no grid-wide atomics, one exchange (push + mbarrier wait) per step
+        assert row["grid_barriers_per_step"] == 0 and row["atomic_per_step"] == 0
+        assert row["cluster_size"] == plan.grid and row["cluster_exchanges_per_step"] == 1
+        assert row["syncs_per_step"] >= plan.threads // 32  # every warp waits on its CTA's mbarrier
+        # each CTA copies its slice of every exchanged row (forward h_t: 1 per batch row; backward
+        # dA: one per gate) to each other CTA of the cluster, units rounded up to 8, 2 bytes each
+        rows = 16 * (1 if direction == "forward" else 4)
+        assert row["bulk_per_step"] == (plan.grid - 1) * rows
+        assert row["dsmem_bytes_per_step"] == row["bulk_per_step"] * -(-plan.units // 8) * 8 * 2
+        m = static.ESTIMATE_MODEL
+        exchange = m["CLUSTER_EXCHANGE_S"] + row["dsmem_bytes_per_step"] / m["DSMEM_BYTES_PER_CLK"] / m["CLOCK_HZ"]
+        assert row["est_terms_us"]["sync"] == pytest.approx(exchange * 1e6, abs=1e-3)
+        # the grid-wide kernel is reported beside it, not taken by auto
+        grid = _row_of(record, "bf16", direction, f"cupy.rnn_{direction}[mma]")
+        assert grid["auto"] is False and grid["grid_barriers_per_step"] == 1 and grid["bulk_per_step"] == 0
+    assert "rnn_cluster_forward[mma]" in md
 
 
 def test_measured_times_are_matched(tmp_path):

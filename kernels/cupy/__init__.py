@@ -6,6 +6,10 @@ sequence and exchanges h (or the gate gradients) through global memory and a gri
 On sm_80+ the per-step matvec runs on tensor cores (mma.sync) for bf16 / fp16, and for fp32 as
 tf32 when torch allows tf32 matmuls (`torch.backends.cuda.matmul.allow_tf32`); accumulation is
 fp32 and the cell state stays fp32. fp64, older GPUs and FUSED_RNN_CUPY_MMA=off use FMA.
+On sm_90 "auto" prefers the thread-block-cluster kernels (cluster.cu, one cluster per layer and
+direction, h exchanged through distributed shared memory) where W_hh fits one cluster
+(FUSED_RNN_CUPY_KERNEL=grid|cluster pins a family); their waits are bounded, and a wait that
+timed out raises ClusterTimeoutError after the launch instead of returning wrong outputs.
 
 Everything up to the launch is pure Python and runs without a GPU or CuPy: `plan(...)` picks the
 configuration (units per block, grid, batch tile, shared memory) from device limits and says why a
@@ -29,8 +33,8 @@ import torch
 
 from .. import Saved, new_empty
 
-__all__ = ["CupyBackend", "DeviceLimits", "Config", "SizeLimitError", "plan", "plan_cluster", "choose", "max_hidden",
-           "use_mma", "kernel_source"]
+__all__ = ["CupyBackend", "DeviceLimits", "Config", "SizeLimitError", "ClusterTimeoutError", "plan", "plan_cluster",
+           "choose", "max_hidden", "use_mma", "kernel_source"]
 
 SOURCE_DIR = Path(__file__).resolve().parent
 INSTALL_HINT = "cupy is not installed (pip install fused-rnn[cuda12] or [cuda13])"
@@ -57,6 +61,11 @@ CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute
 
 class SizeLimitError(ValueError):
     """The problem does not fit the persistent kernels on this device (W_hh must stay on chip)."""
+
+
+class ClusterTimeoutError(RuntimeError):
+    """A cluster kernel gave up waiting for another CTA's exchange (its bounded mbarrier wait ran
+    out and set its status flag); the outputs of the call were not returned."""
 
 
 @dataclass(frozen=True)
@@ -671,6 +680,7 @@ class CupyBackend:
                 _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.ks), _i32(bool(reverse)),
             )
             self._launch(device, config, args)
+            _raise_on_timeout(status, config, device)
             return Saved(out, hT, cT, gates, extra)
         state = torch.empty((2, batch, hidden), dtype=acc, device=device)
         two_phase = spec.kind == "gru" and not spec.reset_after
@@ -714,6 +724,7 @@ class CupyBackend:
                 _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.ks), _i32(bool(reverse)),
             )
             self._launch(device, config, args)
+            _raise_on_timeout(status, config, device)
             return dxg, dh0, dc0
         state = torch.empty((2, batch, hidden), dtype=acc, device=device)
         scratch = torch.empty((2, batch, g * hidden), dtype=acc, device=device)
@@ -727,6 +738,24 @@ class CupyBackend:
         )
         self._launch(device, config, args)
         return dxg, dh0, dc0
+
+
+def _raise_on_timeout(status, config: Config, device):
+    """Read a cluster launch's status word back and raise ClusterTimeoutError if a wait timed out.
+    The 4-byte copy waits for the kernel (as the Triton persistent path reads its barrier status);
+    inside CUDA-graph capture nothing can be read back, so the check is skipped there. The
+    grid-wide kernels have no such flag: their cooperative launch guarantees co-residency."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return
+    flags = int(status.item())
+    if flags & 1:
+        what = (f"the cupy cluster {config.direction} kernel ({config.kind}, H={config.hidden}, B={config.batch}, "
+                f"{str(config.dtype).replace('torch.', '')}; {config.name}: a cluster of {config.grid} CTAs x "
+                f"{config.units} units, {config.threads} threads)")
+        raise ClusterTimeoutError(
+            f"{what} timed out waiting for another CTA's exchange (status flags {flags:#x}): a CTA of the cluster "
+            "stopped delivering its slice, so the outputs of this call are invalid and were not returned. Set "
+            f"{KERNEL_ENV}=grid to run the grid-wide kernels instead, or use backend='triton'.")
 
 
 # ----------------------------------------------------------------------------------------------
