@@ -285,10 +285,10 @@ N_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def _plan_space():
-    """{(form, dtype, H, B): plan} over the whole enumerated space (the plan is the same for the
-    forward and the backward kernel)."""
-    return {(form, dt, H, B): make_plan(H, B, N_GATES[FORMS[form][0]], size, tb.SM90.n_sm, False)
-            for form in FORMS for dt, size in DTYPES.items() for H in H_VALUES for B in B_VALUES}
+    """{(form, dtype, H, B, direction): plan} over the whole enumerated space."""
+    return {(form, dt, H, B, d): make_plan(H, B, N_GATES[FORMS[form][0]], size, tb.SM90.n_sm, False, direction=d)
+            for form in FORMS for dt, size in DTYPES.items() for H in H_VALUES for B in B_VALUES
+            for d in ("forward", "backward")}
 
 
 def test_plan_space_estimates_fit_sm90():
@@ -296,22 +296,25 @@ def test_plan_space_estimates_fit_sm90():
     estimated shared memory (W_hh slices + staged operands + slack) within an H100 block."""
     space = _plan_space()
     persistent = 0
-    for (form, dt, H, B), p in space.items():
+    for (form, dt, H, B, d), p in space.items():
         if not p.persistent:
             continue
         persistent += 1
         G, size = N_GATES[FORMS[form][0]], DTYPES[dt]
-        est = tb.persistent_shared_bytes(G, p.block_h, p.block_b, p.k_pad, size)
-        where = f"{form} {dt} H={H} B={B}: {p}"
+        est = tb.plan_shared_bytes(p, G, H, size, d)
+        where = f"{form} {dt} H={H} B={B} {d}: {p}"
         assert est <= tb.SM90.smem_per_block_optin, f"{where}: estimated {est} bytes"
         assert p.grid[0] * p.grid[1] <= tb.SM90.n_sm, where
         assert p.grid[0] * p.block_h >= H and p.k_pad >= H and p.block_b >= 16, where
         assert p.num_warps * 32 * 255 <= tb.SM90.regs_per_sm, where  # even at 255 registers a thread
     assert persistent > 1000  # the space is not trivially per-step
     # the issue's case: SimpleRNN fp32 1024 < H <= 2048 needs 263 KB as planned before: per step now
-    assert not any(space["rnn", "fp32", H, B].persistent for H in (1025, 1536, 2047, 2048) for B in B_VALUES)
+    # (the backward plan; the forward's split-K plan has smaller W_hh slices and fits)
+    assert not any(space["rnn", "fp32", H, B, "backward"].persistent for H in (1025, 1536, 2047, 2048)
+                   for B in B_VALUES)
     # ... while the headline sizes keep their persistent plans
-    assert space["lstm", "bf16", 768, 16].persistent and space["gru", "fp16", 1024, 64].persistent
+    assert space["lstm", "bf16", 768, 16, "forward"].persistent and space["lstm", "bf16", 768, 16, "backward"].persistent
+    assert space["gru", "fp16", 1024, 64, "backward"].persistent
 
 
 # (form, dtype, H, B, direction, matmul precision): real persistent plans of the space above, every
@@ -333,10 +336,10 @@ def _compile_jobs():
     """One job per distinct constexpr set of COMPILED_POINTS (each compiles once)."""
     jobs = {}
     for form, dt, H, B, direction, prec in COMPILED_POINTS:
-        p = make_plan(H, B, N_GATES[FORMS[form][0]], DTYPES[dt], tb.SM90.n_sm, False)
+        p = make_plan(H, B, N_GATES[FORMS[form][0]], DTYPES[dt], tb.SM90.n_sm, False, direction=direction)
         assert p.persistent, (form, dt, H, B, p)
-        est = tb.persistent_shared_bytes(N_GATES[FORMS[form][0]], p.block_h, p.block_b, p.k_pad, DTYPES[dt])
-        key = (form, dt, direction, prec, p.block_h, p.block_b, p.k_pad, p.num_warps)
+        est = tb.plan_shared_bytes(p, N_GATES[FORMS[form][0]], H, DTYPES[dt], direction)
+        key = (form, dt, direction, prec, p)
         jobs.setdefault(key, dict(form=form, dtype=dt, H=H, B=B, direction=direction, prec=prec, plan=p, estimate=est))
     return list(jobs.values())
 
@@ -355,7 +358,8 @@ def test_plan_space_compiled_for_sm90():
         p = job["plan"]
         where = f"{job['form']} {job['dtype']} H={job['H']} B={job['B']} {job['direction']} {job['prec']}: {row}"
         assert row["shared"] <= job["estimate"], f"{where}: estimate {job['estimate']} is below the compiled size"
-        assert job["estimate"] - row["shared"] <= tb.SMEM_SLACK_BYTES, f"{where}: estimate {job['estimate']}"
+        if job["direction"] == "backward":  # exact up to the slack; the forward's is a sum of upper bounds
+            assert job["estimate"] - row["shared"] <= tb.SMEM_SLACK_BYTES, f"{where}: estimate {job['estimate']}"
         assert row["static"] <= tb.SMEM_STATIC_BYTES, where
         assert row["shared"] <= tb.SM90.smem_per_block_optin, where
         assert row["num_warps"] == p.num_warps and row["regs"] * row["num_warps"] * 32 <= tb.SM90.regs_per_sm, where
@@ -404,13 +408,14 @@ def _compile_job(job):
         kind, reset_after = FORMS[job["form"]]
         p = job["plan"]
         io = job["dtype"]
+        plan = Plan(**dict(p, grid=tuple(p["grid"]), k_parts=tuple(p["k_parts"])))
         consts = dict(KIND=R.KIND_CODES[kind], NG=N_GATES[kind], ACT=0, RACT=2, RESET_AFTER=reset_after,
                       REVERSE=True, HAS_MASK=True, HAS_RMASK=True, TWO_PHASE=kind == "gru" and not reset_after,
-                      PHASE=0, SYNC=p["grid"][0] * p["grid"][1] > 1, W_RESIDENT=True, BLOCK_B=p["block_b"],
-                      BLOCK_H=p["block_h"], BLOCK_K=p["block_k"], K_PAD=p["k_pad"], PREC=job["prec"])
+                      PHASE=0, SYNC=p["grid"][0] * p["grid"][1] > 1, PREC=job["prec"],
+                      **tb.plan_constexprs(plan, job["direction"]))
         fn = R.forward_kernel if job["direction"] == "forward" else R.backward_kernel
         if job["direction"] == "forward":
-            consts["HAS_BIAS"] = True
+            consts.update(HAS_BIAS=True, NGP=tb.gates_padded(N_GATES[kind]))
         kernel = triton.compile(ASTSource(fn, _signature(fn, consts, io, "fp64" if io == "fp64" else "fp32"),
                                           constexprs=consts),
                                 target=target, options={"num_warps": p["num_warps"], "num_stages": p["num_stages"]})

@@ -257,19 +257,22 @@ def test_bad_input_raises(rng):
 # pure-Python pieces: the launch plan and availability
 # ---------------------------------------------------------------------------------------------
 def test_plan_interpreter():
-    p = make_plan(37, 3, 4, 4, 1, interpret=True)
-    assert p.persistent and p.grid == (1, 1) and p.block_h >= 37 and p.block_b >= 3 and p.w_resident
-    assert p.k_pad == 64 and p.block_h == 64
+    for direction in ("forward", "backward"):
+        p = make_plan(37, 3, 4, 4, 1, interpret=True, direction=direction)
+        assert p.persistent and p.grid == (1, 1) and p.block_h >= 37 and p.block_b >= 3 and p.w_resident
+        assert p.k_pad == 64 and p.block_h == 64
     q = make_plan(37, 3, 4, 4, 1, interpret=True, per_step=True)
     assert not q.persistent and q.block_h == 16 and q.grid == (3, 1) and not q.w_resident
 
 
-@pytest.mark.parametrize("hidden,batch,gates,itemsize", [
-    (768, 16, 4, 2), (1024, 256, 4, 2), (37, 3, 3, 4), (256, 64, 3, 4), (1024, 64, 4, 4), (2048, 8, 1, 2),
-    (4096, 8, 4, 2), (64, 512, 1, 8), (2048, 16, 1, 4), (256, 64, 4, 8), (129, 33, 3, 8)])
-def test_plan_gpu(hidden, batch, gates, itemsize):
+PLAN_CASES = [(768, 16, 4, 2), (1024, 256, 4, 2), (37, 3, 3, 4), (256, 64, 3, 4), (1024, 64, 4, 4), (2048, 8, 1, 2),
+              (4096, 8, 4, 2), (64, 512, 1, 8), (2048, 16, 1, 4), (256, 64, 4, 8), (129, 33, 3, 8), (1000, 16, 4, 2)]
+
+
+@pytest.mark.parametrize("hidden,batch,gates,itemsize", PLAN_CASES)
+def test_plan_gpu_backward(hidden, batch, gates, itemsize):
     n_sm = 132
-    p = make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False)
+    p = make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, direction="backward")
     assert min(p.block_h, p.block_b, p.block_k) >= 16
     for n in (p.block_h, p.block_b, p.block_k, p.k_pad):
         assert n & (n - 1) == 0, f"{n} is not a power of two"
@@ -283,20 +286,57 @@ def test_plan_gpu(hidden, batch, gates, itemsize):
         assert shared <= tb.SM90.smem_per_block_optin, f"{shared} bytes of shared memory planned"
     else:
         assert p.grid == (-(-hidden // p.block_h), -(-batch // p.block_b))
+    assert make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, per_step=True,
+                     direction="backward").persistent is False
+
+
+@pytest.mark.parametrize("hidden,batch,gates,itemsize", PLAN_CASES)
+def test_plan_gpu_forward(hidden, batch, gates, itemsize):
+    """The forward's split-K plan: one batch tile per program, >= 16 gate rows (one MMA tile),
+    warps = K split, K pieces powers of two and multiples of 16 * split, padded by < 16."""
+    n_sm = 132
+    p = make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False)
+    if p.persistent:
+        ngp = tb.gates_padded(gates)
+        assert ngp * p.block_h >= 16 and p.block_b >= 16 and p.num_warps == p.split
+        assert p.grid == (-(-hidden // p.block_h), -(-batch // p.block_b)), p
+        assert p.grid[0] * p.grid[1] <= n_sm and p.num_stages == 1
+        # padding below one MMA tile, except where H rounded up to 16 needs more than three powers of
+        # two (then the third piece is rounded up: H=1000 pads to 1024)
+        assert 0 <= sum(p.k_parts) - hidden < 16 or len(p.k_parts) == 3, p
+        assert len(p.k_parts) <= 3 and all(k & (k - 1) == 0 and k % (16 * p.split) == 0 for k in p.k_parts), p
+        shared = tb.plan_shared_bytes(p, gates, hidden, itemsize, "forward")
+        assert shared <= tb.SM90.smem_per_block_optin, f"{shared} bytes of shared memory planned"
+        if p.w_reg:
+            assert itemsize == 2 and ngp * p.block_h * sum(p.k_parts) * itemsize <= 256 * 32 * p.num_warps
     assert make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, per_step=True).persistent is False
 
 
 def test_plan_choices():
-    assert make_plan(768, 16, 4, 2, 132, False).persistent          # the headline bf16 LSTM case
+    # the headline bf16 LSTM: 96 programs of 8 units (32 gate rows x 768 in registers), 8 warps
+    # each doing 96 of K = 512 + 256 (no padding)
+    p = make_plan(768, 16, 4, 2, 132, False)
+    assert p.persistent and p.grid == (96, 1) and p.block_h == 8 and p.split == p.num_warps == 8
+    assert p.k_parts == (512, 256) and p.w_reg
+    assert make_plan(768, 16, 4, 2, 132, False, direction="backward").persistent
     assert not make_plan(1024, 64, 4, 4, 132, False).persistent     # fp32 W slice too big: per step
     assert not make_plan(4096, 8, 4, 2, 132, False).persistent      # too many programs
     # SimpleRNN fp32 H=2048: a 128 KiB W_hh slice plus a 128 KiB h operand exceed 227 KiB
     assert not make_plan(2048, 16, 1, 4, 132, False).persistent
-    # LSTM fp64 H=256 B=64: the batch tile shrinks from 64 to 32 rows to fit
-    p = make_plan(256, 64, 4, 8, 132, False)
+    # LSTM fp64 H=256 B=64 backward: the batch tile shrinks from 64 to 32 rows to fit
+    p = make_plan(256, 64, 4, 8, 132, False, direction="backward")
     assert p.persistent and p.block_b == 32
     with pytest.raises(ValueError, match="hidden"):
         make_plan(0, 1, 4, 4, 132, False)
+    with pytest.raises(ValueError, match="direction"):
+        make_plan(10, 1, 4, 4, 132, False, direction="sideways")
+
+
+@pytest.mark.parametrize("hidden,split,parts", [(768, 8, (512, 256)), (37, 1, (32, 16)), (1000, 1, (512, 256, 256)),
+                                                (1024, 8, (1024,)), (100, 1, (64, 32, 16)), (96, 2, (64, 32))])
+def test_forward_k_pieces(hidden, split, parts):
+    assert tb.forward_split(hidden) == split
+    assert tb.k_parts(hidden, split) == parts
 
 
 def test_unavailable_reason(monkeypatch):
@@ -335,7 +375,8 @@ def test_compiles_for_sm90():
     import sys
 
     pytest.importorskip("triton.backends.nvidia")
-    specs = ["lstm:1:bf16:768:persistent", "gru:0:fp32:96:persistent", "gru:0:fp16:512:per_step"]
+    # aot_check plans for B=64: the forward LSTM bf16 at H=768 B=64 is per step (W_hh slices too big)
+    specs = ["lstm:1:bf16:256:persistent", "gru:0:fp32:96:persistent", "gru:0:fp16:512:per_step"]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-m", "kernels.triton.aot_check", *specs], cwd=root, env=env,

@@ -18,7 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import recurrence as R
-from .backend import make_plan
+from .backend import gates_padded, make_plan, plan_constexprs
 
 _IO_POINTERS = {"xg_ptr", "w_ptr", "h0_ptr", "out_ptr", "dout_ptr"}
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
@@ -44,16 +44,16 @@ def compile_spec(text, arch=90, n_sm=132, batch=64):
     kind, ra, io, hidden, mode = text.split(":")
     ra, hidden, per_step = ra == "1", int(hidden), mode == "per_step"
     G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
-    plan = make_plan(hidden, batch, G, _BYTES[io], n_sm, False, per_step)
     cdt = "fp64" if io == "fp64" else "fp32"
-    common = dict(KIND=R.KIND_CODES[kind], NG=G, ACT=0, RACT=2, RESET_AFTER=ra, REVERSE=True,
-                  HAS_MASK=True, HAS_RMASK=True, TWO_PHASE=kind == "gru" and not ra,
-                  PHASE=1 if per_step else 0, SYNC=plan.persistent and plan.grid != (1, 1),
-                  W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-                  BLOCK_K=plan.block_k, K_PAD=plan.k_pad, PREC="tf32" if io == "fp32" else "ieee")
     results = []
-    for name, fn, consts in (("forward", R.forward_kernel, dict(common, HAS_BIAS=True)),
-                             ("backward", R.backward_kernel, common)):
+    for name, fn in (("forward", R.forward_kernel), ("backward", R.backward_kernel)):
+        plan = make_plan(hidden, batch, G, _BYTES[io], n_sm, False, per_step, direction=name)
+        consts = dict(KIND=R.KIND_CODES[kind], NG=G, ACT=0, RACT=2, RESET_AFTER=ra, REVERSE=True,
+                      HAS_MASK=True, HAS_RMASK=True, TWO_PHASE=kind == "gru" and not ra,
+                      PHASE=1 if per_step else 0, SYNC=plan.persistent and plan.grid != (1, 1),
+                      PREC="tf32" if io == "fp32" else "ieee", **plan_constexprs(plan, name))
+        if name == "forward":
+            consts.update(HAS_BIAS=True, NGP=gates_padded(G))
         kernel = triton.compile(ASTSource(fn, _signature(fn, consts, io, cdt), constexprs=consts),
                                 target=GPUTarget("cuda", arch, 32),
                                 options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})

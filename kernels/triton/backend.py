@@ -151,52 +151,162 @@ class Plan:
     block_h: int       # hidden units per program
     block_b: int       # batch rows per tile
     block_k: int       # K chunk of the streamed recurrent matmul (per-step path)
-    k_pad: int         # next power of two >= H: K extent of an on-chip W_hh operand
+    k_pad: int         # backward: next power of two >= H, K extent of an on-chip W_hh operand
     w_resident: bool   # W_hh slices loaded once per launch and kept on chip
     grid: tuple        # (hidden programs, batch programs)
     num_warps: int
     num_stages: int    # 1 for persistent launches: software pipelining of the batch-tile loop
                        # would multiply shared memory (the W_hh slices already live there)
+    # forward persistent only (recurrence.py docstring): the split-K dot over all gates
+    split: int = 1         # K split = num_warps
+    k_parts: tuple = ()    # K pieces (powers of two, multiples of 16 * split) covering H
+    w_reg: bool = False    # W_hh rows held in registers (2-byte matmul dtypes)
 
 
 def _pow2(n, lo=MIN_BLOCK):
     return max(lo, triton.next_power_of_2(max(int(n), 1)))
 
 
+def gates_padded(n_gates) -> int:
+    """Gate rows per unit in the forward's fused dot: G rounded up to a power of two."""
+    return _pow2(n_gates, 1)
+
+
+def k_parts(hidden, split) -> tuple:
+    """K pieces of the forward's fused dot: H rounded up to 16 * split, as at most three powers
+    of two (the last one rounded up when more would be needed); each a multiple of 16 * split."""
+    unit = 16 * split
+    left = _round_up(hidden, unit)
+    parts = []
+    while left > 0:
+        p = triton.next_power_of_2(left) if len(parts) == 2 else 1 << (left.bit_length() - 1)
+        parts.append(p)
+        left -= min(p, left)
+    return tuple(parts)
+
+
+def forward_split(hidden) -> int:
+    """K split (= warps) of the forward's fused dot: the largest of 8, 4, 2, 1 with H rounded up to
+    16 a multiple of 16 * split, so the K padding stays below one MMA tile (16)."""
+    h16 = _round_up(hidden, 16)
+    return next(s for s in (8, 4, 2, 1) if h16 % (16 * s) == 0)
+
+
+W_REG_BYTES_PER_THREAD = 256  # registers for the W_hh rows (64 of 255): the rest of a step needs ~120
+
+
+def forward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_reg) -> int:
+    """Upper bound of the forward persistent kernel's shared memory (static + dynamic): the W_hh
+    rows (in shared memory without w_reg; with it, staged once for the identity dot beside the
+    identity), or the staged h operand (kept twice by 2-byte types, as in the backward), the
+    split-K partial sums and a layout change, whichever is larger at once, plus SMEM_STATIC_BYTES
+    and SMEM_SLACK_BYTES. A sum of upper bounds: tests/test_hang_safety.py checks it against sm_90
+    compiles."""
+    n = gates_padded(n_gates) * block_h
+    k = sum(k_parts(hidden, split))
+    w = n * k * itemsize
+    init = w + (split * n * n * itemsize if w_reg else 0)
+    cdt = 8 if itemsize == 8 else 4
+    step = (2 if itemsize == 2 else 1) * block_b * k * itemsize + split * n * block_b * cdt + n * block_b * cdt
+    return (max(init, step) if w_reg else w + step) + SMEM_STATIC_BYTES + SMEM_SLACK_BYTES
+
+
 def persistent_shared_bytes(n_gates, block_h, block_b, k_pad, itemsize) -> int:
-    """Shared memory per block (static + dynamic) of a persistent (W_RESIDENT) kernel, forward or
-    backward, every cell: the G resident W_hh operands (K_PAD x BLOCK_H each) plus the staged h /
-    dgates operand (BLOCK_B x K_PAD), which 2-byte types keep twice (Triton 3.9 sm_90 compiles:
-    exactly this for every cell, direction and dtype tried; tests/test_hang_safety.py checks it
-    stays an upper bound), plus SMEM_STATIC_BYTES and SMEM_SLACK_BYTES."""
+    """Shared memory per block (static + dynamic) of the backward persistent (W_RESIDENT) kernel,
+    every cell: the G resident W_hh operands (K_PAD x BLOCK_H each) plus the staged dgates operand
+    (BLOCK_B x K_PAD), which 2-byte types keep twice (Triton 3.9 sm_90 compiles: exactly this for
+    every cell and dtype tried; tests/test_hang_safety.py checks it stays an upper bound), plus
+    SMEM_STATIC_BYTES and SMEM_SLACK_BYTES."""
     w = n_gates * block_h * k_pad * itemsize
     h = block_b * k_pad * itemsize
     return w + (2 if itemsize == 2 else 1) * h + SMEM_STATIC_BYTES + SMEM_SLACK_BYTES
 
 
+def plan_shared_bytes(plan, n_gates, hidden, itemsize, direction) -> int:
+    """persistent_shared_bytes / forward_shared_bytes of a persistent plan."""
+    if direction == "forward":
+        return forward_shared_bytes(n_gates, plan.block_h, plan.block_b, hidden, itemsize, plan.split, plan.w_reg)
+    return persistent_shared_bytes(n_gates, plan.block_h, plan.block_b, plan.k_pad, itemsize)
+
+
+def plan_constexprs(plan, direction) -> dict:
+    """The kernel constexprs that come from the plan."""
+    c = dict(W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
+    if direction == "backward":
+        return dict(c, K_PAD=plan.k_pad)
+    parts = (tuple(plan.k_parts) or (plan.k_pad,)) + (0, 0, 0)
+    return dict(c, SPLIT=plan.split, K1=parts[0], K2=parts[1], K3=parts[2], W_REG=plan.w_reg)
+
+
+def _forward_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block):
+    """The forward persistent plan, or None. Programs: as many as fit on the SMs with the fewest
+    W_hh rows each (a step's matmul, shared-memory and register work shrink with them), at least
+    16 gate rows (one MMA tile: NGP * BLOCK_H >= 16). B16 H768 LSTM bf16: BLOCK_H 8, 96 programs,
+    32 gate rows x 768 in registers (192 bytes a thread), 8 warps each doing K/8 of the dot."""
+    ngp = gates_padded(n_gates)
+    split = forward_split(hidden)
+    parts = k_parts(hidden, split)
+    if interpret:  # one program covers everything (the interpreter cannot wait across programs)
+        bh, bb = _pow2(hidden, max(1, MIN_BLOCK // ngp)), _pow2(batch)
+        return Plan(True, bh, bb, bh, _pow2(hidden), True, (1, 1), split, 1, split, parts, itemsize == 2)
+    cap = max(MIN_BLOCK, 2 * H_OPERAND_ELEMS // sum(parts))  # h operand per step: at most 32 Ki elements
+    block_b = min(_pow2(batch), 1 << (cap.bit_length() - 1))
+    while block_b >= MIN_BLOCK:  # the largest batch tile (fewest batch programs) that fits
+        plan = _forward_tile_plan(hidden, batch, n_gates, itemsize, n_sm, smem_per_block, ngp, split, parts, block_b)
+        if plan is not None:
+            return plan
+        block_b //= 2
+    return None
+
+
+def _forward_tile_plan(hidden, batch, n_gates, itemsize, n_sm, smem_per_block, ngp, split, parts, block_b):
+    n_b = triton.cdiv(batch, block_b)
+    block_h = max(1, MIN_BLOCK // ngp)
+    while triton.cdiv(hidden, block_h) * n_b > n_sm and block_h < 128:
+        block_h *= 2
+    if triton.cdiv(hidden, block_h) * n_b > n_sm:
+        return None
+    w_bytes = ngp * block_h * sum(parts) * itemsize
+    w_reg = itemsize == 2 and w_bytes <= W_REG_BYTES_PER_THREAD * 32 * split
+    if not w_reg and w_bytes > W_BUDGET_BYTES:
+        return None
+    if forward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_reg) > smem_per_block:
+        return None
+    return Plan(True, block_h, block_b, block_h, _pow2(hidden), True, (triton.cdiv(hidden, block_h), n_b),
+                split, 1, split, parts, w_reg)
+
+
 def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False,
-              smem_per_block=SM90.smem_per_block_optin) -> Plan:
-    """Pure function choosing how to launch (itemsize: bytes of the matmul dtype). Interpreter:
-    programs run one after another, so the persistent path is ONE program covering all of H and B
-    (no cross-program wait), and the per-step path uses small blocks to exercise the multi-program
-    slicing. GPU: the persistent path needs every program co-resident (grid <= n_sm, one program
-    per SM), the W_hh slice within W_BUDGET_BYTES and everything on chip within smem_per_block
-    (persistent_shared_bytes; the batch tile shrinks to fit); otherwise one fused launch per step
-    (CUDA-graph replayed)."""
+              smem_per_block=SM90.smem_per_block_optin, direction="forward") -> Plan:
+    """Pure function choosing how to launch one direction's kernel (itemsize: bytes of the matmul
+    dtype). Interpreter: programs run one after another, so the persistent path is ONE program
+    covering all of H and B (no cross-program wait), and the per-step path uses small blocks to
+    exercise the multi-program slicing. GPU: the persistent path needs every program co-resident
+    (grid <= n_sm, one program per SM) and everything on chip within smem_per_block; otherwise one
+    fused launch per step (CUDA-graph replayed). Forward: _forward_plan. Backward: the W_hh slice
+    within W_BUDGET_BYTES, the batch tile shrinking until persistent_shared_bytes fits."""
     if hidden < 1 or batch < 1 or n_gates < 1:
         raise ValueError(f"hidden, batch and n_gates must be >= 1, got {hidden}, {batch}, {n_gates}")
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
     k_pad = _pow2(hidden)
     if interpret:
         if per_step:
             return Plan(False, MIN_BLOCK, MIN_BLOCK, MIN_BLOCK, k_pad, False,
                         (triton.cdiv(hidden, MIN_BLOCK), triton.cdiv(batch, MIN_BLOCK)), 4, 1)
+        if direction == "forward":
+            return _forward_plan(hidden, batch, n_gates, itemsize, n_sm, True, smem_per_block)
         return Plan(True, k_pad, _pow2(batch), k_pad, k_pad, True, (1, 1), 4, 1)
+    if not per_step and direction == "forward":
+        plan = _forward_plan(hidden, batch, n_gates, itemsize, n_sm, False, smem_per_block)
+        if plan is not None:
+            return plan
     block_h = MIN_BLOCK
     while triton.cdiv(hidden, block_h) > n_sm and block_h < 128:
         block_h *= 2
     n_h = triton.cdiv(hidden, block_h)
     w_bytes = n_gates * block_h * k_pad * itemsize
-    if not per_step and n_h <= n_sm and w_bytes <= W_BUDGET_BYTES:
+    if not per_step and direction == "backward" and n_h <= n_sm and w_bytes <= W_BUDGET_BYTES:
         block_b = min(_pow2(batch), max(MIN_BLOCK, H_OPERAND_ELEMS // k_pad))
         while (persistent_shared_bytes(n_gates, block_h, block_b, k_pad, itemsize) > smem_per_block
                and block_b > MIN_BLOCK):
@@ -385,36 +495,31 @@ class TritonBackend:
         )
         return cdt, args, consts
 
-    def _plan(self, spec, device, B, H, w, per_step):
+    def _plan(self, spec, device, B, H, w, per_step, direction="forward"):
         """The plan for this call (make_plan with this device's limits and the persistent mode)."""
         mode = persistent_mode()
         on_gpu = device.type == "cuda" and not INTERPRET
         limits = DeviceLimits.of(device) if on_gpu else SM90
         plan = make_plan(H, B, spec.n_gates, w.element_size(), limits.n_sm if on_gpu else 1, INTERPRET,
-                         per_step or self.per_step or mode == "off", limits.smem_per_block_optin)
+                         per_step or self.per_step or mode == "off", limits.smem_per_block_optin, direction)
         if mode == "on" and not plan.persistent and not (per_step or self.per_step):
             raise RuntimeError(f"{PERSISTENT_ENV}=on, but {spec.kind} H={H} B={B} {w.dtype} gets no persistent plan "
                                f"on {limits.name} (W_hh slices or shared memory too large); unset it to run per step")
         return plan
 
-    @staticmethod
-    def _plan_consts(plan):
-        return dict(W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-                    BLOCK_K=plan.block_k, K_PAD=plan.k_pad)
-
-    def _with_fallback(self, attempt, key, spec, device, B, H, w):
+    def _with_fallback(self, attempt, key, spec, device, B, H, w, direction="forward"):
         """attempt(plan) with this call's plan; a persistent grid found not co-resident before its
         launch is replanned per step ("auto": warned once per configuration `key`, which then goes
         per step directly) or raises (FUSED_RNN_TRITON_PERSISTENT=on)."""
         if key not in self._not_resident:
             try:
-                return attempt(self._plan(spec, device, B, H, w, per_step=False))
+                return attempt(self._plan(spec, device, B, H, w, False, direction))
             except NotResidentError as exc:
                 if persistent_mode() == "on":
                     raise RuntimeError(f"{exc}; {PERSISTENT_ENV}=on forbids the per-step fallback") from exc
                 warnings.warn(f"{exc}; running it per step instead", RuntimeWarning, stacklevel=3)
                 self._not_resident.add(key)
-        return attempt(self._plan(spec, device, B, H, w, per_step=True))
+        return attempt(self._plan(spec, device, B, H, w, True, direction))
 
     def _run(self, device, plan, key, sequence, inputs):
         """sequence(inputs) issues the launches and returns the outputs. A per-step sequence on a
@@ -443,7 +548,7 @@ class TritonBackend:
                          new_empty((0, B, G * H), cdt, device),
                          new_empty((0, B, H), cdt, device) if (lstm or gru_ra) else None)
         bias = b_hh.detach().to(cdt).contiguous() if b_hh is not None else None
-        consts.update(REVERSE=bool(reverse), HAS_BIAS=bias is not None)
+        consts.update(REVERSE=bool(reverse), HAS_BIAS=bias is not None, NGP=gates_padded(G))
         inputs = [xg.detach().contiguous(), a["w"], bias, a["h0"], a["c0"], a["mask"], a["rmask"]]
 
         def attempt(plan):
@@ -461,7 +566,7 @@ class TritonBackend:
                             out, gates, _or(extra, gates), _or(scratch, gates), _or(status, gates), self.spin_cap,
                             T, B, H)
 
-                _issue(forward_kernel, plan, dict(consts, **self._plan_consts(plan)), args, T,
+                _issue(forward_kernel, plan, dict(consts, **plan_constexprs(plan, "forward")), args, T,
                        (1, 2) if two else (1,), 2 if two else 1, device, self.spin_cap, what)
                 return out, gates, extra
 
@@ -469,7 +574,7 @@ class TritonBackend:
 
         key = ("fwd", spec, T, B, H, dtype, str(device), bool(reverse), bias is not None,
                mask is not None, rec_mask is not None, consts["PREC"])
-        out, gates, extra = self._with_fallback(attempt, key, spec, device, B, H, a["w"])
+        out, gates, extra = self._with_fallback(attempt, key, spec, device, B, H, a["w"], "forward")
         last = 0 if reverse else T - 1
         hT = out[last].clone()
         cT = extra[last].to(dtype) if lstm else None
@@ -522,7 +627,7 @@ class TritonBackend:
                             self.spin_cap, T, B, H)
 
                 # grid barriers per step: after phase 1 and (GRU reset_after=False) phase 2
-                _issue(backward_kernel, plan, dict(consts, **self._plan_consts(plan)), args, T,
+                _issue(backward_kernel, plan, dict(consts, **plan_constexprs(plan, "backward")), args, T,
                        (1, 2, 3) if two else (1, 3), 2 if two else 1, device, self.spin_cap, what)
                 return dxg, dh_, dc_
 
@@ -530,7 +635,7 @@ class TritonBackend:
 
         key = ("bwd", spec, T, B, H, dtype, str(device), bool(reverse), mask is not None,
                rec_mask is not None, consts["PREC"])
-        return self._with_fallback(attempt, key, spec, device, B, H, a["w"])
+        return self._with_fallback(attempt, key, spec, device, B, H, a["w"], "backward")
 
 
 def _or(t, fallback):

@@ -11,7 +11,19 @@ Dimension legend (the recurrence contract of rnn.cells):
                        GRU reset_after: h W_n^T + b_hn (0 at masked steps)
 
 Work split: program (ph, pb) owns hidden units j in [ph*BLOCK_H, (ph+1)*BLOCK_H) for all G gates
-and loops over the batch tiles pb, pb + num_programs(1), ... Two launch modes share the source:
+and loops over the batch tiles pb, pb + num_programs(1), ...
+
+Forward recurrent matmul on the persistent path (W_RESIDENT): ONE dot for all gates, with the
+operands swapped so that the MMA tile is filled by gate rows even at B <= 16:
+    acc[N, BB] = W_rows[N, K] @ h^T[K, BB],   N = NGP * BLOCK_H gate rows (row g*BLOCK_H + u is
+    gate g of unit j0 + u; NGP = G rounded up to a power of two, GRU's 4th gate is all zeros).
+K is split SPLIT ways (a batched dot [SPLIT, N, K/SPLIT] x [SPLIT, K/SPLIT, BB]: Triton gives each
+of the SPLIT = num_warps warps one K slice, so every MMA is issued by exactly one warp), then summed
+over the split. K is covered by up to three pieces K1 + K2 + K3 (powers of two, multiples of
+16 * SPLIT) = H rounded up to 16: no power-of-two padding. With W_REG the W_hh slice is held in
+registers in the MMA accumulator layout (an identity dot puts it there once; from that layout the
+A operand needs no shared memory), so a step reads only h through shared memory.
+Two launch modes share the source:
   * persistent (one launch for steps [step_begin, step_end) = all T): W_hh slices are loaded once
     (W_RESIDENT) and the programs exchange h through global memory, meeting at a grid-wide
     barrier (SYNC) after each phase of each step. Needs every program co-resident (grid <= SMs;
@@ -197,90 +209,255 @@ def _fwd_rec(g, wg, src_ptr, scale_ptr, acc, w_ptr, bias_ptr, b, b_ok, j, j_ok, 
 
 
 # ---------------------------------------------------------------------------------------------
+# forward, persistent: all gates in one split-K dot (see the module docstring)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _gate_rows(j0, H, NG: tl.constexpr, NGP: tl.constexpr, BLOCK_H: tl.constexpr):
+    """W_hh row of each of the N = NGP*BLOCK_H gate rows of this program, and which exist."""
+    r = tl.arange(0, NGP * BLOCK_H)
+    g = r // BLOCK_H
+    j = j0 + r % BLOCK_H
+    return g * H + j, (g < NG) & (j < H)
+
+
+@triton.jit
+def _w_piece(w_ptr, row, row_ok, H, k0, SPLIT: tl.constexpr, KS: tl.constexpr, W_REG: tl.constexpr):
+    """A operand [SPLIT, N, KS]: W[row, k0 + s*KS + kk], 0 outside. With W_REG it is returned in
+    the MMA accumulator layout (identity dot, exact), which the compiler keeps in registers."""
+    if KS > 0:
+        s = tl.arange(0, SPLIT)[:, None, None]
+        k = k0 + s * KS + tl.arange(0, KS)[None, None, :]
+        w = tl.load(w_ptr + row[None, :, None] * H + k, mask=row_ok[None, :, None] & (k < H), other=0.0)
+        if W_REG:
+            n = tl.arange(0, row.shape[0])
+            eye = tl.broadcast_to((n[:, None] == n[None, :]).to(w.dtype)[None, :, :], (SPLIT, row.shape[0], row.shape[0]))
+            w = tl.dot(eye, w, out_dtype=tl.float32).to(w.dtype)
+    else:
+        w = 0
+    return w
+
+
+@triton.jit
+def _h_piece(acc, w, src_ptr, scale_ptr, b, b_ok, H, k0, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+             KS: tl.constexpr, PREC: tl.constexpr):
+    """acc [SPLIT, N, BB] + w @ (src * scale)^T[k0 + s*KS + kk, b] (the h exchange: bypass L1)."""
+    if KS > 0:
+        s = tl.arange(0, SPLIT)[:, None, None]
+        k = k0 + s * KS + tl.arange(0, KS)[None, :, None]
+        m = (k < H) & b_ok[None, None, :]
+        off = b[None, None, :] * H + k
+        a = tl.load(src_ptr + off, mask=m, other=0.0, cache_modifier=".cg")
+        if HAS_SCALE:
+            sc = tl.load(scale_ptr + off, mask=m, other=0.0, cache_modifier=".cg")
+            a = a.to(sc.dtype) * sc
+        acc = tl.dot(w, a.to(w.dtype), acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _fused_mm(src_ptr, scale_ptr, wa, wb, wc, b, b_ok, H, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+              K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr,
+              CDT: tl.constexpr, PREC: tl.constexpr):
+    """[N, BLOCK_B]: every gate row of this program times (src * scale)^T over all of K."""
+    acc = tl.zeros((SPLIT, N, BLOCK_B), CDT)
+    acc = _h_piece(acc, wa, src_ptr, scale_ptr, b, b_ok, H, 0, HAS_SCALE, SPLIT, K1 // SPLIT, PREC)
+    acc = _h_piece(acc, wb, src_ptr, scale_ptr, b, b_ok, H, K1, HAS_SCALE, SPLIT, K2 // SPLIT, PREC)
+    acc = _h_piece(acc, wc, src_ptr, scale_ptr, b, b_ok, H, K1 + K2, HAS_SCALE, SPLIT, K3 // SPLIT, PREC)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _split_gates(acc, NGP: tl.constexpr, BLOCK_H: tl.constexpr):
+    """[NGP*BLOCK_H, BB] gate rows -> NGP tiles [BB, BLOCK_H] (unused ones repeat gate 0)."""
+    a = tl.trans(acc)
+    if NGP == 1:
+        p0 = a
+        p1 = a
+        p2 = a
+        p3 = a
+    else:
+        BB: tl.constexpr = a.shape[0]
+        a = tl.permute(tl.reshape(a, (BB, 2, 2, BLOCK_H)), (0, 3, 1, 2))  # [BB, BLOCK_H, g // 2, g % 2]
+        even, odd = tl.split(a)
+        p0, p2 = tl.split(even)
+        p1, p3 = tl.split(odd)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _fused_pre(src_ptr, scale_ptr, rm_stride, wa, wb, wc, bias_rows, x_t, GH, b, b_ok, H, j0,
+                NG: tl.constexpr, NGP: tl.constexpr, XMASK: tl.constexpr, HAS_SCALE: tl.constexpr,
+                SPLIT: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, BLOCK_H: tl.constexpr,
+                BLOCK_B: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr):
+    """[x_g if g in XMASK] + (src * scale_g) @ W_g^T + b_hh[g] of every gate g, in gate rows
+    [NGP*BLOCK_H, BB] (row g*BLOCK_H + u: gate g of unit j0 + u). x is loaded in the gate-row layout of the dot (before it: not on the h path).
+    Recurrent dropout scales the operand per gate: then one dot per gate, each keeping its rows."""
+    N: tl.constexpr = NGP * BLOCK_H
+    row, row_ok = _gate_rows(j0, H, NG, NGP, BLOCK_H)
+    gate = tl.arange(0, N)[:, None] // BLOCK_H
+    xm = row_ok[:, None] & b_ok[None, :] & (((XMASK >> gate) & 1) != 0)
+    acc = tl.load(x_t + b[None, :] * GH + row[:, None], mask=xm, other=0.0).to(CDT) + bias_rows[:, None]
+    if HAS_SCALE:
+        for g in tl.static_range(NG):
+            part = _fused_mm(src_ptr, scale_ptr + g * rm_stride, wa, wb, wc, b, b_ok, H, True, SPLIT, K1, K2, K3,
+                             N, BLOCK_B, CDT, PREC)
+            acc += tl.where(gate == g, part, 0.0)
+    else:
+        acc += _fused_mm(src_ptr, scale_ptr, wa, wb, wc, b, b_ok, H, False, SPLIT, K1, K2, K3, N, BLOCK_B, CDT, PREC)
+    return acc
+
+
+# ---------------------------------------------------------------------------------------------
 # forward
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_tile(P: tl.constexpr, t, hp, cp, b0, j, j_ok,
-              xg_ptr, w_ptr, w0, w1, w2, w3, bias_ptr, mask_ptr, rmask_ptr,
+def _streamed_gate(g: tl.constexpr, src_ptr, scale_ptr, w_ptr, bias_ptr, x_t, GH, b, b_ok, j, j_ok, H,
+                   NEED: tl.constexpr, XMASK: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, CDT: tl.constexpr,
+                   PREC: tl.constexpr):
+    acc = tl.zeros((BLOCK_B, BLOCK_H), CDT)
+    if (XMASK >> g) & 1:
+        acc = _load(x_t + g * H, b, j, GH, b_ok[:, None] & j_ok[None, :], CDT)
+    if (NEED >> g) & 1:
+        acc = _fwd_rec(g, 0, src_ptr, scale_ptr, acc, w_ptr, bias_ptr, b, b_ok, j, j_ok, H, HAS_SCALE, HAS_BIAS,
+                       False, BLOCK_K, BLOCK_K, PREC)
+    return acc
+
+
+@triton.jit
+def _streamed_pre(src_ptr, scale_ptr, rm_stride, w_ptr, bias_ptr, x_t, GH, b, b_ok, j, j_ok, H,
+                  NG: tl.constexpr, NEED: tl.constexpr, XMASK: tl.constexpr, HAS_SCALE: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+                  CDT: tl.constexpr, PREC: tl.constexpr):
+    """Per-step path: [x_g if g in XMASK] + (src * scale_g) @ W_g^T + b_hh[g] for the gates g in
+    the bit set NEED (the others: x or 0), W_hh streamed from memory in BLOCK_K chunks."""
+    p0 = _streamed_gate(0, src_ptr, scale_ptr, w_ptr, bias_ptr, x_t, GH, b, b_ok, j, j_ok, H, NEED, XMASK,
+                        HAS_SCALE, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+    p1 = p0
+    p2 = p0
+    p3 = p0
+    if NG > 1:
+        p1 = _streamed_gate(1, src_ptr, scale_ptr + rm_stride, w_ptr, bias_ptr, x_t, GH, b, b_ok, j, j_ok, H, NEED,
+                            XMASK, HAS_SCALE, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+        p2 = _streamed_gate(2, src_ptr, scale_ptr + 2 * rm_stride, w_ptr, bias_ptr, x_t, GH, b, b_ok, j, j_ok, H,
+                            NEED, XMASK, HAS_SCALE, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+    if NG > 3:
+        p3 = _streamed_gate(3, src_ptr, scale_ptr + 3 * rm_stride, w_ptr, bias_ptr, x_t, GH, b, b_ok, j, j_ok, H,
+                            NEED, XMASK, HAS_SCALE, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _pre(src_ptr, scale_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok, j0, j, j_ok, H,
+         NG: tl.constexpr, NGP: tl.constexpr, NEED: tl.constexpr, XMASK: tl.constexpr, HAS_SCALE: tl.constexpr,
+         HAS_BIAS: tl.constexpr, W_RESIDENT: tl.constexpr, SPLIT: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+         K3: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, CDT: tl.constexpr,
+         PREC: tl.constexpr):
+    """Gate pre-activations [x_g if g in XMASK] + (src * scale_g) @ W_g^T + b_hh[g] as four
+    [BLOCK_B, BLOCK_H] tiles (gates NEED at least; the resident path computes all in one dot)."""
+    if W_RESIDENT:
+        acc = _fused_pre(src_ptr, scale_ptr, rm_stride, wa, wb, wc, bias_rows, x_t, GH, b, b_ok, H, j0, NG, NGP,
+                         XMASK, HAS_SCALE, SPLIT, K1, K2, K3, BLOCK_H, BLOCK_B, CDT, PREC)
+        p0, p1, p2, p3 = _split_gates(acc, NGP, BLOCK_H)
+    else:
+        p0, p1, p2, p3 = _streamed_pre(src_ptr, scale_ptr, rm_stride, w_ptr, bias_ptr, x_t, GH, b, b_ok, j, j_ok, H,
+                                       NG, NEED, XMASK, HAS_SCALE, HAS_BIAS, BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+    return p0, p1, p2, p3
+
+
+@triton.jit
+def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
+              xg_ptr, w_ptr, wa, wb, wc, bias_rows, bias_ptr, mask_ptr, rmask_ptr,
               out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H,
-              KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
+              KIND: tl.constexpr, NG: tl.constexpr, NGP: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
               RESET_AFTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
-              HAS_RMASK: tl.constexpr, W_RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr,
-              BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, K_PAD: tl.constexpr, PREC: tl.constexpr):
-    """Phase P of step t for batch rows [b0, b0+BLOCK_B) and this program's units j."""
+              HAS_RMASK: tl.constexpr, W_RESIDENT: tl.constexpr, SPLIT: tl.constexpr, K1: tl.constexpr,
+              K2: tl.constexpr, K3: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+              BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+    """Phase P of step t for this program's batch rows b and units j, from the carried h_{t-1} /
+    c_{t-1} tiles (h_old, c_old) and hp = all of h_{t-1}. Returns the new (h, c) tiles."""
     CDT: tl.constexpr = gates_ptr.dtype.element_ty
     GH = NG * H
-    b = b0 + tl.arange(0, BLOCK_B)
-    b_ok = b < B
     m = b_ok[:, None] & j_ok[None, :]
     x_t = xg_ptr + t * B * GH
     g_t = gates_ptr + t * B * GH
-    zero = tl.zeros((BLOCK_B, BLOCK_H), CDT)
     if HAS_MASK:
         valid = (tl.load(mask_ptr + t * B + b, mask=b_ok, other=0) != 0)[:, None]
     else:
         valid = tl.full((BLOCK_B, 1), 1, tl.int1)
-    h_old = _load_xchg(hp, b, j, H, m, CDT)
     rm_stride = B * H
+    h = h_old
+    c = c_old
     if KIND == 0:  # LSTM
-        pi = _fwd_rec(0, w0, hp, rmask_ptr + 0 * rm_stride, _load(x_t + 0 * H, b, j, GH, m, CDT), w_ptr, bias_ptr,
-                      b, b_ok, j, j_ok, H, HAS_RMASK, HAS_BIAS, W_RESIDENT, BLOCK_K, K_PAD, PREC)
-        pf = _fwd_rec(1, w1, hp, rmask_ptr + 1 * rm_stride, _load(x_t + 1 * H, b, j, GH, m, CDT), w_ptr, bias_ptr,
-                      b, b_ok, j, j_ok, H, HAS_RMASK, HAS_BIAS, W_RESIDENT, BLOCK_K, K_PAD, PREC)
-        pg = _fwd_rec(2, w2, hp, rmask_ptr + 2 * rm_stride, _load(x_t + 2 * H, b, j, GH, m, CDT), w_ptr, bias_ptr,
-                      b, b_ok, j, j_ok, H, HAS_RMASK, HAS_BIAS, W_RESIDENT, BLOCK_K, K_PAD, PREC)
-        po = _fwd_rec(3, w3, hp, rmask_ptr + 3 * rm_stride, _load(x_t + 3 * H, b, j, GH, m, CDT), w_ptr, bias_ptr,
-                      b, b_ok, j, j_ok, H, HAS_RMASK, HAS_BIAS, W_RESIDENT, BLOCK_K, K_PAD, PREC)
-        i = tl.where(valid, _act(pi, RACT), 0.0)
-        f = tl.where(valid, _act(pf, RACT), 0.0)
-        g = tl.where(valid, _act(pg, ACT), 0.0)
-        o = tl.where(valid, _act(po, RACT), 0.0)
-        c_old = _load(cp, b, j, H, m, CDT)
+        if W_RESIDENT:  # activations on the gate rows, stored as they are (one store), then split
+            acc = _fused_pre(hp, rmask_ptr, rm_stride, wa, wb, wc, bias_rows, x_t, GH, b, b_ok, H, j0, NG, NGP, 15,
+                             HAS_RMASK, SPLIT, K1, K2, K3, BLOCK_H, BLOCK_B, CDT, PREC)
+            row, row_ok = _gate_rows(j0, H, NG, NGP, BLOCK_H)
+            gate = tl.arange(0, NGP * BLOCK_H)[:, None] // BLOCK_H
+            a = tl.where(gate == 2, _act(acc, ACT), _act(acc, RACT))
+            a = tl.where(tl.trans(valid), a, 0.0)
+            tl.store(g_t + b[None, :] * GH + row[:, None], a, mask=row_ok[:, None] & b_ok[None, :])
+            i, f, g, o = _split_gates(a, NGP, BLOCK_H)
+        else:
+            pi, pf, pg, po = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok,
+                                  j0, j, j_ok, H, NG, NGP, 15, 15, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
+                                  BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+            i = tl.where(valid, _act(pi, RACT), 0.0)
+            f = tl.where(valid, _act(pf, RACT), 0.0)
+            g = tl.where(valid, _act(pg, ACT), 0.0)
+            o = tl.where(valid, _act(po, RACT), 0.0)
+            _store(g_t + 0 * H, b, j, GH, m, i)
+            _store(g_t + 1 * H, b, j, GH, m, f)
+            _store(g_t + 2 * H, b, j, GH, m, g)
+            _store(g_t + 3 * H, b, j, GH, m, o)
         c = tl.where(valid, f * c_old + i * g, c_old)
         h = tl.where(valid, o * _act(c, ACT), h_old)
-        _store(g_t + 0 * H, b, j, GH, m, i)
-        _store(g_t + 1 * H, b, j, GH, m, f)
-        _store(g_t + 2 * H, b, j, GH, m, g)
-        _store(g_t + 3 * H, b, j, GH, m, o)
         _store(extra_ptr + t * B * H, b, j, H, m, c)
         _store(out_ptr + t * B * H, b, j, H, m, h)
     elif KIND == 1:  # GRU
-        if RESET_AFTER or P == 1:
-            pr = _fwd_rec(0, w0, hp, rmask_ptr + 0 * rm_stride, _load(x_t + 0 * H, b, j, GH, m, CDT), w_ptr, bias_ptr,
-                          b, b_ok, j, j_ok, H, HAS_RMASK, HAS_BIAS, W_RESIDENT, BLOCK_K, K_PAD, PREC)
-            r = tl.where(valid, _act(pr, RACT), 0.0)
-            _store(g_t + 0 * H, b, j, GH, m, r)
-        if RESET_AFTER or P == 2:
-            pz = _fwd_rec(1, w1, hp, rmask_ptr + 1 * rm_stride, _load(x_t + 1 * H, b, j, GH, m, CDT), w_ptr, bias_ptr,
-                          b, b_ok, j, j_ok, H, HAS_RMASK, HAS_BIAS, W_RESIDENT, BLOCK_K, K_PAD, PREC)
-            if RESET_AFTER:  # hn = (h * rm_n) @ W_n^T + b_hn, gated by r after the matmul
-                hn = _fwd_rec(2, w2, hp, rmask_ptr + 2 * rm_stride, zero, w_ptr, bias_ptr, b, b_ok, j, j_ok, H,
-                              HAS_RMASK, HAS_BIAS, W_RESIDENT, BLOCK_K, K_PAD, PREC)
-            else:  # scratch holds r * h * rm_n of every unit (phase 1): no scale
-                hn = _fwd_rec(2, w2, scratch_ptr, scratch_ptr, zero, w_ptr, bias_ptr, b, b_ok, j, j_ok, H,
-                              False, HAS_BIAS, W_RESIDENT, BLOCK_K, K_PAD, PREC)
-            z = tl.where(valid, _act(pz, RACT), 0.0)
+        if RESET_AFTER:  # hn = (h * rm_n) @ W_n^T + b_hn, gated by r after the matmul: xn apart
             xn = _load(x_t + 2 * H, b, j, GH, m, CDT)
-            if RESET_AFTER:
-                n = tl.where(valid, _act(xn + r * hn, ACT), 0.0)
-                _store(extra_ptr + t * B * H, b, j, H, m, tl.where(valid, hn, 0.0))
-            else:
-                n = tl.where(valid, _act(xn + hn, ACT), 0.0)
+            pr, pz, hn, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok,
+                                 j0, j, j_ok, H, NG, NGP, 7, 3, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
+                                 BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+            r = tl.where(valid, _act(pr, RACT), 0.0)
+            z = tl.where(valid, _act(pz, RACT), 0.0)
+            n = tl.where(valid, _act(xn + r * hn, ACT), 0.0)
             h = tl.where(valid, (1.0 - z) * n + z * h_old, h_old)
+            _store(g_t + 0 * H, b, j, GH, m, r)
             _store(g_t + 1 * H, b, j, GH, m, z)
             _store(g_t + 2 * H, b, j, GH, m, n)
+            _store(extra_ptr + t * B * H, b, j, H, m, tl.where(valid, hn, 0.0))
             _store(out_ptr + t * B * H, b, j, H, m, h)
-        else:  # phase 1 of reset_after=False: publish r * h (* rm_n) for the n-gate matmul
+        elif P == 1:  # r and z from h; publish r * h (* rm_n) for the n-gate matmul of phase 2
+            pr, pz, _, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok,
+                                j0, j, j_ok, H, NG, NGP, 3, 3, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
+                                BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+            r = tl.where(valid, _act(pr, RACT), 0.0)
             s = r * h_old
             if HAS_RMASK:
                 s = s * _load(rmask_ptr + 2 * rm_stride, b, j, H, m, CDT)
+            _store(g_t + 0 * H, b, j, GH, m, r)
+            _store(g_t + 1 * H, b, j, GH, m, tl.where(valid, _act(pz, RACT), 0.0))
             _store(scratch_ptr, b, j, H, m, s)
+        else:  # phase 2: n = act(xn + (r * h * rm_n) @ W_n^T + b_hn), the operand from scratch
+            z = _load(g_t + 1 * H, b, j, GH, m, CDT)
+            _, _, pn, _ = _pre(scratch_ptr, scratch_ptr, 0, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok,
+                               j0, j, j_ok, H, NG, NGP, 4, 4, False, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
+                               BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+            n = tl.where(valid, _act(pn, ACT), 0.0)
+            h = tl.where(valid, (1.0 - z) * n + z * h_old, h_old)
+            _store(g_t + 2 * H, b, j, GH, m, n)
+            _store(out_ptr + t * B * H, b, j, H, m, h)
     else:  # SimpleRNN
-        p = _fwd_rec(0, w0, hp, rmask_ptr, _load(x_t, b, j, GH, m, CDT), w_ptr, bias_ptr, b, b_ok, j, j_ok, H,
-                     HAS_RMASK, HAS_BIAS, W_RESIDENT, BLOCK_K, K_PAD, PREC)
+        p, _, _, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok, j0, j,
+                          j_ok, H, NG, NGP, 1, 1, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3, BLOCK_B,
+                          BLOCK_H, BLOCK_K, CDT, PREC)
         a = _act(p, ACT)
+        h = tl.where(valid, a, h_old)
         _store(g_t, b, j, GH, m, tl.where(valid, a, 0.0))
-        _store(out_ptr + t * B * H, b, j, H, m, tl.where(valid, a, h_old))
+        _store(out_ptr + t * B * H, b, j, H, m, h)
+    return h, c
 
 
 @triton.jit
@@ -306,41 +483,71 @@ def forward_kernel(
     TWO_PHASE: tl.constexpr,  # GRU reset_after=False
     PHASE: tl.constexpr,      # 0: every phase of each step; 1 / 2: only that phase
     SYNC: tl.constexpr,       # grid barrier between phases (persistent multi-program launch)
-    W_RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, K_PAD: tl.constexpr, PREC: tl.constexpr,
+    W_RESIDENT: tl.constexpr,  # persistent: W_hh rows loaded once, one split-K dot for all gates
+    NGP: tl.constexpr,        # G rounded up to a power of two (gate rows per unit in that dot)
+    SPLIT: tl.constexpr,      # K split of that dot = num_warps
+    K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,  # its K pieces (0: absent), sum >= H
+    W_REG: tl.constexpr,      # keep the W_hh rows in registers (tensor-core dtypes)
+    BLOCK_B: tl.constexpr,    # batch rows of this program (grid[1] * BLOCK_B >= B: one tile each)
+    BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,    # K chunk of the streamed (per-step) matmul
+    PREC: tl.constexpr,
 ):
-    pid_b = tl.program_id(1)
-    n_pb = tl.num_programs(1)
-    n_prog = tl.num_programs(0) * n_pb
-    j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    CDT: tl.constexpr = gates_ptr.dtype.element_ty
+    n_prog = tl.num_programs(0) * tl.num_programs(1)
+    j0 = tl.program_id(0) * BLOCK_H
+    j = j0 + tl.arange(0, BLOCK_H)
     j_ok = j < H
-    w0, w1, w2, w3 = _resident_tiles(w_ptr, j, j_ok, H, NG, False, W_RESIDENT, K_PAD)
+    b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_ok = b < B
+    m = b_ok[:, None] & j_ok[None, :]
+    if W_RESIDENT:
+        row, row_ok = _gate_rows(j0, H, NG, NGP, BLOCK_H)
+        wa = _w_piece(w_ptr, row, row_ok, H, 0, SPLIT, K1 // SPLIT, W_REG)
+        wb = _w_piece(w_ptr, row, row_ok, H, K1, SPLIT, K2 // SPLIT, W_REG)
+        wc = _w_piece(w_ptr, row, row_ok, H, K1 + K2, SPLIT, K3 // SPLIT, W_REG)
+        if HAS_BIAS:
+            bias_rows = tl.load(bias_ptr + row, mask=row_ok, other=0.0).to(CDT)
+        else:
+            bias_rows = tl.zeros((NGP * BLOCK_H,), CDT)
+    else:
+        wa = 0
+        wb = 0
+        wc = 0
+        bias_rows = 0
+    # the carried state of this program's tile: h_{t-1} and c_{t-1} of the first step, then kept
+    t0, tp0 = _times(step_begin, T, REVERSE)
+    h_st = h0_ptr
+    c_st = c0_ptr
+    if step_begin > 0:
+        h_st = out_ptr + tp0 * B * H
+        c_st = extra_ptr + tp0 * B * H
+    h = _load(h_st, b, j, H, m, CDT)
+    c = tl.zeros((BLOCK_B, BLOCK_H), CDT)
+    if KIND == 0:
+        c = _load(c_st, b, j, H, m, CDT)
     arrived = 0
     live = 1  # 0 once a barrier timed out: the rest of the launch does nothing (the host raises)
     for step in range(step_begin, step_end):
         t, tp = _times(step, T, REVERSE)
         hp = out_ptr + tp * B * H
-        cp = extra_ptr + tp * B * H
         if step == 0:
             hp = h0_ptr
-            cp = c0_ptr
         if PHASE != 2:
             if live != 0:
-                for b0 in range(pid_b * BLOCK_B, B, n_pb * BLOCK_B):
-                    _fwd_tile(1, t, hp, cp, b0, j, j_ok, xg_ptr, w_ptr, w0, w1, w2, w3, bias_ptr, mask_ptr,
-                              rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H, KIND, NG, ACT,
-                              RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT, BLOCK_B,
-                              BLOCK_H, BLOCK_K, K_PAD, PREC)
+                h, c = _fwd_tile(1, t, hp, h, c, b, b_ok, j0, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, bias_rows, bias_ptr,
+                                 mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H, KIND, NG, NGP,
+                                 ACT, RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT, SPLIT, K1, K2, K3,
+                                 BLOCK_B, BLOCK_H, BLOCK_K, PREC)
                 arrived += n_prog
                 live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
         if TWO_PHASE:
             if PHASE != 1:
                 if live != 0:
-                    for b0 in range(pid_b * BLOCK_B, B, n_pb * BLOCK_B):
-                        _fwd_tile(2, t, hp, cp, b0, j, j_ok, xg_ptr, w_ptr, w0, w1, w2, w3, bias_ptr, mask_ptr,
-                                  rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H, KIND, NG, ACT,
-                                  RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT, BLOCK_B,
-                                  BLOCK_H, BLOCK_K, K_PAD, PREC)
+                    h, c = _fwd_tile(2, t, hp, h, c, b, b_ok, j0, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, bias_rows,
+                                     bias_ptr, mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H,
+                                     KIND, NG, NGP, ACT, RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT,
+                                     SPLIT, K1, K2, K3, BLOCK_B, BLOCK_H, BLOCK_K, PREC)
                     arrived += n_prog
                     live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
 
