@@ -19,9 +19,7 @@ torch.func.grad / vjp), the backward instead recomputes the layer with different
 backend, only slower.
 
 `recurrence` is the entry point: the registered operator (what torch.compile and torch.export
-see), or under torch.func transforms an autograd.Function with the same forward and backward
-(torch.library's register_autograd does not support torch.func.grad / vjp, an autograd.Function
-with setup_context does).
+see), or under torch.func transforms the same layer in plain torch ops.
 """
 import torch
 
@@ -144,22 +142,18 @@ def backward(ctx, dout, dhT, dcT, _dgates=None, _dextra=None):
 ops.recurrence.register_autograd(backward, setup_context=setup_context)
 
 
-class FunctorchRecurrence(torch.autograd.Function):
-    """rnn.ops.recurrence with the same backward, for torch.func transforms (grad, vjp, jacrev,
-    vmap). vmap runs through the operators' registered vmap rules (rnn.ops)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(*args):
-        return torch.ops.fused_rnn.recurrence(*args)
-
-    setup_context = staticmethod(setup_context)
-    backward = staticmethod(backward)
-
-
 def recurrence(*args):
-    """Run rnn.ops.recurrence with autograd: (out, hT, cT, gates, extra); see rnn.ops."""
+    """rnn.ops.recurrence with autograd: (out, hT, cT, gates, extra); see rnn.ops.
+
+    Under torch.func transforms (grad, vjp, jacrev, jvp, vmap, ...) the layer runs as plain torch
+    ops instead (`differentiable`), which every transform and any nesting of them supports:
+    torch.library's register_autograd does not support torch.func.grad / vjp, and a backward that
+    recomputes with torch.autograd.grad (the create_graph path above, which torch.func always asks
+    for) breaks when vjp's function is called after the transform has returned."""
     if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
-        return FunctorchRecurrence.apply(*args)
+        x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask = args[:_N_TENSORS]
+        kind, activation, recurrent_activation, reset_after, reverse, _ = args[_N_TENSORS:]
+        spec = CellSpec(kind, activation, recurrent_activation, reset_after)
+        out, hT, cT = differentiable(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask, spec, reverse)
+        return out, hT, cT, None, None
     return torch.ops.fused_rnn.recurrence(*args)

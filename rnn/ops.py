@@ -1,4 +1,4 @@
-"""The recurrence as registered PyTorch operators: what torch.compile, torch.export and torch.func see.
+"""The recurrence as registered PyTorch operators: what torch.compile and torch.export see.
 
     fused_rnn::recurrence           one layer, one direction, forward: the input projection (one
                                     GEMM) and the backend's recurrence kernel
@@ -116,6 +116,14 @@ def recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
 @recurrence.register_fake
 def _recurrence_fake(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
                      kind, activation, recurrent_activation, reset_after, reverse, backend):
+    if torch.onnx.is_in_onnx_export():
+        # rnn.functional emits ONNX nodes instead of this operator during torch.onnx.export; it is
+        # traced here only when that failed (a configuration ONNX cannot express) and the exporter
+        # retries with torch.export(strict=True): fail that retry too, so the first, clear error is
+        # the one the exporter reports.
+        from .onnx_export import NotExportable
+
+        raise NotExportable("fused_rnn::recurrence has no ONNX form (see the first error)")
     return tuple(x.new_empty(s, dtype=d)
                  for s, d in _forward_shapes(x, w_hh, kind, activation, recurrent_activation, reset_after))
 
@@ -144,65 +152,5 @@ def _recurrence_backward_fake(w_hh, b_hh, h0, c0, mask, rec_mask, out, gates, ex
     dc0 = c0.new_empty(c0.shape) if kind == "lstm" else h0.new_empty((0,))
     return gates.new_empty(gates.shape), h0.new_empty(h0.shape), dc0
 
-
-# ---- vmap (torch.func): per-sample calls become one call over a larger batch ---------------------
-# For every tensor argument, the axis that holds the batch B (None: shared by all samples, like the
-# weights). Under vmap with shared weights the vmapped dimension N is folded into B, so per-sample
-# gradients (vmap(grad(f))) run ONE recurrence over N*B sequences; with per-sample weights (model
-# ensembles) the samples run one after another.
-def _in_mask_axis(t):
-    return 0 if t.dim() == 2 else 1  # (B, I) or (G, B, I)
-
-
-_FORWARD_AXES = (1, None, None, None, None, 0, 0, 1, _in_mask_axis, 1)
-_FORWARD_OUT_AXES = (1, 0, 0, 1, 1)
-_BACKWARD_AXES = (None, None, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0)
-_BACKWARD_OUT_AXES = (1, 0, 0)
-
-
-def _is_placeholder(t, batched):
-    """The (0,) stand-in for an absent tensor (possibly batched: (N, 0))."""
-    return t.dim() == 1 + batched and t.shape[-1] == 0 and t.numel() == 0
-
-
-def _vmap_rule(op, axes, out_axes):
-    def rule(info, in_dims, *args):
-        n = info.batch_size
-        tensors, rest = args[:len(axes)], args[len(axes):]
-        dims = in_dims[:len(axes)]
-        shared_batched = any(d is not None and a is None for d, a in zip(dims, axes))
-        if shared_batched:  # per-sample weights: one call per sample
-            results = [op(*(t if d is None else t.select(d, i) for t, d in zip(tensors, dims)), *rest)
-                       for i in range(n)]
-            stacked = tuple(r[0] if _is_placeholder(r[0], False) else torch.stack(r)
-                            for r in zip(*results))
-            return stacked, tuple(None if _is_placeholder(s, False) else 0 for s in stacked)
-        folded = []
-        for t, d, a in zip(tensors, dims, axes):
-            if t is None or a is None or _is_placeholder(t, d is not None):
-                folded.append(t.new_empty((0,)) if t is not None and a is not None else t)
-                continue
-            if d is None:  # the same for every sample: repeat it
-                t = t.unsqueeze(0).expand(n, *t.shape)
-                d = 0
-            axis = a(t.select(d, 0)) if callable(a) else a
-            t = t.movedim(d, axis)
-            folded.append(t.reshape(*t.shape[:axis], n * t.shape[axis + 1], *t.shape[axis + 2:]))
-        outs = op(*folded, *rest)
-        results, result_dims = [], []
-        for o, a in zip(outs, out_axes):
-            if _is_placeholder(o, False):
-                results.append(o)
-                result_dims.append(None)
-            else:
-                results.append(o.reshape(*o.shape[:a], n, o.shape[a] // n, *o.shape[a + 1:]))
-                result_dims.append(a)
-        return tuple(results), tuple(result_dims)
-    return rule
-
-
-torch.library.register_vmap("fused_rnn::recurrence", _vmap_rule(recurrence, _FORWARD_AXES, _FORWARD_OUT_AXES))
-torch.library.register_vmap("fused_rnn::recurrence_backward",
-                            _vmap_rule(recurrence_backward, _BACKWARD_AXES, _BACKWARD_OUT_AXES))
 
 from . import autograd as _autograd  # noqa: E402,F401  (registers the backward of `recurrence`)
