@@ -126,6 +126,11 @@ PATHS = (
                static_kernel=("rnn_cluster_",),
                about="CUDA C thread-block cluster (sm_90): W_hh on 8-16 SMs, h pushed through distributed "
                      "shared memory, mbarrier waits instead of a grid barrier"),
+    # what "auto" runs: the cluster kernel for the direction that fits, the grid-wide one otherwise
+    KernelPath("cupy_auto", "cupy", "kernels.cupy:CupyBackend",
+               env=(("FUSED_RNN_CUPY_KERNEL", "auto"), ("FUSED_RNN_CUPY_MMA", "auto")),
+               static_kernel=("rnn_cluster_", "rnn_forward[", "rnn_backward["),
+               about="CUDA C as \"auto\" picks it per direction: cluster kernel where it fits, else grid-wide"),
     # the chain's middle link (explicit backward in PyTorch ops), not a contender: headline only
     KernelPath("torch", "torch", gpu_only=False, compiles=False, grid=False,
                about="PyTorch ops per step (the reference backend)"),

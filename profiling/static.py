@@ -198,16 +198,16 @@ def triton_launches(cell, dtype, batch, hidden, direction, tf32=False):
     from kernels.triton import recurrence as R
 
     G = GATES[cell]
-    plan = TB.make_plan(hidden, batch, G, ITEMSIZE[dtype], SM_COUNT, False, False)
+    plan = TB.make_plan(hidden, batch, G, ITEMSIZE[dtype], SM_COUNT, False, False, direction=direction)
     two = False  # torch.nn GRU is reset_after=True: one phase per step
     consts = dict(KIND=R.KIND_CODES[cell], NG=G, ACT=R.ACTIVATION_CODES["tanh"],
                   RACT=R.ACTIVATION_CODES["sigmoid"], RESET_AFTER=True, HAS_MASK=False, HAS_RMASK=False,
-                  TWO_PHASE=two, W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h,
-                  BLOCK_K=plan.block_k, K_PAD=plan.k_pad, PREC="tf32" if (dtype == "fp32" and tf32) else "ieee",
-                  REVERSE=False)
+                  TWO_PHASE=two, PREC="tf32" if (dtype == "fp32" and tf32) else "ieee",
+                  REVERSE=False, **TB.plan_constexprs(plan, direction))
     sync = plan.persistent and plan.grid != (1, 1)
     if direction == "forward":
         consts["HAS_BIAS"] = True
+        consts["NGP"] = TB.gates_padded(G)
         phases = (0,) if plan.persistent else ((1, 2) if two else (1,))
         fn_name = "forward_kernel"
     else:

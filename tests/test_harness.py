@@ -190,7 +190,7 @@ def test_path_table_covers_the_registry_and_takes_new_kernels():
     extra = harness.all_paths(list(backends.NAMES) + ["cluster"])
     assert extra[-1].name == "cluster" and extra[-1].backend == "cluster" and extra[-1].gpu_only
     grid_paths = [p.name for p in harness.PATHS if p.grid]
-    assert grid_paths == ["triton_persistent", "triton_per_step", "cupy_mma", "cupy_fma", "cupy_cluster"]
+    assert grid_paths == ["triton_persistent", "triton_per_step", "cupy_mma", "cupy_fma", "cupy_cluster", "cupy_auto"]
     cases = harness.bench_cases("grid", harness.GRID, grid_paths)
     per_config = 1 + len(grid_paths)  # the reference, then every path
     assert len({c["key"] for c in cases}) == len(cases) == 2 * 3 * 4 * 3 * 2 * per_config
