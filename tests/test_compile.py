@@ -262,6 +262,7 @@ CONSTRUCTOR_CALLS = [
     ((5, 7, 2, "relu", False), {}),
     ((5, 7), dict(nonlinearity="relu")),
     ((5, 7), dict(nonlinearity="gelu")),
+    ((5, 7), dict(nonlinearity=["tanh"])),
     ((5, 7), dict(proj_size=3)),
 ]
 ATTRIBUTES = ("mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
