@@ -64,7 +64,7 @@ def project(x, w_ih, b_ih, in_mask, G, H):
 
 def _none(t):
     """An empty placeholder (an absent optional output) back to None."""
-    return None if t is None or t.numel() == 0 and t.dim() == 1 else t
+    return None if t is None or (t.dim() == 1 and t.numel() == 0) else t
 
 
 def _fresh(outputs, inputs):
