@@ -1072,6 +1072,16 @@ class _Paths:
                 backends._cache[path.backend] = old
 
 
+def _nvidia_device_present():
+    """Whether this machine shows an NVIDIA GPU, without importing torch (the parent never does):
+    the driver's device files, unless CUDA_VISIBLE_DEVICES hides every device."""
+    import glob
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def _skip_reason(paths, name, case, dry):
     """Why this path cannot or need not run this case, or None. Also a note about how it runs."""
     import torch
@@ -1439,8 +1449,9 @@ def resolve(args):
         raise SystemExit(f"--seq-len must be >= 1, got {args.seq_len}")
     if args.out is None:  # a dry run's files go where git ignores them, with the CPU benchmark's
         stamp = _now_stamp().strftime("%Y%m%d-%H%M%S")
+        local = dry or not _nvidia_device_present()  # a CPU machine will run it as a dry run
         args.out = os.environ.get("OUT") or str(ROOT / "profiling" / "results" /
-                                                (f"local/gpu-{stamp}-dry" if dry else f"gpu-{stamp}"))
+                                                (f"local/gpu-{stamp}-dry" if local else f"gpu-{stamp}"))
     bad = [c for c in (args.cells or []) if c not in ("lstm", "gru")] + \
           [d for d in (args.dtypes or []) if d not in ("bf16", "fp16", "fp32")]
     if bad:

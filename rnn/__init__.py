@@ -12,7 +12,7 @@ import importlib as _importlib
 
 __version__ = "0.1.0"
 _LAZY = {"LSTM": "modules", "GRU": "modules", "RNN": "modules"}
-_SUBMODULES = ("functional", "backends", "cells", "reference", "modules", "autograd", "keras", "keras3")
+_SUBMODULES = ("functional", "backends", "cells", "reference", "modules", "autograd", "keras", "keras3", "ops")
 
 
 def __getattr__(name):

@@ -138,6 +138,14 @@ def test_keras_layer_fullgraph_matches_eager(name, make):
     _compare(Head(layer, width), [x])
 
 
+def test_keras_seeded_dropout_says_why_it_cannot_compile():
+    """seed= draws masks from a torch.Generator, which Dynamo cannot trace: a clear error, ours."""
+    m = K.LSTM(4, dropout=0.5, seed=1, input_dim=3).train()
+    with pytest.raises(Exception, match="draws its dropout masks from its own torch.Generator"):
+        torch.compile(m, fullgraph=True)(torch.randn(2, 5, 3))
+    m(torch.randn(2, 5, 3))  # eager is unaffected
+
+
 def test_keras_mask_fullgraph_matches_eager():
     layer = K.LSTM(H, return_sequences=True, input_dim=I)
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3, [False] + [True] * 6])

@@ -250,3 +250,18 @@ def test_barrier_worker_records_every_program_count(monkeypatch):
     assert rows[16]["us_per_barrier"] == pytest.approx(0.66) and rows[16]["status"] == "ok"
     assert rows[132]["source"] == "kernels.triton.barrier.measure_barrier"
     assert rows[64]["status"] == "error" and "timed out" in rows[64]["note"] and rows[64]["us_per_barrier"] is None
+
+
+def test_default_out_on_a_machine_without_a_gpu_is_git_ignored(monkeypatch):
+    """`make gpu-check` on a CPU runs as a dry run, so its files must not land in profiling/results/
+    where they would show up as untracked records of a GPU run."""
+    monkeypatch.delenv("OUT", raising=False)
+    monkeypatch.setattr(harness, "_nvidia_device_present", lambda: False)
+    args = harness.resolve(harness.build_parser().parse_args([]))
+    assert Path(args.out).parent.name == "local" and args.out.endswith("-dry")
+    monkeypatch.setattr(harness, "_nvidia_device_present", lambda: True)
+    args = harness.resolve(harness.build_parser().parse_args([]))
+    assert Path(args.out).parent.name == "results" and "gpu-" in Path(args.out).name
+    monkeypatch.undo()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # every device hidden: no GPU for this run
+    assert harness._nvidia_device_present() is False

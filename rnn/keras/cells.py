@@ -260,6 +260,11 @@ class _KerasCell(nn.Module):
     # -- dropout ---------------------------------------------------------------------------
     def _keep_mask(self, shape, rate, dtype, device):
         if self._generator is not None:
+            if torch.compiler.is_compiling():  # Dynamo cannot trace a torch.Generator
+                raise NotImplementedError(
+                    f"{type(self).__name__}(seed={self.seed!r}) draws its dropout masks from its own "
+                    "torch.Generator, which torch.compile cannot trace: drop seed= (use "
+                    "torch.manual_seed instead) or compile without fullgraph=True")
             u = torch.rand(shape, generator=self._generator).to(device)
         else:
             u = torch.rand(shape, device=device)
