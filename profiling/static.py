@@ -180,7 +180,7 @@ def _torch_dtype(name):
 # The arguments the launcher (kernels/triton/backend.py) passes, by parameter name, for the
 # benchmark's call: b_hh present, no mask, no recurrent dropout, not reversed, tf32 off (torch's
 # default). Unused pointers are aliased to a compute-dtype buffer there, so they are typed so here.
-_TRITON_IO = {"xg_ptr", "h0_ptr", "out_ptr", "dout_ptr"}
+_TRITON_IO = {"xg_ptr", "h0_ptr", "out_ptr", "dout_ptr", "xchg_ptr"}
 _TRITON_I32 = ("sync_ptr", "status_ptr", "err_ptr", "flag_ptr")
 
 

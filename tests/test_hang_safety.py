@@ -308,13 +308,12 @@ def test_plan_space_estimates_fit_sm90():
         assert p.grid[0] * p.block_h >= H and p.k_pad >= H and p.block_b >= 16, where
         assert p.num_warps * 32 * 255 <= tb.SM90.regs_per_sm, where  # even at 255 registers a thread
     assert persistent > 1000  # the space is not trivially per-step
-    # the case: SimpleRNN fp32 1024 < H <= 2048 needs 263 KB as planned before: per step now
-    # (the backward plan; the forward's split-K plan has smaller W_hh slices and fits)
-    assert not any(space["rnn", "fp32", H, B, "backward"].persistent for H in (1025, 1536, 2047, 2048)
-                   for B in B_VALUES)
+    # the case: SimpleRNN fp32 1024 < H <= 2048 needed 263 KB as planned before; the split-K
+    # plans of both directions hold 16-row W_hh slices and fit up to 132 programs (estimates above)
+    assert all(space["rnn", "fp32", H, 16, d].persistent for H in (1025, 1536) for d in ("forward", "backward"))
     # ... while the headline sizes keep their persistent plans
     assert space["lstm", "bf16", 768, 16, "forward"].persistent and space["lstm", "bf16", 768, 16, "backward"].persistent
-    assert space["gru", "fp16", 1024, 64, "backward"].persistent
+    assert space["gru", "fp16", 1024, 16, "backward"].persistent
 
 
 # (form, dtype, H, B, direction, matmul precision): real persistent plans of the space above, every
@@ -358,8 +357,6 @@ def test_plan_space_compiled_for_sm90():
         p = job["plan"]
         where = f"{job['form']} {job['dtype']} H={job['H']} B={job['B']} {job['direction']} {job['prec']}: {row}"
         assert row["shared"] <= job["estimate"], f"{where}: estimate {job['estimate']} is below the compiled size"
-        if job["direction"] == "backward":  # exact up to the slack; the forward's is a sum of upper bounds
-            assert job["estimate"] - row["shared"] <= tb.SMEM_SLACK_BYTES, f"{where}: estimate {job['estimate']}"
         assert row["static"] <= tb.SMEM_STATIC_BYTES, where
         assert row["shared"] <= tb.SM90.smem_per_block_optin, where
         assert row["num_warps"] == p.num_warps and row["regs"] * row["num_warps"] * 32 <= tb.SM90.regs_per_sm, where

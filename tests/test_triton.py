@@ -271,18 +271,27 @@ PLAN_CASES = [(768, 16, 4, 2), (1024, 256, 4, 2), (37, 3, 3, 4), (256, 64, 3, 4)
 
 @pytest.mark.parametrize("hidden,batch,gates,itemsize", PLAN_CASES)
 def test_plan_gpu_backward(hidden, batch, gates, itemsize):
+    """The backward's split-K plan: the program's units are the M rows of W_hh^T (>= 16, one MMA
+    tile), K = G*H gate rows in pieces padded by < 16, one batch tile per program; per step
+    otherwise, with power-of-two blocks."""
     n_sm = 132
     p = make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, direction="backward")
     assert min(p.block_h, p.block_b, p.block_k) >= 16
     for n in (p.block_h, p.block_b, p.block_k, p.k_pad):
         assert n & (n - 1) == 0, f"{n} is not a power of two"
-    assert p.k_pad >= hidden and p.k_pad < 2 * max(hidden, 8)
-    if p.persistent:  # all programs co-resident, every unit and row owned, W slice on chip
-        assert p.w_resident and p.grid[0] * p.grid[1] <= n_sm and p.num_stages == 1
-        assert p.grid[0] == -(-hidden // p.block_h)
-        assert p.grid[1] <= -(-batch // p.block_b)
-        assert gates * p.block_h * p.k_pad * itemsize <= tb.W_BUDGET_BYTES
-        shared = tb.persistent_shared_bytes(gates, p.block_h, p.block_b, p.k_pad, itemsize)
+    if p.persistent:  # all programs co-resident, every unit and row owned, W^T slice on chip
+        assert p.w_resident and p.num_stages == 1 and p.num_warps == p.split
+        assert p.grid == (-(-hidden // p.block_h), -(-batch // p.block_b)), p
+        assert p.grid[0] * p.grid[1] <= n_sm
+        k = gates * hidden
+        assert 0 <= sum(p.k_parts) - k < 16 or len(p.k_parts) == 3, p
+        assert len(p.k_parts) <= 3 and all(q & (q - 1) == 0 and q % (16 * p.split) == 0 for q in p.k_parts), p
+        w_bytes = p.block_h * sum(p.k_parts) * itemsize
+        if p.w_reg:
+            assert itemsize == 2 and w_bytes <= tb.W_REG_BYTES_PER_THREAD["backward"] * 32 * p.num_warps
+        else:
+            assert w_bytes <= tb.W_BUDGET_BYTES
+        shared = tb.plan_shared_bytes(p, gates, hidden, itemsize, "backward")
         assert shared <= tb.SM90.smem_per_block_optin, f"{shared} bytes of shared memory planned"
     else:
         assert p.grid == (-(-hidden // p.block_h), -(-batch // p.block_b))
@@ -309,6 +318,7 @@ def test_plan_gpu_forward(hidden, batch, gates, itemsize):
         assert shared <= tb.SM90.smem_per_block_optin, f"{shared} bytes of shared memory planned"
         if p.w_reg:
             assert itemsize == 2 and ngp * p.block_h * sum(p.k_parts) * itemsize <= 256 * 32 * p.num_warps
+            assert tb.W_REG_BYTES_PER_THREAD["forward"] == 256
     assert make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, per_step=True).persistent is False
 
 
@@ -318,14 +328,20 @@ def test_plan_choices():
     p = make_plan(768, 16, 4, 2, 132, False)
     assert p.persistent and p.grid == (96, 1) and p.block_h == 8 and p.split == p.num_warps == 8
     assert p.k_parts == (512, 256) and p.w_reg
-    assert make_plan(768, 16, 4, 2, 132, False, direction="backward").persistent
+    # its backward: 48 programs of 16 units (16 rows of W_hh^T x K = 4 * 768 = 2048 + 1024 gate rows
+    # in registers), 8 warps each doing 384 of K
+    q = make_plan(768, 16, 4, 2, 132, False, direction="backward")
+    assert q.persistent and q.grid == (48, 1) and q.block_h == 16 and q.split == q.num_warps == 8
+    assert q.k_parts == (2048, 1024) and q.w_reg
     assert not make_plan(1024, 64, 4, 4, 132, False).persistent     # fp32 W slice too big: per step
     assert not make_plan(4096, 8, 4, 2, 132, False).persistent      # too many programs
     # SimpleRNN fp32 H=2048: a 128 KiB W_hh slice plus a 128 KiB h operand exceed 227 KiB
     assert not make_plan(2048, 16, 1, 4, 132, False).persistent
-    # LSTM fp64 H=256 B=64 backward: the batch tile shrinks from 64 to 32 rows to fit
-    p = make_plan(256, 64, 4, 8, 132, False, direction="backward")
-    assert p.persistent and p.block_b == 32
+    # LSTM fp64 H=256 B=64 backward: a 128 KiB W_hh^T slice (16 x 1024) plus a 16 x 1024 fp64
+    # dgates operand exceed 227 KiB even at the smallest batch tile: per step. fp32 fits (tile 32).
+    assert not make_plan(256, 64, 4, 8, 132, False, direction="backward").persistent
+    p = make_plan(256, 64, 4, 4, 132, False, direction="backward")
+    assert p.persistent and p.block_b == 32 and p.grid == (16, 2)
     with pytest.raises(ValueError, match="hidden"):
         make_plan(0, 1, 4, 4, 132, False)
     with pytest.raises(ValueError, match="direction"):

@@ -20,7 +20,7 @@ from triton.compiler import ASTSource
 from . import recurrence as R
 from .backend import gates_padded, make_plan, plan_constexprs
 
-_IO_POINTERS = {"xg_ptr", "w_ptr", "h0_ptr", "out_ptr", "dout_ptr"}
+_IO_POINTERS = {"xg_ptr", "w_ptr", "h0_ptr", "out_ptr", "dout_ptr", "xchg_ptr"}
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
 
 

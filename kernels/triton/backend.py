@@ -151,15 +151,16 @@ class Plan:
     block_h: int       # hidden units per program
     block_b: int       # batch rows per tile
     block_k: int       # K chunk of the streamed recurrent matmul (per-step path)
-    k_pad: int         # backward: next power of two >= H, K extent of an on-chip W_hh operand
+    k_pad: int         # next power of two >= H (the per-step path's K extent)
     w_resident: bool   # W_hh slices loaded once per launch and kept on chip
     grid: tuple        # (hidden programs, batch programs)
     num_warps: int
     num_stages: int    # 1 for persistent launches: software pipelining of the batch-tile loop
                        # would multiply shared memory (the W_hh slices already live there)
-    # forward persistent only (recurrence.py docstring): the split-K dot over all gates
+    # persistent only (recurrence.py docstring): the split-K dot of a step
     split: int = 1         # K split = num_warps
-    k_parts: tuple = ()    # K pieces (powers of two, multiples of 16 * split) covering H
+    k_parts: tuple = ()    # K pieces (powers of two, multiples of 16 * split) covering K (forward H,
+                           # backward G*H)
     w_reg: bool = False    # W_hh rows held in registers (2-byte matmul dtypes)
 
 
@@ -192,85 +193,92 @@ def forward_split(hidden) -> int:
     return next(s for s in (8, 4, 2, 1) if h16 % (16 * s) == 0)
 
 
-W_REG_BYTES_PER_THREAD = 256  # registers for the W_hh rows (64 of 255): the rest of a step needs ~120
+# registers for the W_hh rows held per thread (of 255): the rest of a forward step needs ~120, of a
+# backward step (no gate activations on the dot's output, dh / dc carried) fewer
+W_REG_BYTES_PER_THREAD = {"forward": 256, "backward": 384}
 
 
-def forward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_reg) -> int:
-    """Upper bound of the forward persistent kernel's shared memory (static + dynamic): the W_hh
-    rows (in shared memory without w_reg; with it, staged once for the identity dot beside the
-    identity), or the staged h operand (kept twice by 2-byte types, as in the backward), the
-    split-K partial sums and a layout change, whichever is larger at once, plus SMEM_STATIC_BYTES
-    and SMEM_SLACK_BYTES. A sum of upper bounds: tests/test_hang_safety.py checks it against sm_90
-    compiles."""
-    n = gates_padded(n_gates) * block_h
-    k = sum(k_parts(hidden, split))
-    w = n * k * itemsize
-    init = w + (split * n * n * itemsize if w_reg else 0)
+def _splitk_shared_bytes(n_rows, block_b, k, k_op, itemsize, split, w_reg) -> int:
+    """Upper bound of a split-K persistent kernel's shared memory (static + dynamic), n_rows of
+    K = k on chip: the rows (in shared memory without w_reg; with it, staged once for the identity
+    dot beside the identity), or the staged [k_op, block_b] operand (kept twice by 2-byte types),
+    the split-K partial sums and a layout change, whichever is larger at once, plus
+    SMEM_STATIC_BYTES and SMEM_SLACK_BYTES. A sum of upper bounds: tests/test_hang_safety.py
+    checks it against sm_90 compiles."""
+    w = n_rows * k * itemsize
+    init = w + (split * n_rows * n_rows * itemsize if w_reg else 0)
     cdt = 8 if itemsize == 8 else 4
-    step = (2 if itemsize == 2 else 1) * block_b * k * itemsize + split * n * block_b * cdt + n * block_b * cdt
+    step = (2 if itemsize == 2 else 1) * block_b * k_op * itemsize + split * n_rows * block_b * cdt + n_rows * block_b * cdt
     return (max(init, step) if w_reg else w + step) + SMEM_STATIC_BYTES + SMEM_SLACK_BYTES
 
 
-def persistent_shared_bytes(n_gates, block_h, block_b, k_pad, itemsize) -> int:
-    """Shared memory per block (static + dynamic) of the backward persistent (W_RESIDENT) kernel,
-    every cell: the G resident W_hh operands (K_PAD x BLOCK_H each) plus the staged dgates operand
-    (BLOCK_B x K_PAD), which 2-byte types keep twice (Triton 3.9 sm_90 compiles: exactly this for
-    every cell and dtype tried; tests/test_hang_safety.py checks it stays an upper bound), plus
-    SMEM_STATIC_BYTES and SMEM_SLACK_BYTES."""
-    w = n_gates * block_h * k_pad * itemsize
-    h = block_b * k_pad * itemsize
-    return w + (2 if itemsize == 2 else 1) * h + SMEM_STATIC_BYTES + SMEM_SLACK_BYTES
+def forward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_reg) -> int:
+    """Forward persistent kernel: _splitk_shared_bytes of its NGP * BLOCK_H gate rows x H."""
+    k = sum(k_parts(hidden, split))
+    return _splitk_shared_bytes(gates_padded(n_gates) * block_h, block_b, k, k, itemsize, split, w_reg)
+
+
+def backward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_reg) -> int:
+    """Backward persistent kernel: _splitk_shared_bytes of its BLOCK_H rows of W_hh^T x G*H. Its
+    operand is staged one K piece at a time (sm_90 compiles: the buffer is reused across pieces)."""
+    parts = k_parts(n_gates * hidden, split)
+    return _splitk_shared_bytes(block_h, block_b, sum(parts), max(parts), itemsize, split, w_reg)
 
 
 def plan_shared_bytes(plan, n_gates, hidden, itemsize, direction) -> int:
-    """persistent_shared_bytes / forward_shared_bytes of a persistent plan."""
-    if direction == "forward":
-        return forward_shared_bytes(n_gates, plan.block_h, plan.block_b, hidden, itemsize, plan.split, plan.w_reg)
-    return persistent_shared_bytes(n_gates, plan.block_h, plan.block_b, plan.k_pad, itemsize)
+    """forward_shared_bytes / backward_shared_bytes of a persistent plan."""
+    f = forward_shared_bytes if direction == "forward" else backward_shared_bytes
+    return f(n_gates, plan.block_h, plan.block_b, hidden, itemsize, plan.split, plan.w_reg)
 
 
 def plan_constexprs(plan, direction) -> dict:
-    """The kernel constexprs that come from the plan."""
-    c = dict(W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k)
-    if direction == "backward":
-        return dict(c, K_PAD=plan.k_pad)
+    """The kernel constexprs that come from the plan (the same set for both directions)."""
     parts = (tuple(plan.k_parts) or (plan.k_pad,)) + (0, 0, 0)
-    return dict(c, SPLIT=plan.split, K1=parts[0], K2=parts[1], K3=parts[2], W_REG=plan.w_reg)
+    return dict(W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
+                SPLIT=plan.split, K1=parts[0], K2=parts[1], K3=parts[2], W_REG=plan.w_reg)
 
 
-def _forward_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block):
-    """The forward persistent plan, or None. Programs: as many as fit on the SMs with the fewest
-    W_hh rows each (a step's matmul, shared-memory and register work shrink with them), at least
-    16 gate rows (one MMA tile: NGP * BLOCK_H >= 16). B16 H768 LSTM bf16: BLOCK_H 8, 96 programs,
-    32 gate rows x 768 in registers (192 bytes a thread), 8 warps each doing K/8 of the dot."""
-    ngp = gates_padded(n_gates)
-    split = forward_split(hidden)
-    parts = k_parts(hidden, split)
+def _splitk_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block, direction):
+    """The persistent plan of either direction (one split-K dot per step, recurrence.py), or None.
+    Forward: M = NGP gate rows per unit, K = H. Backward: M = the units themselves (rows of W_hh^T),
+    K = G*H gate rows. Programs: as many as fit on the SMs with the fewest rows each (a step's
+    matmul, shared-memory and register work shrink with them), at least 16 rows (one MMA tile).
+    B16 H768 bf16 LSTM: forward 96 programs of 8 units (32 gate rows x 768 in registers, 192 bytes
+    a thread), backward 48 programs of 16 units (16 x 3072 in registers, 384 bytes a thread)."""
+    fwd = direction == "forward"
+    per_unit = gates_padded(n_gates) if fwd else 1
+    k = hidden if fwd else n_gates * hidden
+    split = forward_split(k)
+    parts = k_parts(k, split)
     if interpret:  # one program covers everything (the interpreter cannot wait across programs)
-        bh, bb = _pow2(hidden, max(1, MIN_BLOCK // ngp)), _pow2(batch)
+        bh, bb = _pow2(hidden, max(1, MIN_BLOCK // per_unit)), _pow2(batch)
         return Plan(True, bh, bb, bh, _pow2(hidden), True, (1, 1), split, 1, split, parts, itemsize == 2)
-    cap = max(MIN_BLOCK, 2 * H_OPERAND_ELEMS // sum(parts))  # h operand per step: at most 32 Ki elements
+    cap = max(MIN_BLOCK, 2 * H_OPERAND_ELEMS // sum(parts))  # operand per step: at most 32 Ki elements
     block_b = min(_pow2(batch), 1 << (cap.bit_length() - 1))
     while block_b >= MIN_BLOCK:  # the largest batch tile (fewest batch programs) that fits
-        plan = _forward_tile_plan(hidden, batch, n_gates, itemsize, n_sm, smem_per_block, ngp, split, parts, block_b)
+        plan = _splitk_tile_plan(hidden, batch, n_gates, itemsize, n_sm, smem_per_block, per_unit, split, parts,
+                                 block_b, direction)
         if plan is not None:
             return plan
         block_b //= 2
     return None
 
 
-def _forward_tile_plan(hidden, batch, n_gates, itemsize, n_sm, smem_per_block, ngp, split, parts, block_b):
+def _splitk_tile_plan(hidden, batch, n_gates, itemsize, n_sm, smem_per_block, per_unit, split, parts, block_b,
+                      direction):
     n_b = triton.cdiv(batch, block_b)
-    block_h = max(1, MIN_BLOCK // ngp)
+    block_h = max(1, MIN_BLOCK // per_unit)
     while triton.cdiv(hidden, block_h) * n_b > n_sm and block_h < 128:
         block_h *= 2
     if triton.cdiv(hidden, block_h) * n_b > n_sm:
         return None
-    w_bytes = ngp * block_h * sum(parts) * itemsize
-    w_reg = itemsize == 2 and w_bytes <= W_REG_BYTES_PER_THREAD * 32 * split
+    w_bytes = per_unit * block_h * sum(parts) * itemsize
+    w_reg = itemsize == 2 and w_bytes <= W_REG_BYTES_PER_THREAD[direction] * 32 * split
     if not w_reg and w_bytes > W_BUDGET_BYTES:
         return None
-    if forward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_reg) > smem_per_block:
+    shared = (forward_shared_bytes if direction == "forward" else backward_shared_bytes)(
+        n_gates, block_h, block_b, hidden, itemsize, split, w_reg)
+    if shared > smem_per_block:
         return None
     return Plan(True, block_h, block_b, block_h, _pow2(hidden), True, (triton.cdiv(hidden, block_h), n_b),
                 split, 1, split, parts, w_reg)
@@ -283,38 +291,19 @@ def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False,
     covering all of H and B (no cross-program wait), and the per-step path uses small blocks to
     exercise the multi-program slicing. GPU: the persistent path needs every program co-resident
     (grid <= n_sm, one program per SM) and everything on chip within smem_per_block; otherwise one
-    fused launch per step (CUDA-graph replayed). Forward: _forward_plan. Backward: the W_hh slice
-    within W_BUDGET_BYTES, the batch tile shrinking until persistent_shared_bytes fits."""
+    fused launch per step (CUDA-graph replayed). Persistent plans of both directions: _splitk_plan."""
     if hidden < 1 or batch < 1 or n_gates < 1:
         raise ValueError(f"hidden, batch and n_gates must be >= 1, got {hidden}, {batch}, {n_gates}")
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
     k_pad = _pow2(hidden)
-    if interpret:
-        if per_step:
-            return Plan(False, MIN_BLOCK, MIN_BLOCK, MIN_BLOCK, k_pad, False,
-                        (triton.cdiv(hidden, MIN_BLOCK), triton.cdiv(batch, MIN_BLOCK)), 4, 1)
-        if direction == "forward":
-            return _forward_plan(hidden, batch, n_gates, itemsize, n_sm, True, smem_per_block)
-        return Plan(True, k_pad, _pow2(batch), k_pad, k_pad, True, (1, 1), 4, 1)
-    if not per_step and direction == "forward":
-        plan = _forward_plan(hidden, batch, n_gates, itemsize, n_sm, False, smem_per_block)
+    if interpret and per_step:
+        return Plan(False, MIN_BLOCK, MIN_BLOCK, MIN_BLOCK, k_pad, False,
+                    (triton.cdiv(hidden, MIN_BLOCK), triton.cdiv(batch, MIN_BLOCK)), 4, 1)
+    if interpret or not per_step:
+        plan = _splitk_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block, direction)
         if plan is not None:
             return plan
-    block_h = MIN_BLOCK
-    while triton.cdiv(hidden, block_h) > n_sm and block_h < 128:
-        block_h *= 2
-    n_h = triton.cdiv(hidden, block_h)
-    w_bytes = n_gates * block_h * k_pad * itemsize
-    if not per_step and direction == "backward" and n_h <= n_sm and w_bytes <= W_BUDGET_BYTES:
-        block_b = min(_pow2(batch), max(MIN_BLOCK, H_OPERAND_ELEMS // k_pad))
-        while (persistent_shared_bytes(n_gates, block_h, block_b, k_pad, itemsize) > smem_per_block
-               and block_b > MIN_BLOCK):
-            block_b //= 2
-        if persistent_shared_bytes(n_gates, block_h, block_b, k_pad, itemsize) <= smem_per_block:
-            n_b = min(triton.cdiv(batch, block_b), max(1, n_sm // n_h))
-            return Plan(True, block_h, block_b, k_pad, k_pad, True, (n_h, n_b),
-                        8 if w_bytes > 32 * 1024 else 4, 1)
     block_h = 32 if hidden <= 2048 else 64
     block_b = min(_pow2(batch), 64)
     return Plan(False, block_h, block_b, 64, k_pad, False,
@@ -620,10 +609,13 @@ class TritonBackend:
                 w_, h0_, c0_, mask_, rmask_, out_, gates_, extra_, dout_, dh_, dc_ = ins
                 dxg = new_empty((T, B, G * H), cdt, device)
                 scratch = new_empty((B, H), cdt, device) if two else None
+                # the persistent path's dgates exchange, in the I/O dtype (double-buffered by step)
+                xchg = new_empty((2, B, G * H), dtype, device) if plan.persistent else None
 
                 def args(status):
                     return (w_, h0_, _or(c0_, dxg), _or(mask_, dxg), _or(rmask_, dxg), out_, gates_,
-                            _or(extra_, dxg), dout_, dxg, dh_, _or(dc_, dxg), _or(scratch, dxg), _or(status, dxg),
+                            _or(extra_, dxg), dout_, dxg, dh_, _or(dc_, dxg), _or(scratch, dxg), _or(xchg, dout_),
+                            _or(status, dxg),
                             self.spin_cap, T, B, H)
 
                 # grid barriers per step: after phase 1 and (GRU reset_after=False) phase 2

@@ -165,29 +165,6 @@ def _barrier(status_ptr, target, spin_cap, live, SYNC: tl.constexpr):
 
 
 @triton.jit
-def _resident_tiles(w_ptr, j, j_ok, H, NG: tl.constexpr, W_T: tl.constexpr, W_RESIDENT: tl.constexpr,
-                    K_PAD: tl.constexpr):
-    """The G on-chip W_hh operands of this program (unused copies are dead code)."""
-    if W_RESIDENT:
-        k = tl.arange(0, K_PAD)
-        w0 = _load_w(w_ptr, 0, k, j, j_ok, H, W_T)
-        w1 = w0
-        w2 = w0
-        w3 = w0
-        if NG > 1:
-            w1 = _load_w(w_ptr, 1, k, j, j_ok, H, W_T)
-            w2 = _load_w(w_ptr, 2, k, j, j_ok, H, W_T)
-        if NG > 3:
-            w3 = _load_w(w_ptr, 3, k, j, j_ok, H, W_T)
-    else:
-        w0 = 0
-        w1 = 0
-        w2 = 0
-        w3 = 0
-    return w0, w1, w2, w3
-
-
-@triton.jit
 def _times(step, T, REVERSE: tl.constexpr):
     """Time index of forward-order step `step` and of the step before it (int64 for offsets)."""
     s = tl.cast(step, tl.int64)
@@ -221,13 +198,19 @@ def _gate_rows(j0, H, NG: tl.constexpr, NGP: tl.constexpr, BLOCK_H: tl.constexpr
 
 
 @triton.jit
-def _w_piece(w_ptr, row, row_ok, H, k0, SPLIT: tl.constexpr, KS: tl.constexpr, W_REG: tl.constexpr):
-    """A operand [SPLIT, N, KS]: W[row, k0 + s*KS + kk], 0 outside. With W_REG it is returned in
-    the MMA accumulator layout (identity dot, exact), which the compiler keeps in registers."""
+def _w_piece(w_ptr, row, row_ok, H, KL, k0, SPLIT: tl.constexpr, KS: tl.constexpr, W_REG: tl.constexpr,
+             W_T: tl.constexpr):
+    """A operand [SPLIT, N, KS]: W[row, k] (forward) or, with W_T, W[k, row] (backward: W_hh^T, row
+    a unit, k a gate row) at k = k0 + s*KS + kk < KL, 0 outside. With W_REG it is returned in the
+    MMA accumulator layout (identity dot, exact), which the compiler keeps in registers."""
     if KS > 0:
         s = tl.arange(0, SPLIT)[:, None, None]
         k = k0 + s * KS + tl.arange(0, KS)[None, None, :]
-        w = tl.load(w_ptr + row[None, :, None] * H + k, mask=row_ok[None, :, None] & (k < H), other=0.0)
+        if W_T:
+            off = k * H + row[None, :, None]
+        else:
+            off = row[None, :, None] * H + k
+        w = tl.load(w_ptr + off, mask=row_ok[None, :, None] & (k < KL), other=0.0)
         if W_REG:
             n = tl.arange(0, row.shape[0])
             eye = tl.broadcast_to((n[:, None] == n[None, :]).to(w.dtype)[None, :, :], (SPLIT, row.shape[0], row.shape[0]))
@@ -238,14 +221,15 @@ def _w_piece(w_ptr, row, row_ok, H, k0, SPLIT: tl.constexpr, KS: tl.constexpr, W
 
 
 @triton.jit
-def _h_piece(acc, w, src_ptr, scale_ptr, b, b_ok, H, k0, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+def _h_piece(acc, w, src_ptr, scale_ptr, b, b_ok, KL, lo, hi, k0, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr,
              KS: tl.constexpr, PREC: tl.constexpr):
-    """acc [SPLIT, N, BB] + w @ (src * scale)^T[k0 + s*KS + kk, b] (the h exchange: bypass L1)."""
+    """acc [SPLIT, N, BB] + w @ (src * scale)^T[k0 + s*KS + kk, b], src rows of KL elements, only
+    the k in [lo, hi) (the others 0). The exchanged operand: bypass L1."""
     if KS > 0:
         s = tl.arange(0, SPLIT)[:, None, None]
         k = k0 + s * KS + tl.arange(0, KS)[None, :, None]
-        m = (k < H) & b_ok[None, None, :]
-        off = b[None, None, :] * H + k
+        m = (k >= lo) & (k < hi) & b_ok[None, None, :]
+        off = b[None, None, :] * KL + k
         a = tl.load(src_ptr + off, mask=m, other=0.0, cache_modifier=".cg")
         if HAS_SCALE:
             sc = tl.load(scale_ptr + off, mask=m, other=0.0, cache_modifier=".cg")
@@ -260,9 +244,9 @@ def _fused_mm(src_ptr, scale_ptr, wa, wb, wc, b, b_ok, H, HAS_SCALE: tl.constexp
               CDT: tl.constexpr, PREC: tl.constexpr):
     """[N, BLOCK_B]: every gate row of this program times (src * scale)^T over all of K."""
     acc = tl.zeros((SPLIT, N, BLOCK_B), CDT)
-    acc = _h_piece(acc, wa, src_ptr, scale_ptr, b, b_ok, H, 0, HAS_SCALE, SPLIT, K1 // SPLIT, PREC)
-    acc = _h_piece(acc, wb, src_ptr, scale_ptr, b, b_ok, H, K1, HAS_SCALE, SPLIT, K2 // SPLIT, PREC)
-    acc = _h_piece(acc, wc, src_ptr, scale_ptr, b, b_ok, H, K1 + K2, HAS_SCALE, SPLIT, K3 // SPLIT, PREC)
+    acc = _h_piece(acc, wa, src_ptr, scale_ptr, b, b_ok, H, 0, H, 0, HAS_SCALE, SPLIT, K1 // SPLIT, PREC)
+    acc = _h_piece(acc, wb, src_ptr, scale_ptr, b, b_ok, H, 0, H, K1, HAS_SCALE, SPLIT, K2 // SPLIT, PREC)
+    acc = _h_piece(acc, wc, src_ptr, scale_ptr, b, b_ok, H, 0, H, K1 + K2, HAS_SCALE, SPLIT, K3 // SPLIT, PREC)
     return tl.sum(acc, axis=0)
 
 
@@ -503,9 +487,9 @@ def forward_kernel(
     m = b_ok[:, None] & j_ok[None, :]
     if W_RESIDENT:
         row, row_ok = _gate_rows(j0, H, NG, NGP, BLOCK_H)
-        wa = _w_piece(w_ptr, row, row_ok, H, 0, SPLIT, K1 // SPLIT, W_REG)
-        wb = _w_piece(w_ptr, row, row_ok, H, K1, SPLIT, K2 // SPLIT, W_REG)
-        wc = _w_piece(w_ptr, row, row_ok, H, K1 + K2, SPLIT, K3 // SPLIT, W_REG)
+        wa = _w_piece(w_ptr, row, row_ok, H, H, 0, SPLIT, K1 // SPLIT, W_REG, False)
+        wb = _w_piece(w_ptr, row, row_ok, H, H, K1, SPLIT, K2 // SPLIT, W_REG, False)
+        wc = _w_piece(w_ptr, row, row_ok, H, H, K1 + K2, SPLIT, K3 // SPLIT, W_REG, False)
         if HAS_BIAS:
             bias_rows = tl.load(bias_ptr + row, mask=row_ok, other=0.0).to(CDT)
         else:
@@ -645,6 +629,174 @@ def _bwd_tile(P: tl.constexpr, t, hp, cp, b0, j, j_ok,
 
 
 @triton.jit
+def _bwd_mm(src_ptr, wa, wb, wc, b, b_ok, GH, lo, hi, SPLIT: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
+            K3: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr):
+    """[BLOCK_B, BLOCK_H]: sum over the gate rows r in [lo, hi) of dgates[b, r] * W_hh[r, j], one
+    split-K dot with this program's units as M (W_hh^T rows wa/wb/wc) and the exchanged dgates
+    (B, G*H) as the [K, BB] operand."""
+    acc = tl.zeros((SPLIT, BLOCK_H, BLOCK_B), CDT)
+    acc = _h_piece(acc, wa, src_ptr, src_ptr, b, b_ok, GH, lo, hi, 0, False, SPLIT, K1 // SPLIT, PREC)
+    acc = _h_piece(acc, wb, src_ptr, src_ptr, b, b_ok, GH, lo, hi, K1, False, SPLIT, K2 // SPLIT, PREC)
+    acc = _h_piece(acc, wc, src_ptr, src_ptr, b, b_ok, GH, lo, hi, K1 + K2, False, SPLIT, K3 // SPLIT, PREC)
+    return tl.trans(tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr, xchg_ptr, B, H,
+                KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
+                RESET_AFTER: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Persistent phase 1 of step t from the carried dh (upstream dout[t] included) and dc tiles:
+    this program's dgates, stored in dxg[t] (CDT) and in the exchange buffer (I/O dtype, the dh
+    matmul's operand: GRU reset_after's n gate there is dn * r). Returns the new dc carry."""
+    CDT: tl.constexpr = dxg_ptr.dtype.element_ty
+    GH = NG * H
+    m = b_ok[:, None] & j_ok[None, :]
+    g_t = gates_ptr + t * B * GH
+    d_t = dxg_ptr + t * B * GH
+    if HAS_MASK:
+        valid = (tl.load(mask_ptr + t * B + b, mask=b_ok, other=0) != 0)[:, None]
+    else:
+        valid = tl.full((BLOCK_B, 1), 1, tl.int1)
+    if KIND == 0:  # LSTM
+        i = _load(g_t + 0 * H, b, j, GH, m, CDT)
+        f = _load(g_t + 1 * H, b, j, GH, m, CDT)
+        g = _load(g_t + 2 * H, b, j, GH, m, CDT)
+        o = _load(g_t + 3 * H, b, j, GH, m, CDT)
+        ac = _act(_load(extra_ptr + t * B * H, b, j, H, m, CDT), ACT)
+        c_old = _load(cp, b, j, H, m, CDT)
+        dct = dc + dh * o * _dact(ac, ACT)
+        di = tl.where(valid, dct * g * _dact(i, RACT), 0.0)
+        df = tl.where(valid, dct * c_old * _dact(f, RACT), 0.0)
+        dg = tl.where(valid, dct * i * _dact(g, ACT), 0.0)
+        do = tl.where(valid, dh * ac * _dact(o, RACT), 0.0)
+        for q in tl.static_range(2):
+            dst = d_t
+            if q == 1:
+                dst = xchg_ptr
+            _store(dst + 0 * H, b, j, GH, m, di)
+            _store(dst + 1 * H, b, j, GH, m, df)
+            _store(dst + 2 * H, b, j, GH, m, dg)
+            _store(dst + 3 * H, b, j, GH, m, do)
+        dc = tl.where(valid, dct * f, dc)
+    elif KIND == 1:  # GRU: h = (1 - z) n + z h_old
+        z = _load(g_t + 1 * H, b, j, GH, m, CDT)
+        n = _load(g_t + 2 * H, b, j, GH, m, CDT)
+        h_old = _load(hp, b, j, H, m, CDT)
+        dn = tl.where(valid, dh * (1.0 - z) * _dact(n, ACT), 0.0)
+        dz = tl.where(valid, dh * (h_old - n) * _dact(z, RACT), 0.0)
+        _store(d_t + 1 * H, b, j, GH, m, dz)
+        _store(d_t + 2 * H, b, j, GH, m, dn)
+        _store(xchg_ptr + 1 * H, b, j, GH, m, dz)
+        if RESET_AFTER:  # n = act(xn + r * hn): dr = dn * hn; hn's gradient dn * r feeds the matmul
+            r = _load(g_t + 0 * H, b, j, GH, m, CDT)
+            hn = _load(extra_ptr + t * B * H, b, j, H, m, CDT)
+            dr = tl.where(valid, dn * hn * _dact(r, RACT), 0.0)
+            _store(d_t + 0 * H, b, j, GH, m, dr)
+            _store(xchg_ptr + 0 * H, b, j, GH, m, dr)
+            _store(xchg_ptr + 2 * H, b, j, GH, m, dn * r)
+        else:  # dr needs du = dn @ W_n of every unit: phase 2
+            _store(xchg_ptr + 2 * H, b, j, GH, m, dn)
+    else:
+        a = _load(g_t, b, j, GH, m, CDT)
+        da = tl.where(valid, dh * _dact(a, ACT), 0.0)
+        _store(d_t, b, j, GH, m, da)
+        _store(xchg_ptr, b, j, GH, m, da)
+    return dc
+
+
+@triton.jit
+def _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, dout_ptr, dxg_ptr,
+                    dh_ptr, dc_ptr, xchg_ptr, sync_ptr, spin_cap, T, B, H, step_begin, step_end,
+                    KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
+                    RESET_AFTER: tl.constexpr, REVERSE: tl.constexpr, HAS_MASK: tl.constexpr,
+                    HAS_RMASK: tl.constexpr, TWO_PHASE: tl.constexpr, SYNC: tl.constexpr, SPLIT: tl.constexpr,
+                    K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, W_REG: tl.constexpr,
+                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, PREC: tl.constexpr):
+    """The persistent backward (module docstring): W_hh^T rows of this program's units on chip,
+    dh / dc carried in registers, dgates exchanged through a double buffer (2, B, G*H) in the I/O
+    dtype, ONE grid barrier per step (two for GRU reset_after=False)."""
+    CDT: tl.constexpr = dxg_ptr.dtype.element_ty
+    GH = NG * H
+    n_prog = tl.num_programs(0) * tl.num_programs(1)
+    j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    j_ok = j < H
+    b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_ok = b < B
+    m = b_ok[:, None] & j_ok[None, :]
+    wa = _w_piece(w_ptr, j, j_ok, H, GH, 0, SPLIT, K1 // SPLIT, W_REG, True)
+    wb = _w_piece(w_ptr, j, j_ok, H, GH, K1, SPLIT, K2 // SPLIT, W_REG, True)
+    wc = _w_piece(w_ptr, j, j_ok, H, GH, K1 + K2, SPLIT, K3 // SPLIT, W_REG, True)
+    dh = _load(dh_ptr, b, j, H, m, CDT)  # what reaches h_t from later steps (dout excluded)
+    dc = tl.zeros((BLOCK_B, BLOCK_H), CDT)
+    if KIND == 0:
+        dc = _load(dc_ptr, b, j, H, m, CDT)
+    rm_stride = B * H
+    arrived = 0
+    live = 1  # 0 once a barrier timed out: the rest of the launch does nothing (the host raises)
+    for step in range(step_begin, step_end):
+        if live != 0:
+            fstep = T - 1 - step
+            t, tp = _times(fstep, T, REVERSE)
+            hp = out_ptr + tp * B * H
+            cp = extra_ptr + tp * B * H
+            if fstep == 0:
+                hp = h0_ptr
+                cp = c0_ptr
+            # steps alternate between the two exchange buffers: a program still reading step s's
+            # dgates holds back (at the next barrier) anyone who would overwrite them at step s + 2
+            xg_s = xchg_ptr + (step % 2) * B * GH
+            dh = dh + _load(dout_ptr + t * B * H, b, j, H, m, CDT)
+            dc = _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr, xg_s,
+                             B, H, KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, BLOCK_B)
+            arrived += n_prog
+            live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
+            if HAS_MASK:
+                valid = (tl.load(mask_ptr + t * B + b, mask=b_ok, other=0) != 0)[:, None]
+            else:
+                valid = tl.full((BLOCK_B, 1), 1, tl.int1)
+            if KIND == 1:
+                r = _load(gates_ptr + t * B * GH, b, j, GH, m, CDT)
+                z = _load(gates_ptr + t * B * GH + H, b, j, GH, m, CDT)
+            du = tl.zeros((BLOCK_B, BLOCK_H), CDT)
+            n_mm = GH  # gate rows of the dh matmul: all, or r and z where du carries the n gate
+            if TWO_PHASE:  # du = dn @ W_n (u = r * h * rm_n), dr = du * h * rm_n * r'
+                n_mm = 2 * H
+                if live != 0:
+                    du = _bwd_mm(xg_s, wa, wb, wc, b, b_ok, GH, 2 * H, GH, SPLIT, K1, K2, K3, BLOCK_H, BLOCK_B,
+                                 CDT, PREC)
+                    hr = _load(hp, b, j, H, m, CDT)
+                    if HAS_RMASK:
+                        hr = hr * _load(rmask_ptr + 2 * rm_stride, b, j, H, m, CDT)
+                    dr = tl.where(valid, du * hr * _dact(r, RACT), 0.0)
+                    _store(dxg_ptr + t * B * GH, b, j, GH, m, dr)
+                    _store(xg_s, b, j, GH, m, dr)
+                    arrived += n_prog
+                    live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
+            if live != 0:
+                if HAS_RMASK:  # dropout scales each gate's part per unit: one dot per gate
+                    acc = tl.zeros((BLOCK_B, BLOCK_H), CDT)
+                    for g in tl.static_range(NG):
+                        if not (TWO_PHASE and g == 2):
+                            part = _bwd_mm(xg_s, wa, wb, wc, b, b_ok, GH, g * H, (g + 1) * H, SPLIT, K1, K2, K3,
+                                           BLOCK_H, BLOCK_B, CDT, PREC)
+                            acc += part * _load(rmask_ptr + g * rm_stride, b, j, H, m, CDT)
+                else:
+                    acc = _bwd_mm(xg_s, wa, wb, wc, b, b_ok, GH, 0, n_mm, SPLIT, K1, K2, K3, BLOCK_H, BLOCK_B,
+                                  CDT, PREC)
+                if KIND == 1:
+                    acc += dh * z
+                    if TWO_PHASE:
+                        dun = du * r
+                        if HAS_RMASK:
+                            dun = dun * _load(rmask_ptr + 2 * rm_stride, b, j, H, m, CDT)
+                        acc += dun
+                dh = tl.where(valid, acc, dh)
+    _store(dh_ptr, b, j, H, m, dh)
+    if KIND == 0:
+        _store(dc_ptr, b, j, H, m, dc)
+
+
+@triton.jit
 def backward_kernel(
     w_ptr,        # (G*H, H) W_hh in the matmul dtype
     h0_ptr,       # (B, H) initial h, I/O dtype
@@ -658,7 +810,8 @@ def backward_kernel(
     dxg_ptr,      # (T, B, G*H) out: gradient of the gate pre-activations, CDT
     dh_ptr,       # (B, H) CDT: in dhT, out dh0 (the carried dh, each program its own units)
     dc_ptr,       # (B, H) CDT: in dcT, out dc0 (LSTM)
-    scratch_ptr,  # (B, H) CDT: du of GRU reset_after=False
+    scratch_ptr,  # (B, H) CDT: du of GRU reset_after=False (per-step path)
+    xchg_ptr,     # (2, B, G*H) I/O dtype: the dgates exchange of the persistent path
     sync_ptr,     # int32 (STATUS_WORDS,) barrier status of barrier.py, zero at launch (SYNC only)
     spin_cap,     # polls of a barrier wait before the launch is aborted (SYNC only)
     T, B, H,
@@ -666,38 +819,36 @@ def backward_kernel(
     KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
     RESET_AFTER: tl.constexpr, REVERSE: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RMASK: tl.constexpr,
     TWO_PHASE: tl.constexpr,  # GRU reset_after=False: the extra phase 2
-    PHASE: tl.constexpr,      # 0: all phases of each step; 1 / 2 / 3: only that phase
-    SYNC: tl.constexpr, W_RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, K_PAD: tl.constexpr, PREC: tl.constexpr,
+    PHASE: tl.constexpr,      # 0: all phases of each step; 1 / 2 / 3: only that phase (per step)
+    SYNC: tl.constexpr,
+    W_RESIDENT: tl.constexpr,  # persistent: _bwd_persistent (W_hh^T rows on chip, split-K dot)
+    SPLIT: tl.constexpr,      # K split of its dot = num_warps
+    K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,  # its K pieces over the G*H gate rows
+    W_REG: tl.constexpr,      # W_hh^T rows in registers (tensor-core dtypes)
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
 ):
-    pid_b = tl.program_id(1)
-    n_pb = tl.num_programs(1)
-    n_prog = tl.num_programs(0) * n_pb
-    j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
-    j_ok = j < H
-    w0, w1, w2, w3 = _resident_tiles(w_ptr, j, j_ok, H, NG, True, W_RESIDENT, K_PAD)
-    arrived = 0
-    live = 1  # 0 once a barrier timed out: the rest of the launch does nothing (the host raises)
-    for step in range(step_begin, step_end):
-        fstep = T - 1 - step
-        t, tp = _times(fstep, T, REVERSE)
-        hp = out_ptr + tp * B * H
-        cp = extra_ptr + tp * B * H
-        if fstep == 0:
-            hp = h0_ptr
-            cp = c0_ptr
-        for P in tl.static_range(1, 4):
-            if (P != 2 or TWO_PHASE) and (PHASE == 0 or PHASE == P):
-                if live != 0:
+    if W_RESIDENT:
+        _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, dout_ptr, dxg_ptr,
+                        dh_ptr, dc_ptr, xchg_ptr, sync_ptr, spin_cap, T, B, H, step_begin, step_end, KIND, NG, ACT,
+                        RACT, RESET_AFTER, REVERSE, HAS_MASK, HAS_RMASK, TWO_PHASE, SYNC, SPLIT, K1, K2, K3, W_REG,
+                        BLOCK_B, BLOCK_H, PREC)
+    else:  # per step: one launch per step and phase, W_hh streamed, dgates exchanged through dxg
+        pid_b = tl.program_id(1)
+        n_pb = tl.num_programs(1)
+        j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+        j_ok = j < H
+        for step in range(step_begin, step_end):
+            fstep = T - 1 - step
+            t, tp = _times(fstep, T, REVERSE)
+            hp = out_ptr + tp * B * H
+            cp = extra_ptr + tp * B * H
+            if fstep == 0:
+                hp = h0_ptr
+                cp = c0_ptr
+            for P in tl.static_range(1, 4):
+                if (P != 2 or TWO_PHASE) and PHASE == P:
                     for b0 in range(pid_b * BLOCK_B, B, n_pb * BLOCK_B):
-                        _bwd_tile(P, t, hp, cp, b0, j, j_ok, w_ptr, w0, w1, w2, w3, mask_ptr, rmask_ptr,
+                        _bwd_tile(P, t, hp, cp, b0, j, j_ok, w_ptr, 0, 0, 0, 0, mask_ptr, rmask_ptr,
                                   gates_ptr, extra_ptr, dout_ptr, dxg_ptr, dh_ptr, dc_ptr, scratch_ptr, B, H,
-                                  KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, HAS_RMASK, W_RESIDENT,
-                                  BLOCK_B, BLOCK_H, BLOCK_K, K_PAD, PREC)
-                    # phase 3 reads and writes only this program's units of dh/dc, and the next
-                    # step's phase 1 writes a different dxg[t]: no grid barrier needed after it
-                    if P != 3:
-                        arrived += n_prog
-                        live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
-                    else:
-                        tl.debug_barrier()
+                                  KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, HAS_RMASK, False,
+                                  BLOCK_B, BLOCK_H, BLOCK_K, BLOCK_K, PREC)
