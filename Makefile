@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 deps: $(STAMP)
 
 test: $(STAMP)
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=15
 
 # The tutorials twice: as PyTorch models (rnn.keras layers), then as Keras 3 scripts accelerated by
 # rnn.keras3.install().
