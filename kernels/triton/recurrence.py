@@ -748,8 +748,7 @@ def _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_p
             dh = dh + _load(dout_ptr + t * B * H, b, j, H, m, CDT)
             dc = _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr, xg_s,
                              B, H, KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, BLOCK_B)
-            arrived += n_prog
-            live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
+            # what the rest of the step needs besides the exchange: loaded before the barrier
             if HAS_MASK:
                 valid = (tl.load(mask_ptr + t * B + b, mask=b_ok, other=0) != 0)[:, None]
             else:
@@ -757,6 +756,8 @@ def _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_p
             if KIND == 1:
                 r = _load(gates_ptr + t * B * GH, b, j, GH, m, CDT)
                 z = _load(gates_ptr + t * B * GH + H, b, j, GH, m, CDT)
+            arrived += n_prog
+            live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
             du = tl.zeros((BLOCK_B, BLOCK_H), CDT)
             n_mm = GH  # gate rows of the dh matmul: all, or r and z where du carries the n gate
             if TWO_PHASE:  # du = dn @ W_n (u = r * h * rm_n), dr = du * h * rm_n * r'
