@@ -78,6 +78,32 @@ def validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask):
     return T, B, I, H
 
 
+_AUTOCAST_FROM = (torch.float32, torch.float16, torch.bfloat16)  # autocast leaves float64 alone
+
+
+def _autocast_dtype(spec, x):
+    """Under torch.autocast: the dtype torch.nn's own recurrent op returns for a float32 input there
+    (autocast's op lists differ per device and cell: on a CPU, bf16 for LSTM and RNN but float32 for
+    GRU), found by running that op on a one-element input; None outside autocast."""
+    if not isinstance(x, torch.Tensor) or x.dtype not in _AUTOCAST_FROM:
+        return None
+    dev = x.device.type
+    if not torch.is_autocast_enabled(dev):
+        return None
+    one = torch.zeros(1, 1, 1, device=x.device)
+    w = [torch.zeros(spec.n_gates, 1, device=x.device), torch.zeros(spec.n_gates, 1, device=x.device)]
+    try:
+        if spec.kind == "lstm":
+            out = torch.lstm(one, (one, one), w, False, 1, 0.0, False, False, False)[0]
+        elif spec.kind == "gru":
+            out = torch.gru(one, one, w, False, 1, 0.0, False, False, False)[0]
+        else:
+            out = torch.rnn_tanh(one, one, w, False, 1, 0.0, False, False, False)[0]
+    except RuntimeError:  # torch.nn cannot run there (CPU fp16 LSTM): use the autocast dtype
+        return torch.get_autocast_dtype(dev)
+    return out.dtype
+
+
 def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, mask=None,
                in_mask=None, rec_mask=None, reverse=False, backend="auto", batch_first=False):
     """Run one recurrent layer in one direction.
@@ -92,6 +118,15 @@ def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, m
     if batch_first:
         x = x.transpose(0, 1) if isinstance(x, torch.Tensor) else x
         mask = mask.transpose(0, 1) if isinstance(mask, torch.Tensor) else mask
+    cast = _autocast_dtype(spec, x)
+    if cast is not None:  # the dtype torch.nn's own op gives under this autocast, then no autocast inside
+        x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask = (
+            None if t is None else (t.to(cast) if t.dtype in _AUTOCAST_FROM else t)
+            for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask))
+        with torch.autocast(x.device.type, enabled=False):
+            out, hT, cT = recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec=spec, mask=mask,
+                                     in_mask=in_mask, rec_mask=rec_mask, reverse=reverse, backend=backend)
+        return (out.transpose(0, 1) if batch_first else out), hT, cT
     T, B, I, H = validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask)
     if torch.onnx.is_in_onnx_export():
         from .onnx_export import recurrence as onnx_recurrence  # an ONNX LSTM / GRU / RNN node
