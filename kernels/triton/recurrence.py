@@ -34,10 +34,18 @@ Two launch modes share the source:
     kernel boundaries order the phases; W_hh is streamed in BLOCK_K chunks.
 A step has one phase, except GRU reset_after=False: (r*h) @ W_n^T needs r of all units, so the
 forward writes r*h to `scratch` in phase 1 and finishes in phase 2. The backward computes its
-slice of dgates into dxg[t] (phase 1), [GRU reset_after=False: du = dn_pre @ W_n and dr, phase 2],
-then its slice of dh_prev from all of dxg[t] (phase 3). Reductions use no atomics: bitwise
-reproducible. Compute dtype CDT is float32 (float64 for float64 inputs); the cell state and every
-gate value are kept in CDT, h is exchanged in the I/O dtype (as cuDNN does).
+slice of dgates (phase 1), [GRU reset_after=False: du = dn_pre @ W_n and dr, phase 2], then its
+slice of dh_prev from the dgates of all units (phase 3). Persistent backward (_bwd_persistent):
+program (ph, pb) owns units j (BLOCK_H >= 16) and batch rows b; phase 1 writes its dgates to dxg[t]
+(CDT) and to an exchange buffer (2, B, G*H) in the I/O dtype (steps alternate between its halves,
+so one grid barrier per step suffices); phase 3 is ONE split-K dot
+    dh^T[BLOCK_H, BB] = W_hh^T[j, K] @ dgates^T[K, BB],  K = G*H gate rows,
+the units as M (W_hh^T rows in registers as in the forward, K in up to three power-of-two pieces,
+SPLIT = num_warps warps each one K slice, every MMA issued once). dh and dc are carried in
+registers; dxg[t] is the output. The per-step backward streams W_hh and exchanges dgates through
+dxg. Reductions use no atomics: bitwise reproducible. Compute dtype CDT is float32 (float64 for
+float64 inputs); the cell state and every gate value are kept in CDT, h and the exchanged dgates
+are in the I/O dtype (as cuDNN does), every matmul accumulates in CDT.
 
 Activation codes: 0 tanh, 1 relu, 2 sigmoid, 3 hard_sigmoid (clip(x/6 + 1/2, 0, 1)), 4 linear.
 Cell codes: 0 LSTM, 1 GRU, 2 SimpleRNN.
