@@ -104,6 +104,28 @@ def _autocast_dtype(spec, x):
     return out.dtype
 
 
+# (kind, activation, recurrent_activation, reset_after) -> torch's native op with these semantics
+_NATIVE = {
+    ("lstm", "tanh", "sigmoid", True): torch.lstm,
+    ("gru", "tanh", "sigmoid", True): torch.gru,
+    ("rnn", "tanh", "sigmoid", True): torch.rnn_tanh,
+    ("rnn", "relu", "sigmoid", True): torch.rnn_relu,
+}
+
+
+def _native(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
+    """One layer, one direction through torch's native RNN op (autograd included, any order)."""
+    if (b_ih is None) != (b_hh is None):  # the native op takes both biases or none
+        b_ih = torch.zeros_like(b_hh) if b_ih is None else b_ih
+        b_hh = torch.zeros_like(b_ih) if b_hh is None else b_hh
+    params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+    xs = x.flip(0) if reverse else x
+    hx = (h0.unsqueeze(0), c0.unsqueeze(0)) if op is torch.lstm else h0.unsqueeze(0)
+    res = op(xs, hx, params, b_ih is not None, 1, 0.0, torch.is_grad_enabled(), False, False)
+    out = res[0].flip(0) if reverse else res[0]
+    return out, res[1][0], (res[2][0] if op is torch.lstm else None)
+
+
 def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, mask=None,
                in_mask=None, rec_mask=None, reverse=False, backend="auto", batch_first=False):
     """Run one recurrent layer in one direction.
@@ -143,6 +165,13 @@ def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, m
         h0 = x.new_zeros(B, H)
     if spec.kind == "lstm" and c0 is None:
         c0 = x.new_zeros(B, H)
+    native = _NATIVE.get((spec.kind, spec.activation, spec.recurrent_activation, spec.reset_after))
+    if (native is not None and name == "torch" and backends.validate(backend) == "auto" and T and B
+            and mask is None and in_mask is None and rec_mask is None and not torch.compiler.is_compiling()):
+        # "auto" fell back to the torch backend and the call has torch.nn's semantics: torch's own
+        # fused RNN kernel (oneDNN on a CPU) computes exactly this, much faster than a Python loop.
+        out, hT, cT = _native(native, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
+        return (out.transpose(0, 1) if batch_first else out), hT, cT
     x = x.contiguous()
     mask = None if mask is None else mask.contiguous()
     # One operator call per layer and direction (rnn.ops); empty batches and sequences included.
