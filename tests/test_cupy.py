@@ -649,23 +649,28 @@ def _storage_np_dtype(dtype):
     return {torch.float32: np.float32, torch.float64: np.float64}.get(dtype, np.int16)
 
 
+def build_emulation(directory, source):
+    """Compile host C++ that includes the real kernel sources into a shared library; load it."""
+    import ctypes
+
+    src = directory / "emu.cpp"
+    src.write_text(source)
+    lib = directory / "emu.so"
+    cmd = [GXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas",
+           "-I", str(ROOT / "kernels"), "-o", str(lib), str(src)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return ctypes.CDLL(str(lib))
+
+
 @pytest.fixture(scope="module")
 def emu_build(tmp_path_factory):
     cache = {}
 
     def build(template_args):
         if template_args not in cache:
-            import ctypes
-
-            d = tmp_path_factory.mktemp("emu")
-            src = d / "emu.cpp"
-            src.write_text(EMULATION_SHIM + EMULATION_ENTRY.replace("ARGS", template_args))
-            lib = d / "emu.so"
-            cmd = [GXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas",
-                   "-I", str(ROOT / "kernels"), "-o", str(lib), str(src)]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            assert res.returncode == 0, res.stderr[-4000:]
-            cache[template_args] = ctypes.CDLL(str(lib))
+            source = EMULATION_SHIM + EMULATION_ENTRY.replace("ARGS", template_args)
+            cache[template_args] = build_emulation(tmp_path_factory.mktemp("emu"), source)
         return cache[template_args]
 
     return build

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import kernels.cupy as kc
-from tests.test_cupy import EMULATION_SHIM, NVCC, _case_id, _from_storage, _inputs, _np_storage, _storage_np_dtype
+from tests.test_cupy import EMULATION_SHIM, NVCC, build_emulation, _case_id, _from_storage, _inputs, _np_storage, _storage_np_dtype
 from tests.tolerances import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -202,15 +202,8 @@ def cluster_build(tmp_path_factory):
 
     def build(template_args):
         if template_args not in cache:
-            d = tmp_path_factory.mktemp("emu_cluster")
-            src = d / "emu.cpp"
-            src.write_text(BASE_SHIM + CLUSTER_SHIM + CLUSTER_ENTRY.replace("ARGS", template_args))
-            lib = d / "emu.so"
-            cmd = [GXX, "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas",
-                   "-I", str(ROOT / "kernels"), "-o", str(lib), str(src)]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            assert res.returncode == 0, res.stderr[-4000:]
-            cache[template_args] = ctypes.CDLL(str(lib))
+            source = BASE_SHIM + CLUSTER_SHIM + CLUSTER_ENTRY.replace("ARGS", template_args)
+            cache[template_args] = build_emulation(tmp_path_factory.mktemp("emu_cluster"), source)
         return cache[template_args]
 
     return build
