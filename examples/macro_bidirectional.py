@@ -59,27 +59,40 @@ def main():
         print("skipped: this example needs statsmodels (pip install statsmodels), which ships the data")
         return {"skipped": "statsmodels not installed"}
     feats, unemp, years = loaded
+    x, y, split, c_std = windows(feats, unemp)
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    model = ConvBiRNN(feats.shape[1])
+    history = fit(model, x[:split], y[:split], epochs=20, batch_size=32, lr=3e-3)
+    pred, rmse, naive = evaluate(feats, unemp, split, predict(model, x[split:]).squeeze(1).numpy() * c_std)
+    plot(history, years, unemp, pred, split, "macro_bidirectional", "training loss")
+    return {"test_rmse": round(rmse, 3), "no_change_rmse": round(naive, 3)}
+
+
+def windows(feats, unemp):
+    """Standardized WINDOW-quarter windows and their targets (next quarter's unemployment change,
+    scaled): (x (n, WINDOW, F) float32, y (n, 1) float32, split, c_std). Statistics come from the
+    first 80% of the windows, the training part."""
     n = len(feats) - WINDOW  # window i covers quarters i..i+WINDOW-1, target quarter i+WINDOW
     split = int(0.8 * n)
     mean, std = feats[:split + WINDOW].mean(0), feats[:split + WINDOW].std(0)
     z = ((feats - mean) / std).astype(np.float32)
     change = unemp[WINDOW:] - unemp[WINDOW - 1:-1]  # target quarter minus the window's last one
     c_std = change[:split].std()
-    x = torch.from_numpy(np.stack([z[i:i + WINDOW] for i in range(n)]))
-    y = torch.from_numpy((change / c_std).astype(np.float32))[:, None]
-    model = ConvBiRNN(feats.shape[1])
-    history = fit(model, x[:split], y[:split], epochs=20, batch_size=32, lr=3e-3)
+    x = np.stack([z[i:i + WINDOW] for i in range(n)])
+    return x, (change / c_std).astype(np.float32)[:, None], split, c_std
+
+
+def evaluate(feats, unemp, split, change_pred):
+    """Forecast = last quarter + predicted change; prints and returns (pred, RMSE, no-change RMSE)."""
+    n = len(feats) - WINDOW
     last = unemp[WINDOW - 1:-1][split:]
-    pred = last + predict(model, x[split:]).squeeze(1).numpy() * c_std
+    pred = last + change_pred
     true = unemp[WINDOW:][split:]
     rmse = float(np.sqrt(((pred - true) ** 2).mean()))
     naive = float(np.sqrt(((last - true) ** 2).mean()))  # "no change" forecast
     print(f"{len(feats)} quarters x {feats.shape[1]} features; train {split} windows, test {n - split}")
-    print(f"test RMSE of next-quarter unemployment: {rmse:.3f} points "
-          f"(no-change baseline {naive:.3f})")
-
-    plot(history, years, unemp, pred, split, "macro_bidirectional", "training loss")
-    return {"test_rmse": round(rmse, 3), "no_change_rmse": round(naive, 3)}
+    print(f"test RMSE of next-quarter unemployment: {rmse:.3f} points (no-change baseline {naive:.3f})")
+    return pred, rmse, naive
 
 
 def plot(history, years, unemp, pred, split, name, loss_title):

@@ -8,7 +8,6 @@ of the unemployment rate ("no change" is the baseline to beat). The last 20% of 
 The Keras tutorial model, as Keras code: Conv1D(16, 3, activation="relu", padding="same") ->
 MaxPooling1D(2) -> Bidirectional(LSTM(16), backward_layer=GRU(16, go_backwards=True)) -> Dense(1).
 """
-import numpy as np
 
 from .. import macro_bidirectional as torch_version
 from ._common import keras, report, setup
@@ -23,14 +22,7 @@ def main():
         print("skipped: this example needs statsmodels (pip install statsmodels), which ships the data")
         return {"skipped": "statsmodels not installed"}
     feats, unemp, years = loaded
-    n = len(feats) - WINDOW  # window i covers quarters i..i+WINDOW-1, target quarter i+WINDOW
-    split = int(0.8 * n)
-    mean, std = feats[:split + WINDOW].mean(0), feats[:split + WINDOW].std(0)
-    z = ((feats - mean) / std).astype("float32")
-    change = unemp[WINDOW:] - unemp[WINDOW - 1:-1]
-    c_std = change[:split].std()
-    x = np.stack([z[i:i + WINDOW] for i in range(n)])
-    y = (change / c_std).astype("float32")[:, None]
+    x, y, split, c_std = torch_version.windows(feats, unemp)
     layers = keras.layers
     model = keras.Sequential([
         keras.Input((WINDOW, feats.shape[1])),
@@ -41,13 +33,8 @@ def main():
     ])
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="mse")
     history = model.fit(x[:split], y[:split], epochs=20, batch_size=32, verbose=0).history["loss"]
-    last = unemp[WINDOW - 1:-1][split:]
-    pred = last + model.predict(x[split:], verbose=0)[:, 0] * c_std
-    true = unemp[WINDOW:][split:]
-    rmse = float(np.sqrt(((pred - true) ** 2).mean()))
-    naive = float(np.sqrt(((last - true) ** 2).mean()))
-    print(f"{len(feats)} quarters x {feats.shape[1]} features; train {split} windows, test {n - split}")
-    print(f"test RMSE of next-quarter unemployment: {rmse:.3f} points (no-change baseline {naive:.3f})")
+    pred, rmse, naive = torch_version.evaluate(feats, unemp, split,
+                                               model.predict(x[split:], verbose=0)[:, 0] * c_std)
     counts = report(model)
 
     torch_version.plot(history, years, unemp, pred, split, "keras3_macro_bidirectional",
