@@ -140,22 +140,26 @@ def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, m
     if batch_first:
         x = x.transpose(0, 1) if isinstance(x, torch.Tensor) else x
         mask = mask.transpose(0, 1) if isinstance(mask, torch.Tensor) else mask
+    out, hT, cT = _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse,
+                              backend)
+    return (out.transpose(0, 1) if batch_first else out), hT, cT
+
+
+def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse, backend):
+    """`recurrence` for time-major x and mask: (out (T, B, H), hT, cT)."""
     cast = _autocast_dtype(spec, x)
     if cast is not None:  # the dtype torch.nn's own op gives under this autocast, then no autocast inside
         x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask = (
             None if t is None else (t.to(cast) if t.dtype in _AUTOCAST_FROM else t)
             for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask))
         with torch.autocast(x.device.type, enabled=False):
-            out, hT, cT = recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec=spec, mask=mask,
-                                     in_mask=in_mask, rec_mask=rec_mask, reverse=reverse, backend=backend)
-        return (out.transpose(0, 1) if batch_first else out), hT, cT
+            return _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse,
+                               backend)
     T, B, I, H = validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask)
     if torch.onnx.is_in_onnx_export():
         from .onnx_export import recurrence as onnx_recurrence  # an ONNX LSTM / GRU / RNN node
 
-        out, hT, cT = onnx_recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask,
-                                      reverse)
-        return (out.transpose(0, 1) if batch_first else out), hT, cT
+        return onnx_recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse)
     if torch.compiler.is_compiling():
         # Traced once for many shapes: the operator resolves "auto" at run time, when B is known.
         name = "auto" if backend is None else backend
@@ -170,18 +174,13 @@ def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, m
             and mask is None and in_mask is None and rec_mask is None and not torch.compiler.is_compiling()):
         # "auto" fell back to the torch backend and the call has torch.nn's semantics: torch's own
         # fused RNN kernel (oneDNN on a CPU) computes exactly this, much faster than a Python loop.
-        out, hT, cT = _native(native, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
-        return (out.transpose(0, 1) if batch_first else out), hT, cT
+        return _native(native, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
     x = x.contiguous()
     mask = None if mask is None else mask.contiguous()
     # One operator call per layer and direction (rnn.ops); empty batches and sequences included.
     out, hT, cT, _, _ = _recurrence_op(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
                                        *ops.spec_args(spec), reverse, name)
-    if spec.kind != "lstm":
-        cT = None
-    if batch_first:
-        out = out.transpose(0, 1)
-    return out, hT, cT
+    return out, hT, (cT if spec.kind == "lstm" else None)
 
 
 _COMMON_ARGS = """
