@@ -358,6 +358,14 @@ def _pre(src_ptr, scale_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, 
 
 
 @triton.jit
+def _step_valid(mask_ptr, t, B, b, b_ok, HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr):
+    """(BLOCK_B, 1) bool: which of the rows b take step t (all of them without a mask)."""
+    if HAS_MASK:
+        return (tl.load(mask_ptr + t * B + b, mask=b_ok, other=0) != 0)[:, None]
+    return tl.full((BLOCK_B, 1), 1, tl.int1)
+
+
+@triton.jit
 def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
               xg_ptr, w_ptr, wa, wb, wc, bias_rows, bias_ptr, mask_ptr, rmask_ptr,
               out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H,
@@ -373,10 +381,7 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
     m = b_ok[:, None] & j_ok[None, :]
     x_t = xg_ptr + t * B * GH
     g_t = gates_ptr + t * B * GH
-    if HAS_MASK:
-        valid = (tl.load(mask_ptr + t * B + b, mask=b_ok, other=0) != 0)[:, None]
-    else:
-        valid = tl.full((BLOCK_B, 1), 1, tl.int1)
+    valid = _step_valid(mask_ptr, t, B, b, b_ok, HAS_MASK, BLOCK_B)
     rm_stride = B * H
     h = h_old
     c = c_old
@@ -565,10 +570,7 @@ def _bwd_tile(P: tl.constexpr, t, hp, cp, b0, j, j_ok,
     d_t = dxg_ptr + t * B * GH
     rm_stride = B * H
     zero = tl.zeros((BLOCK_B, BLOCK_H), CDT)
-    if HAS_MASK:
-        valid = (tl.load(mask_ptr + t * B + b, mask=b_ok, other=0) != 0)[:, None]
-    else:
-        valid = tl.full((BLOCK_B, 1), 1, tl.int1)
+    valid = _step_valid(mask_ptr, t, B, b, b_ok, HAS_MASK, BLOCK_B)
     # dh: gradient reaching h_t = upstream dout[t] + what step t+1 sent back (own units only)
     dh = _load(dout_ptr + t * B * H, b, j, H, m, CDT) + _load(dh_ptr, b, j, H, m, CDT)
     if P == 1:
@@ -661,10 +663,7 @@ def _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_
     m = b_ok[:, None] & j_ok[None, :]
     g_t = gates_ptr + t * B * GH
     d_t = dxg_ptr + t * B * GH
-    if HAS_MASK:
-        valid = (tl.load(mask_ptr + t * B + b, mask=b_ok, other=0) != 0)[:, None]
-    else:
-        valid = tl.full((BLOCK_B, 1), 1, tl.int1)
+    valid = _step_valid(mask_ptr, t, B, b, b_ok, HAS_MASK, BLOCK_B)
     if KIND == 0:  # LSTM
         i = _load(g_t + 0 * H, b, j, GH, m, CDT)
         f = _load(g_t + 1 * H, b, j, GH, m, CDT)
@@ -757,10 +756,7 @@ def _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_p
             dc = _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr, xg_s,
                              B, H, KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, BLOCK_B)
             # what the rest of the step needs besides the exchange: loaded before the barrier
-            if HAS_MASK:
-                valid = (tl.load(mask_ptr + t * B + b, mask=b_ok, other=0) != 0)[:, None]
-            else:
-                valid = tl.full((BLOCK_B, 1), 1, tl.int1)
+            valid = _step_valid(mask_ptr, t, B, b, b_ok, HAS_MASK, BLOCK_B)
             if KIND == 1:
                 r = _load(gates_ptr + t * B * GH, b, j, GH, m, CDT)
                 z = _load(gates_ptr + t * B * GH + H, b, j, GH, m, CDT)
