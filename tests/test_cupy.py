@@ -549,35 +549,52 @@ inline grid_group this_grid() { return {}; }
 namespace frnn { inline unsigned char* dynamic_smem() { return emu::block->smem; } }
 struct AnyPtr { void* p; template <class U> operator U*() const { return static_cast<U*>(p); } };
 
-template <class F> int emu_launch(int grid, int threads, size_t smem_bytes, F kernel) {
-    gridDim.x = grid;
-    blockDim.x = threads;
-    std::barrier<> gbar(grid * threads);
-    emu::grid_barrier = &gbar;
+// Blocks of `threads` threads, each with its dynamic shared memory followed by a guard zone.
+inline std::vector<emu::Block> emu_blocks(int grid, int threads, size_t smem_bytes) {
     std::vector<emu::Block> blocks(grid);
     for (auto& b : blocks) {
         b.bar = std::make_unique<std::barrier<>>(threads);
         for (int w = 0; w < threads / 32; ++w) b.warps.push_back(std::make_unique<emu::Warp>());
         b.smem = static_cast<unsigned char*>(std::aligned_alloc(16, (smem_bytes + emu::GUARD + 15) / 16 * 16));
-        std::memset(b.smem, 0xff, smem_bytes);  // NaN-like garbage: unstaged reads show up
+        std::memset(b.smem, 0xff, smem_bytes);  // NaN-like garbage: unwritten reads show up
         std::memset(b.smem + smem_bytes, 0xa5, emu::GUARD);
     }
+    return blocks;
+}
+
+// Every CUDA thread of every block as a host thread; start(b) runs first in block b's threads.
+template <class S, class F> void emu_run(std::vector<emu::Block>& blocks, int threads, S start, F kernel) {
     std::vector<std::thread> pool;
-    for (int b = 0; b < grid; ++b)
+    for (int b = 0; b < (int)blocks.size(); ++b)
         for (int t = 0; t < threads; ++t)
             pool.emplace_back([&, b, t] {
                 threadIdx.x = t;
                 blockIdx.x = b;
                 emu::block = &blocks[b];
+                start(b);
                 kernel();
             });
     for (auto& th : pool) th.join();
-    int overrun = 0;  // a write past the planned dynamic shared memory
+}
+
+// 1 if any block wrote past its planned dynamic shared memory; frees the blocks' memory.
+inline int emu_release(std::vector<emu::Block>& blocks, size_t smem_bytes) {
+    int overrun = 0;
     for (auto& b : blocks) {
         for (size_t i = 0; i < emu::GUARD; ++i) overrun |= b.smem[smem_bytes + i] != 0xa5;
         std::free(b.smem);
     }
     return overrun;
+}
+
+template <class F> int emu_launch(int grid, int threads, size_t smem_bytes, F kernel) {
+    gridDim.x = grid;
+    blockDim.x = threads;
+    std::barrier<> gbar(grid * threads);
+    emu::grid_barrier = &gbar;
+    auto blocks = emu_blocks(grid, threads, smem_bytes);
+    emu_run(blocks, threads, [](int) {}, kernel);
+    return emu_release(blocks, smem_bytes);
 }
 #include "cupy/forward.cu"
 #include "cupy/backward.cu"

@@ -122,35 +122,13 @@ template <class F> int emu_cluster_launch(int clusters, int nc, int threads, siz
     emu::smem_size = smem_bytes;
     emu::violations = 0;
     emu::mbars.clear();
-    std::vector<emu::Block> blocks(grid);
+    auto blocks = emu_blocks(grid, threads, smem_bytes);
     std::vector<std::unique_ptr<std::barrier<>>> cbars;
     for (int c = 0; c < clusters; ++c) cbars.push_back(std::make_unique<std::barrier<>>(nc * threads));
     emu::all_blocks = &blocks;
     emu::cluster_bars = &cbars;
-    for (auto& b : blocks) {
-        b.bar = std::make_unique<std::barrier<>>(threads);
-        for (int w = 0; w < threads / 32; ++w) b.warps.push_back(std::make_unique<emu::Warp>());
-        b.smem = static_cast<unsigned char*>(std::aligned_alloc(16, (smem_bytes + emu::GUARD + 15) / 16 * 16));
-        std::memset(b.smem, 0xff, smem_bytes);  // NaN-like garbage: unwritten reads show up
-        std::memset(b.smem + smem_bytes, 0xa5, emu::GUARD);
-    }
-    std::vector<std::thread> pool;
-    for (int b = 0; b < grid; ++b)
-        for (int t = 0; t < threads; ++t)
-            pool.emplace_back([&, b, t] {
-                threadIdx.x = t;
-                blockIdx.x = b;
-                emu::block = &blocks[b];
-                emu::block_index = b;
-                kernel();
-            });
-    for (auto& th : pool) th.join();
-    int bad = emu::violations;
-    for (auto& b : blocks) {
-        for (size_t i = 0; i < emu::GUARD; ++i) bad |= (b.smem[smem_bytes + i] != 0xa5) << 8;
-        std::free(b.smem);
-    }
-    return bad;
+    emu_run(blocks, threads, [](int b) { emu::block_index = b; }, kernel);
+    return emu::violations | (emu_release(blocks, smem_bytes) << 8);
 }
 #include "cupy/cluster.cu"
 """
