@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels import compute_dtype
+
 from . import backends, ops
 from .autograd import recurrence as _recurrence_op
 from .cells import CellSpec, check_bool, gru as _gru_spec, lstm as _lstm_spec, simple_rnn as _rnn_spec
@@ -38,29 +40,44 @@ def _check_types(**tensors):
             raise TypeError(f"{name} must be {what}, got {type(t).__name__}")
 
 
-def validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask):
-    """Raise a clear error for every inconsistent argument; return (T, B, I, H)."""
+def validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, w_hr=None):
+    """Raise a clear error for every inconsistent argument; return (T, B, I, H, P), where P is the
+    width of h: the projection size with w_hr, else H."""
     if not isinstance(spec, CellSpec):
         raise TypeError(f"spec must be an rnn.cells.CellSpec, got {type(spec).__name__}")
     _check_types(x=x, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, h0=h0, c0=c0, mask=mask,
-                 in_mask=in_mask, rec_mask=rec_mask)
+                 in_mask=in_mask, rec_mask=rec_mask, w_hr=w_hr)
     if x.dim() != 3:
         raise ValueError(f"x must be 3-D (T, B, input_size), got {x.dim()}-D with shape {_shape(x)}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
     T, B, I = x.shape
     G = spec.n_gates
-    if w_hh.dim() != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
-        raise ValueError(f"w_hh must have shape ({G}*H, H) for a {spec.kind} cell, got {_shape(w_hh)}")
-    H = w_hh.shape[1]
     dt, dev = x.dtype, x.device
+    if w_hr is not None:
+        if spec.kind != "lstm":
+            raise ValueError(f"w_hr (projections, torch.nn's proj_size) is only for LSTM cells, got one "
+                             f"for a {spec.kind} cell")
+        if w_hr.dim() != 2 or w_hr.shape[0] < 1:
+            raise ValueError(f"w_hr must have shape (P, H) = (proj_size, hidden_size), got {_shape(w_hr)}")
+        if rec_mask is not None:
+            raise ValueError("rec_mask (Keras recurrent dropout) cannot be combined with w_hr (projections)")
+        P, H = w_hr.shape
+        _check_tensor("w_hr", w_hr, (P, H), dt, dev)
+        if _shape(w_hh) != (G * H, P):
+            raise ValueError(f"w_hh must have shape ({G}*H, P) = {(G * H, P)} with w_hr of shape {(P, H)}, "
+                             f"got {_shape(w_hh)}")
+    else:
+        if w_hh.dim() != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
+            raise ValueError(f"w_hh must have shape ({G}*H, H) for a {spec.kind} cell, got {_shape(w_hh)}")
+        H = P = w_hh.shape[1]
     _check_tensor("w_ih", w_ih, (G * H, I), dt, dev)
-    _check_tensor("w_hh", w_hh, (G * H, H), dt, dev)
+    _check_tensor("w_hh", w_hh, (G * H, P), dt, dev)
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             _check_tensor(name, b, (G * H,), dt, dev)
     if h0 is not None:
-        _check_tensor("h0", h0, (B, H), dt, dev)
+        _check_tensor("h0", h0, (B, P), dt, dev)
     if c0 is not None:
         if spec.kind != "lstm":
             raise ValueError(f"c0 is only for LSTM cells, got one for a {spec.kind} cell")
@@ -75,7 +92,7 @@ def validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask):
         _check_tensor("in_mask", in_mask, _shape(in_mask), dt, dev)
     if rec_mask is not None:
         _check_tensor("rec_mask", rec_mask, (G, B, H), dt, dev)
-    return T, B, I, H
+    return T, B, I, H, P
 
 
 _AUTOCAST_FROM = (torch.float32, torch.float16, torch.bfloat16)  # autocast leaves float64 alone
@@ -113,12 +130,12 @@ _NATIVE = {
 }
 
 
-def _native(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
+def _native(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr=None):
     """One layer, one direction through torch's native RNN op (autograd included, any order)."""
     if (b_ih is None) != (b_hh is None):  # the native op takes both biases or none
         b_ih = torch.zeros_like(b_hh) if b_ih is None else b_ih
         b_hh = torch.zeros_like(b_ih) if b_hh is None else b_hh
-    params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else [])
+    params = [w_ih, w_hh] + ([b_ih, b_hh] if b_ih is not None else []) + ([w_hr] if w_hr is not None else [])
     xs = x.flip(0) if reverse else x
     hx = (h0.unsqueeze(0), c0.unsqueeze(0)) if op is torch.lstm else h0.unsqueeze(0)
     res = op(xs, hx, params, b_ih is not None, 1, 0.0, torch.is_grad_enabled(), False, False)
@@ -126,13 +143,61 @@ def _native(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse):
     return out, res[1][0], (res[2][0] if op is torch.lstm else None)
 
 
+def _native_applies(spec, x, backend, mask, in_mask, rec_mask, T, B, H, name=None):
+    """Whether "auto" runs torch's native op: it resolved to the torch backend (here or as `name`) and
+    the call has exactly torch.nn's semantics (torch's activations, no masks of any kind)."""
+    if (backends.validate(backend) != "auto" or (spec.kind, spec.activation, spec.recurrent_activation,
+                                                 spec.reset_after) not in _NATIVE
+            or mask is not None or in_mask is not None or rec_mask is not None or not T or not B
+            or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+        return False
+    if name is None:
+        name = backends.choose(backend, x.device, spec, H, B, x.dtype).name
+    return name == "torch"
+
+
+def _projected(x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0, spec, mask, in_mask, reverse, backend):
+    """An LSTM with projections (torch.nn's proj_size) on the backends' plain LSTM recurrence.
+
+    h_t = W_hr m_t with m_t = o_t * act(c_t), so the gates' h_{t-1} W_hh^T equals
+    m_{t-1} (W_hh W_hr)^T: the recurrence runs over m with the (4H, H) weight W_hh W_hr, and h at
+    every step is one GEMM afterwards. Exact in real arithmetic, every backend and kernel reused as
+    is; the price is a recurrent matmul H wide instead of P (more work per step when P < H).
+    A given h0 is not of the form W_hr m, so it enters through the input projection: h0 W_hh^T is
+    added at each row's first valid step (x gets h0 as P extra features there and W_ih gets W_hh as
+    P extra columns), and h stays h0 until that step."""
+    T, B = x.shape[:2]
+    cd = compute_dtype(x.dtype)
+    w_eff = (w_hh.to(cd) @ w_hr.to(cd)).to(x.dtype)
+    valid = x.new_ones((T, B), dtype=torch.bool) if mask is None else mask
+    count = (valid.flip(0) if reverse else valid).long().cumsum(0)  # valid steps so far, in run order
+    count = count.flip(0) if reverse else count
+    if h0 is not None:
+        first = (valid & (count == 1)).unsqueeze(-1)
+        x = torch.cat([x, torch.where(first, h0, 0)], -1)
+        w_ih = torch.cat([w_ih, w_hh], 1)
+        if in_mask is not None:  # the extra features are never dropped
+            in_mask = torch.cat([in_mask, in_mask.new_ones(in_mask.shape[:-1] + (w_hr.shape[0],))], -1)
+    out_m, _, cT = _time_major(x, w_ih, w_eff, b_ih, b_hh, None, c0, spec, mask, in_mask, None, reverse,
+                               backend)
+    out = out_m @ w_hr.t()
+    if h0 is not None:
+        out = torch.where((count > 0).unsqueeze(-1), out, h0)
+    if T:
+        hT = out[0 if reverse else T - 1]
+    else:  # no step: the final state is the initial one
+        hT = x.new_zeros((B, w_hr.shape[0])) if h0 is None else h0.clone()
+    return out, hT, cT
+
+
 def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, mask=None,
-               in_mask=None, rec_mask=None, reverse=False, backend="auto", batch_first=False):
+               in_mask=None, rec_mask=None, reverse=False, backend="auto", batch_first=False, w_hr=None):
     """Run one recurrent layer in one direction.
 
     x (T, B, I) (or (B, T, I) with batch_first), weights in torch.nn layout, h0/c0 (B, H) or None
     (zeros), mask (T, B) (or (B, T)) bool with True = valid step, in_mask / rec_mask dropout masks
-    already scaled. Returns (out, hT, cT): out (T, B, H) (or (B, T, H)) is the carried hidden state
+    already scaled, w_hr (P, H) an LSTM's projection (then h, h0 and out are P wide and w_hh is
+    (4H, P)). Returns (out, hT, cT): out (T, B, H) (or (B, T, H)) is the carried hidden state
     after every step; cT is None unless LSTM. Differentiable with respect to every tensor argument
     except the masks.
     """
@@ -141,21 +206,24 @@ def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, m
         x = x.transpose(0, 1) if isinstance(x, torch.Tensor) else x
         mask = mask.transpose(0, 1) if isinstance(mask, torch.Tensor) else mask
     out, hT, cT = _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse,
-                              backend)
+                              backend, w_hr)
     return (out.transpose(0, 1) if batch_first else out), hT, cT
 
 
-def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse, backend):
+def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse, backend,
+                w_hr=None):
     """`recurrence` for time-major x and mask: (out (T, B, H), hT, cT)."""
     cast = _autocast_dtype(spec, x)
     if cast is not None:  # the dtype torch.nn's own op gives under this autocast, then no autocast inside
-        x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask = (
+        x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask, w_hr = (
             None if t is None else (t.to(cast) if t.dtype in _AUTOCAST_FROM else t)
-            for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask))
+            for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask, w_hr))
         with torch.autocast(x.device.type, enabled=False):
             return _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse,
-                               backend)
-    T, B, I, H = validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask)
+                               backend, w_hr)
+    T, B, I, H, P = validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, w_hr)
+    if w_hr is not None and not _native_applies(spec, x, backend, mask, in_mask, rec_mask, T, B, H):
+        return _projected(x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0, spec, mask, in_mask, reverse, backend)
     if torch.onnx.is_in_onnx_export():
         from .onnx_export import recurrence as onnx_recurrence  # an ONNX LSTM / GRU / RNN node
 
@@ -166,15 +234,14 @@ def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask
     else:  # resolved here: an explicit backend that cannot run raises now
         name = backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype).name
     if h0 is None:
-        h0 = x.new_zeros(B, H)
+        h0 = x.new_zeros(B, P)
     if spec.kind == "lstm" and c0 is None:
         c0 = x.new_zeros(B, H)
-    native = _NATIVE.get((spec.kind, spec.activation, spec.recurrent_activation, spec.reset_after))
-    if (native is not None and name == "torch" and backends.validate(backend) == "auto" and T and B
-            and mask is None and in_mask is None and rec_mask is None and not torch.compiler.is_compiling()):
+    if _native_applies(spec, x, backend, mask, in_mask, rec_mask, T, B, H, name):
         # "auto" fell back to the torch backend and the call has torch.nn's semantics: torch's own
         # fused RNN kernel (oneDNN on a CPU) computes exactly this, much faster than a Python loop.
-        return _native(native, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse)
+        native = _NATIVE[(spec.kind, spec.activation, spec.recurrent_activation, spec.reset_after)]
+        return _native(native, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr)
     x = x.contiguous()
     mask = None if mask is None else mask.contiguous()
     # One operator call per layer and direction (rnn.ops); empty batches and sequences included.

@@ -8,7 +8,7 @@ nn.RNNBase), because torch.compile refuses every instance of those three classes
 support RNN, GRU, or LSTM"), and these modules compile.
 
 Every layer and direction is one `rnn.functional.recurrence` call (one operator in a compiled
-graph). PackedSequence input is padded once and run with a (T, B) validity mask inside the
+graph); an LSTM with proj_size passes its weight_hr as `w_hr` (see rnn.functional._projected). PackedSequence input is padded once and run with a (T, B) validity mask inside the
 recurrence, not a loop over sequences.
 """
 from __future__ import annotations
@@ -25,8 +25,6 @@ class _Fused:
 
     def _setup_backend(self, backend):
         backends.validate(backend)  # raises on an unknown name now, not at the first call
-        if getattr(self, "proj_size", 0):
-            raise NotImplementedError("fused-rnn does not support proj_size > 0 yet (LSTM with projections)")
         self.backend = backend
 
     def extra_repr(self):
@@ -58,7 +56,8 @@ class _Fused:
             raise ValueError(f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.shape[-1]}")
         self._check_matches_parameters(x)
         B = x.shape[1]
-        h0, c0 = self._initial_states(hx, lstm, L * D, B, H, x, unbatched, sorted_idx)
+        P = self.proj_size or H  # width of h (LSTM with projections: h = W_hr (o * tanh(c)))
+        h0, c0 = self._initial_states(hx, lstm, L * D, B, H, P, x, unbatched, sorted_idx)
 
         hn, cn = [], []
         layer_in = x
@@ -71,8 +70,9 @@ class _Fused:
                     layer_in, getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
                     getattr(self, "bias_ih" + sfx) if self.bias else None,
                     getattr(self, "bias_hh" + sfx) if self.bias else None,
-                    h0[k], c0[k] if lstm else None, spec=spec, mask=mask, reverse=bool(d),
-                    backend=self.backend)
+                    None if h0 is None else h0[k], None if c0 is None else c0[k], spec=spec, mask=mask,
+                    reverse=bool(d), backend=self.backend,
+                    w_hr=getattr(self, "weight_hr" + sfx) if self.proj_size else None)
                 outs.append(out)
                 hn.append(hT)
                 cn.append(cT)
@@ -110,10 +110,11 @@ class _Fused:
                              f"{w.device}; move one of them: input.to('{w.device}') or "
                              f"module.to('{x.device}')")
 
-    def _initial_states(self, hx, lstm, LD, B, H, x, unbatched, sorted_idx):
+    def _initial_states(self, hx, lstm, LD, B, H, P, x, unbatched, sorted_idx):
+        """(h0 (LD, B, P), c0 (LD, B, H) or None), checked and ordered like the batch; (None, None)
+        without hx (each layer then starts from zeros)."""
         if hx is None:
-            z = x.new_zeros(LD, B, H)
-            return z, z
+            return None, None
         if lstm:
             if not (isinstance(hx, (tuple, list)) and len(hx) == 2):
                 raise TypeError(f"LSTM expects hx to be a tuple (h_0, c_0), got {type(hx).__name__}")
@@ -122,10 +123,10 @@ class _Fused:
             if not isinstance(hx, torch.Tensor):
                 raise TypeError(f"{type(self).__name__} expects hx to be a Tensor, got {type(hx).__name__}")
             h0, c0 = hx, None
-        want = (LD, H) if unbatched else (LD, B, H)
-        for name, s in (("h_0", h0), ("c_0", c0)):
+        for name, s, width in (("h_0", h0, P), ("c_0", c0, H)):
             if s is None:
                 continue
+            want = (LD, width) if unbatched else (LD, B, width)
             if tuple(s.shape) != want:
                 raise ValueError(f"Expected hidden size {want} for {name}, got {tuple(s.shape)}")
             if s.dtype != x.dtype:

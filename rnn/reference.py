@@ -9,6 +9,9 @@ Layouts, gate order and equations are the recurrence contract in the docstring o
     x (T, B, I)   w_ih (G*H, I)   w_hh (G*H, H)   b_ih, b_hh (G*H,) | None
     h0, c0 (B, H) | None (zeros)   mask (T, B) bool, True = valid
     in_mask (B, I) | (G, B, I)     rec_mask (G, B, H)     reverse: process t = T-1 .. 0
+    w_hr (P, H) | None   LSTM with projections (torch.nn's proj_size = P): the state h and out
+                         have P features, h = (o * act(c)) @ w_hr^T, w_hh is (G*H, P) and
+                         h0 / rec_mask are P wide (c stays H wide)
 
 `spec` is any object with the attributes kind, activation, recurrent_activation, reset_after and
 n_gates (a rnn.cells.CellSpec). The loop is written plainly, one step at a time, for clarity.
@@ -73,23 +76,31 @@ def _gate_count(spec):
 
 # ----------------------------------------------------------------------------- forward
 def forward(spec, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None,
-            mask=None, in_mask=None, rec_mask=None, reverse=False):
-    """Run one layer, one direction. Returns (out (T,B,H), hT (B,H), cT (B,H) | None, cache);
-    `cache` is what `backward` needs."""
+            mask=None, in_mask=None, rec_mask=None, reverse=False, w_hr=None):
+    """Run one layer, one direction. Returns (out (T,B,P), hT (B,P), cT (B,H) | None, cache)
+    with P = H unless w_hr is given; `cache` is what `backward` needs."""
     G = _gate_count(spec)
-    x, w_ih, w_hh = _arr(x), _arr(w_ih), _arr(w_hh)
+    x, w_ih, w_hh, w_hr = _arr(x), _arr(w_ih), _arr(w_hh), _arr(w_hr)
     b_ih, b_hh, h0, c0 = _arr(b_ih), _arr(b_hh), _arr(h0), _arr(c0)
     in_mask, rec_mask = _arr(in_mask), _arr(rec_mask)
     if x.ndim != 3:
         raise ValueError(f"x: expected shape (T, B, I), got {tuple(x.shape)}")
     T, B, I = x.shape
-    if w_hh.ndim != 2 or w_hh.shape[0] % G or w_hh.shape[0] != G * w_hh.shape[1]:
-        raise ValueError(f"w_hh: expected shape ({G}*H, H) for {spec.kind}, got {tuple(w_hh.shape)}")
-    H = w_hh.shape[1]
+    if w_hr is not None:
+        if spec.kind != "lstm":
+            raise ValueError(f"w_hr: projections are for LSTM cells, got w_hr for {spec.kind!r}")
+        if w_hr.ndim != 2:
+            raise ValueError(f"w_hr: expected shape (P, H), got {tuple(w_hr.shape)}")
+        P, H = w_hr.shape
+        _check("w_hh", w_hh, (G * H, P))
+    else:
+        if w_hh.ndim != 2 or w_hh.shape[0] % G or w_hh.shape[0] != G * w_hh.shape[1]:
+            raise ValueError(f"w_hh: expected shape ({G}*H, H) for {spec.kind}, got {tuple(w_hh.shape)}")
+        H = P = w_hh.shape[1]
     _check("w_ih", w_ih, (G * H, I))
     _check("b_ih", b_ih, (G * H,))
     _check("b_hh", b_hh, (G * H,))
-    _check("h0", h0, (B, H))
+    _check("h0", h0, (B, P))
     if c0 is not None and spec.kind != "lstm":
         raise ValueError(f"c0: only an LSTM has a cell state, got c0 for {spec.kind!r}")
     _check("c0", c0, (B, H))
@@ -104,25 +115,25 @@ def forward(spec, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None,
             in_mask = np.broadcast_to(in_mask, (G, B, I))
         else:
             _check("in_mask", in_mask, (G, B, I))
-    _check("rec_mask", rec_mask, (G, B, H))
+    _check("rec_mask", rec_mask, (G, B, P))
 
     act, ract = spec.activation, spec.recurrent_activation
     gru_before = spec.kind == "gru" and not spec.reset_after
     wi = w_ih.reshape(G, H, I)
-    wh = w_hh.reshape(G, H, H)
+    wh = w_hh.reshape(G, H, P)
     bi = np.zeros((G, H)) if b_ih is None else b_ih.reshape(G, H)
     bh = np.zeros((G, H)) if b_hh is None else b_hh.reshape(G, H)
 
-    h = np.zeros((B, H)) if h0 is None else h0.copy()
+    h = np.zeros((B, P)) if h0 is None else h0.copy()
     c = (np.zeros((B, H)) if c0 is None else c0.copy()) if spec.kind == "lstm" else None
-    out = np.empty((T, B, H))
+    out = np.empty((T, B, P))
     steps = {}
     order = range(T - 1, -1, -1) if reverse else range(T)
     for t in order:
         # per-gate inputs (dropout masks applied to the copy feeding that gate)
         xin = x[t][None] if in_mask is None else x[t][None] * in_mask        # (1|G, B, I)
         xin = np.broadcast_to(xin, (G, B, I))
-        hin = np.broadcast_to(h[None], (G, B, H)) if rec_mask is None else h[None] * rec_mask
+        hin = np.broadcast_to(h[None], (G, B, P)) if rec_mask is None else h[None] * rec_mask
         xg = xin @ wi.transpose(0, 2, 1) + bi[:, None]                        # (G, B, H)
         st = {"xin": xin, "h_prev": h, "hin": hin}
         if spec.kind == "lstm":
@@ -133,7 +144,9 @@ def forward(spec, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None,
             c_new = f * c + i * g
             tc = activation(act, c_new)
             h_new = o * tc
-            st.update(i=i, f=f, g=g, o=o, c_prev=c, tc=tc, hin_eff=hin, pre=[pre, c_new])
+            st.update(i=i, f=f, g=g, o=o, c_prev=c, tc=tc, hin_eff=hin, pre=[pre, c_new], m_out=h_new)
+            if w_hr is not None:
+                h_new = h_new @ w_hr.T
         elif spec.kind == "gru":
             hin_eff = hin
             rec_rz = hin[:2] @ wh[:2].transpose(0, 2, 1) + bh[:2, None]
@@ -169,8 +182,8 @@ def forward(spec, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None,
         out[t] = h
         steps[t] = st
 
-    cache = dict(spec=spec, order=list(order), steps=steps, shapes=(T, B, I, H, G),
-                 w_ih=w_ih, w_hh=w_hh, in_mask=in_mask, rec_mask=rec_mask, mask=mask,
+    cache = dict(spec=spec, order=list(order), steps=steps, shapes=(T, B, I, H, G, P),
+                 w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, in_mask=in_mask, rec_mask=rec_mask, mask=mask,
                  has=dict(b_ih=b_ih is not None, b_hh=b_hh is not None,
                           h0=h0 is not None, c0=c0 is not None))
     return out, h, (c if spec.kind == "lstm" else None), cache
@@ -179,28 +192,30 @@ def forward(spec, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None,
 # ----------------------------------------------------------------------------- backward
 def backward(cache, dout=None, dhT=None, dcT=None):
     """Hand-written BPTT. Upstream gradients on out (T,B,H), hT, cT (None = zero).
-    Returns {"x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0"}; an entry is None where the
+    Returns {"x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "w_hr"}; an entry is None where the
     corresponding input was None (or, for c0, where the cell has no cell state)."""
     spec = cache["spec"]
-    T, B, I, H, G = cache["shapes"]
+    T, B, I, H, G, P = cache["shapes"]
+    w_hr = cache["w_hr"]
     act, ract = spec.activation, spec.recurrent_activation
     gru_before = spec.kind == "gru" and not spec.reset_after
     wi = cache["w_ih"].reshape(G, H, I)
-    wh = cache["w_hh"].reshape(G, H, H)
+    wh = cache["w_hh"].reshape(G, H, P)
     in_mask, rec_mask = cache["in_mask"], cache["rec_mask"]
     dout, dhT, dcT = _arr(dout), _arr(dhT), _arr(dcT)
-    _check("dout", dout, (T, B, H))
-    _check("dhT", dhT, (B, H))
+    _check("dout", dout, (T, B, P))
+    _check("dhT", dhT, (B, P))
     if dcT is not None and spec.kind != "lstm":
         raise ValueError(f"dcT: only an LSTM has a cell state, got dcT for {spec.kind!r}")
     _check("dcT", dcT, (B, H))
 
     dx = np.zeros((T, B, I))
     dwi = np.zeros((G, H, I))
-    dwh = np.zeros((G, H, H))
+    dwh = np.zeros((G, H, P))
+    dwr = None if w_hr is None else np.zeros((P, H))
     dbi = np.zeros((G, H))
     dbh = np.zeros((G, H))
-    dh = np.zeros((B, H)) if dhT is None else dhT.copy()
+    dh = np.zeros((B, P)) if dhT is None else dhT.copy()
     dc = (np.zeros((B, H)) if dcT is None else dcT.copy()) if spec.kind == "lstm" else None
 
     for t in reversed(cache["order"]):
@@ -213,8 +228,12 @@ def backward(cache, dout=None, dhT=None, dcT=None):
         # output (rec_g = hin_eff_g @ W_g^T + b_g)
         if spec.kind == "lstm":
             i, f, g, o, tc = st["i"], st["f"], st["g"], st["o"], st["tc"]
-            do = dh * tc
-            dcs = dc + dh * o * activation_grad(act, tc)
+            dm = dh  # gradient of o * act(c): through the projection when there is one
+            if w_hr is not None:
+                dwr += (dh if m is None else np.where(m, dh, 0.0)).T @ st["m_out"]
+                dm = dh @ w_hr
+            do = dm * tc
+            dcs = dc + dm * o * activation_grad(act, tc)
             dpre = np.stack([dcs * g * activation_grad(ract, i),
                              dcs * st["c_prev"] * activation_grad(ract, f),
                              dcs * i * activation_grad(act, g),
@@ -279,9 +298,10 @@ def backward(cache, dout=None, dhT=None, dcT=None):
     return {
         "x": dx,
         "w_ih": dwi.reshape(G * H, I),
-        "w_hh": dwh.reshape(G * H, H),
+        "w_hh": dwh.reshape(G * H, P),
         "b_ih": dbi.reshape(G * H) if has["b_ih"] else None,
         "b_hh": dbh.reshape(G * H) if has["b_hh"] else None,
         "h0": dh if has["h0"] else None,
         "c0": dc if (has["c0"] and spec.kind == "lstm") else None,
+        "w_hr": dwr,
     }

@@ -289,8 +289,6 @@ def _construct(cls, args, kwargs):
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("args,kwargs", CONSTRUCTOR_CALLS, ids=range(len(CONSTRUCTOR_CALLS)))
 def test_constructor_accepts_exactly_what_torch_nn_accepts(kind, args, kwargs):
-    if kind == "LSTM" and "proj_size" in kwargs:
-        pytest.skip("proj_size > 0 is not supported yet: rnn.LSTM raises NotImplementedError (test_dropin)")
     torch.manual_seed(0)
     ref, ref_exc, ref_warnings = _construct(getattr(torch.nn, kind), args, kwargs)
     torch.manual_seed(0)

@@ -116,11 +116,6 @@ def test_inter_layer_dropout_is_training_only():
     assert not torch.equal(m(x)[0], m(x)[0])
 
 
-def test_proj_size_not_supported():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        rnn.LSTM(4, 6, proj_size=3)
-
-
 @pytest.mark.parametrize("bad,match", [
     (lambda m: m(torch.randn(7, 3, 4)), "input_size. Expected 5, got 4"),
     (lambda m: m(torch.randn(3, 7, 3, 5)), "expected input to be 2-D"),

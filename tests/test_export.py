@@ -24,10 +24,10 @@ KINDS = ["LSTM", "GRU", "RNN"]
 class Model(torch.nn.Module):
     """A two-layer bidirectional drop-in and a Linear: outputs (y, final states...)."""
 
-    def __init__(self, kind):
+    def __init__(self, kind, **kw):
         super().__init__()
-        self.recurrent = getattr(rnn, kind)(I, H, num_layers=2, bidirectional=True, batch_first=True)
-        self.linear = torch.nn.Linear(2 * H, 3)
+        self.recurrent = getattr(rnn, kind)(I, H, num_layers=2, bidirectional=True, batch_first=True, **kw)
+        self.linear = torch.nn.Linear(2 * (kw.get("proj_size") or H), 3)
 
     def forward(self, x):
         out, states = self.recurrent(x)
@@ -111,6 +111,16 @@ def _round_trip(model, path, dynamo, label):
 def test_onnx_drop_in_round_trip(kind, dynamo, tmp_path):
     ops = _round_trip(Model(kind).eval(), tmp_path / "model.onnx", dynamo, f"{kind} (dynamo={dynamo})")
     assert ops.count(kind) == 4, ops  # one ONNX node per layer and direction, no unrolled loop
+    assert "Loop" not in ops and "Scan" not in ops
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_lstm_with_projections_round_trip(dynamo, tmp_path):
+    """ONNX's LSTM node has no projection; the recurrence runs over o * tanh(c) with W_hh W_hr
+    (rnn.functional._projected), which is an LSTM node, then one MatMul gives h."""
+    model = Model("LSTM", proj_size=4).eval()
+    ops = _round_trip(model, tmp_path / "proj.onnx", dynamo, f"LSTM proj_size (dynamo={dynamo})")
+    assert ops.count("LSTM") == 4, ops
     assert "Loop" not in ops and "Scan" not in ops
 
 

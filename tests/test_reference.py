@@ -53,26 +53,30 @@ def make_mask(rng, T, B):
 
 
 def make_case(spec, rng, T=5, B=3, I=4, H=3, h0=True, c0=True, b_ih=True, b_hh=True,
-              reverse=False, mask=False, in_mask=None, rec_mask=False):
-    """(differentiable inputs, constant options) for one call of ref.forward."""
+              reverse=False, mask=False, in_mask=None, rec_mask=False, proj=None):
+    """(differentiable inputs, constant options) for one call of ref.forward; proj=P adds an
+    LSTM projection w_hr (P, H), so h is P wide."""
     G = spec.n_gates
     s = 0.9 / math.sqrt(H)
+    P = H if proj is None else proj
     inputs = dict(
         x=rng.normal(size=(T, B, I)),
         w_ih=rng.normal(scale=s, size=(G * H, I)),
-        w_hh=rng.normal(scale=s, size=(G * H, H)),
+        w_hh=rng.normal(scale=s, size=(G * H, P)),
         b_ih=rng.normal(scale=0.3, size=G * H) if b_ih else None,
         b_hh=rng.normal(scale=0.3, size=G * H) if b_hh else None,
-        h0=rng.normal(scale=0.5, size=(B, H)) if h0 else None,
+        h0=rng.normal(scale=0.5, size=(B, P)) if h0 else None,
         c0=rng.normal(scale=0.5, size=(B, H)) if (c0 and spec.kind == "lstm") else None,
     )
+    if proj is not None:
+        inputs["w_hr"] = rng.normal(scale=1.0 / math.sqrt(H), size=(P, H))
     # dropout masks are already scaled by 1/(1-rate)
     keep = lambda shape: (rng.random(shape) > 0.3) / 0.7  # noqa: E731
     opts = dict(
         reverse=reverse,
         mask=make_mask(rng, T, B) if mask else None,
         in_mask={None: None, "shared": keep((B, I)), "gate": keep((G, B, I))}[in_mask],
-        rec_mask=keep((G, B, H)) if rec_mask else None,
+        rec_mask=keep((G, B, P)) if rec_mask else None,
     )
     return inputs, opts
 
@@ -110,12 +114,14 @@ def loss(spec, inputs, opts, up):
 def check_fd(spec, rng, eps=1e-6, **kw):
     inputs, opts = draw_case(spec, rng, **kw)
     T, B, _ = inputs["x"].shape
-    H = inputs["w_hh"].shape[1]
-    up = dict(dout=rng.normal(size=(T, B, H)), dhT=rng.normal(size=(B, H)),
+    P = inputs["w_hh"].shape[1]  # width of h: H, or the projection size
+    H = inputs["w_hh"].shape[0] // spec.n_gates
+    up = dict(dout=rng.normal(size=(T, B, P)), dhT=rng.normal(size=(B, P)),
               dcT=rng.normal(size=(B, H)) if spec.kind == "lstm" else None)
     out, hT, cT, cache = ref.forward(spec, **inputs, **opts)
     grads = ref.backward(cache, **up)
-    assert set(grads) == {"x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0"}
+    assert set(grads) == {"x", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "w_hr"}
+    assert (grads["w_hr"] is None) == ("w_hr" not in inputs)
     for name, value in inputs.items():
         if value is None:
             assert grads[name] is None, f"{name} was None but got a gradient"
@@ -139,6 +145,35 @@ def check_fd(spec, rng, eps=1e-6, **kw):
 @pytest.mark.parametrize("cell", list(SPECS))
 def test_backward_matches_finite_differences(cell, option, rng):
     check_fd(SPECS[cell], rng, **OPTIONS[option])
+
+
+@pytest.mark.parametrize("option", ["plain", "no_state", "no_bias", "reverse", "mask", "in_mask_gate",
+                                    "rec_mask", "all"])
+def test_projection_backward_matches_finite_differences(option, rng):
+    """LSTM with projections (w_hr, torch.nn's proj_size): h is P = 2 wide, c is H = 3 wide."""
+    check_fd(SPECS["lstm"], rng, proj=2, **OPTIONS[option])
+
+
+def test_projection_one_step_by_hand(rng):
+    x, w_ih, w_hh, w_hr = (rng.normal(size=s) for s in ((1, 2, 3), (12, 3), (12, 2), (2, 3)))
+    h0, c0 = rng.normal(size=(2, 2)), rng.normal(size=(2, 3))
+    out, hT, cT, _ = ref.forward(SPECS["lstm"], x, w_ih, w_hh, h0=h0, c0=c0, w_hr=w_hr)
+    pre = x[0] @ w_ih.T + h0 @ w_hh.T
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    i, f, g, o = sig(pre[:, :3]), sig(pre[:, 3:6]), np.tanh(pre[:, 6:9]), sig(pre[:, 9:])
+    c = f * c0 + i * g
+    np.testing.assert_allclose(cT, c, rtol=1e-12)
+    np.testing.assert_allclose(hT, (o * np.tanh(c)) @ w_hr.T, rtol=1e-12)
+    np.testing.assert_allclose(out[0], hT, rtol=0)
+
+
+def test_projection_shape_errors(rng):
+    lstm = SPECS["lstm"]
+    x = rng.normal(size=(2, 1, 3))
+    with pytest.raises(ValueError, match=r"w_hh: expected shape \(12, 2\)"):
+        ref.forward(lstm, x, np.zeros((12, 3)), np.zeros((12, 3)), w_hr=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="projections are for LSTM"):
+        ref.forward(SPECS["gru"], x, np.zeros((9, 3)), np.zeros((9, 2)), w_hr=np.zeros((2, 3)))
 
 
 def _activation_specs():
@@ -313,7 +348,7 @@ def test_activation_grad_from_output(name):
 def test_without_upstream_gradients_everything_is_zero(rng):
     inputs, opts = make_case(SPECS["lstm"], rng)
     g = ref.backward(ref.forward(SPECS["lstm"], **inputs, **opts)[3])
-    assert all(np.all(v == 0) for v in g.values())
+    assert g["w_hr"] is None and all(np.all(v == 0) for k, v in g.items() if k != "w_hr")
 
 
 # ----------------------------------------------------------------------------- validation
