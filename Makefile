@@ -1,5 +1,6 @@
 # fused-rnn: `make test` installs everything it needs and runs the suite; `make demo` runs the
-# Keras-tutorial examples (PyTorch and Keras 3 versions); `make bench` runs the benchmark grid (GPU) or a smoke grid (CPU).
+# Keras-tutorial examples (PyTorch and Keras 3 versions); `make bench` runs the benchmark grid (GPU)
+# or the CPU table (backends auto and torch next to torch.nn, with the ratio ours / torch.nn).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 STAMP := .make-deps

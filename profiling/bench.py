@@ -18,13 +18,21 @@ unstable (timed, but q80/q20 > timing.SPREAD_LIMIT: too noisy for a speed-up, no
 wrong; skipped (cannot run this case; the note says why, e.g. a Triton case too big for the
 interpreter on a CPU: impls.INTERPRET_MAX_TBH); error (raised; the note has the exception).
 
+Which configurations run: a product grid (--cells x --dtypes x --batches x --hiddens, one
+--seq-len), or a list of explicit rows, --rows CELL:BxTxH,... (e.g. lstm:1x100x64,gru:16x1000x128),
+each run in every --dtypes; the record's config["rows"] lists them (None for a grid).
+
 Defaults: on a GPU the full grid (lstm,gru x bf16,fp16,fp32 x B 1,16,64,256 x H 256,768,1024,
-T 1024, backends torch,triton,cupy,compile,flashrnn); on a CPU a smoke grid (lstm,gru x fp32 x
-B 2 x H 32 x T 16, backend torch, no compile). --quick: a few cases (GPU: bf16, B 16,64, H 768,
-T 256, no compile).
+T 1024, backends torch,triton,cupy,compile,flashrnn); --quick: a few cases (bf16, B 16,64, H 768,
+T 256, no compile). On a CPU the CPU table (CPU_TABLE: LSTM 1x100x64, 16x100x128, 64x200x256,
+16x1000x128; GRU 1x100x64, 16x1000x128 as BxTxH; fp32; backends auto,torch; no compile), and
+after the full table a summary: per row torch.nn's time per call and ours / torch.nn (our time
+over torch.nn's) for each backend, inference and training; --quick: the same on two tiny rows
+(a smoke run). A --cells / --batches / --hiddens / --seq-len on a CPU without --rows runs a grid
+(unset ones from CPU_GRID: lstm,gru x B 2 x H 32 x T 16).
 
 Where the record goes (--out overrides): a GPU run writes to profiling/results/, the records
-meant to be committed; a CPU run (a smoke test, says nothing about GPU speed) writes to
+meant to be committed; a CPU run (says nothing about GPU speed) writes to
 profiling/results/local/, which git ignores and `make plots` does not draw unless named.
 """
 from __future__ import annotations
@@ -54,9 +62,15 @@ GPU_DEFAULTS = dict(cells=["lstm", "gru"], dtypes=["bf16", "fp16", "fp32"], batc
                     hiddens=[256, 768, 1024], seq_len=1024,
                     backends=["torch", "triton", "cupy", "compile", "flashrnn"])
 GPU_QUICK = dict(GPU_DEFAULTS, dtypes=["bf16"], batches=[16, 64], hiddens=[768], seq_len=256)
-CPU_DEFAULTS = dict(cells=["lstm", "gru"], dtypes=["fp32"], batches=[2], hiddens=[32], seq_len=16,
-                    backends=["torch"])
-CPU_QUICK = dict(CPU_DEFAULTS, seq_len=8)
+# The CPU table: (cell, B, T, H) rows of the issue "a CPU speed test is not a timed unit test"
+# (`make bench` on a CPU compares "auto" and "torch" with torch.nn). Input size = H.
+CPU_TABLE = ("lstm:1x100x64", "lstm:16x100x128", "lstm:64x200x256", "lstm:16x1000x128",
+             "gru:1x100x64", "gru:16x1000x128")
+# The grid a CPU runs when asked for grid options without --rows (the former CPU smoke grid).
+CPU_GRID = dict(cells=["lstm", "gru"], batches=[2], hiddens=[32], seq_len=16)
+CPU_DEFAULTS = dict(rows=list(CPU_TABLE), dtypes=["fp32"], backends=["auto", "torch"])
+CPU_QUICK = dict(CPU_DEFAULTS, rows=["lstm:2x8x32", "gru:2x8x32"])
+GRID_OPTIONS = ("cells", "batches", "hiddens", "seq_len")
 
 
 def _csv(kind, choices=None, alias=None):
@@ -84,6 +98,51 @@ def _csv(kind, choices=None, alias=None):
     return parse
 
 
+ROW_FORMAT = "CELL:BxTxH"
+
+
+def parse_row(text) -> dict:
+    """'lstm:16x100x128' -> {"cell": "lstm", "batch": 16, "seq_len": 100, "hidden": 128}."""
+    item = text.strip().lower()
+    cell, sep, sizes = item.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(
+            f"expected a row {ROW_FORMAT} (cell, batch, time steps, hidden; e.g. lstm:16x100x128), got {text!r}")
+    cell = cell.strip()
+    if cell not in CELLS:
+        raise argparse.ArgumentTypeError(f"row {text!r}: unknown cell {cell!r}: expected one of {', '.join(CELLS)}")
+    parts = [p.strip() for p in sizes.split("x")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(
+            f"row {text!r}: expected three sizes BxTxH after the cell (e.g. {cell}:16x100x128), got {sizes!r}")
+    values = []
+    for name, part in zip(("B", "T", "H"), parts):
+        if not (part.isascii() and part.isdigit()) or int(part) < 1:
+            raise argparse.ArgumentTypeError(f"row {text!r}: {name} must be a positive integer, got {part!r}")
+        values.append(int(part))
+    batch, seq_len, hidden = values
+    return {"cell": cell, "batch": batch, "seq_len": seq_len, "hidden": hidden}
+
+
+def parse_rows(text) -> list:
+    """'lstm:1x100x64,gru:16x1000x128' -> [parse_row(...), ...]; argparse type of --rows."""
+    items = [t for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of rows {ROW_FORMAT}, got {text!r}")
+    rows = []
+    for item in items:
+        row = parse_row(item)
+        if row in rows:
+            raise argparse.ArgumentTypeError(f"row {row_label(row)} is given twice")
+        rows.append(row)
+    return rows
+
+
+def row_label(row) -> str:
+    """The --rows spelling of a row: 'lstm:16x100x128'."""
+    return f"{row['cell']}:{row['batch']}x{row['seq_len']}x{row['hidden']}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m profiling",
@@ -98,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hiddens", type=_csv("integers"), help="comma list of hidden sizes")
     p.add_argument("--input-size", type=int, default=None, help="input features (default: = hidden)")
     p.add_argument("--seq-len", type=int, default=None, help="time steps T")
+    p.add_argument("--rows", type=parse_rows, default=None,
+                   help=f"comma list of explicit rows {ROW_FORMAT} (cell, batch, time steps, hidden; e.g. "
+                   "lstm:1x100x64,gru:16x1000x128), each run in every --dtypes; instead of the grid "
+                   "options --cells/--batches/--hiddens/--seq-len (default on a CPU: the CPU table)")
     p.add_argument("--backends", type=_csv("backend", OUR_BACKENDS + BASELINES),
                    help="comma list of our backends (auto,torch,triton,cupy) and baselines "
                    "(compile,flashrnn); torch.nn always runs as the reference")
@@ -105,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of forward,forward_backward")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="time the torch.compile'd step loop (default: on a GPU yes, on a CPU no)")
-    p.add_argument("--quick", action="store_true", help="a small grid (see the module docstring)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small run (GPU: a few cases; CPU: two tiny rows; see the module docstring)")
     p.add_argument("--warmup-ms", type=float, default=None, help="warm-up per timing (default 25 GPU, 10 CPU)")
     p.add_argument("--rep-ms", type=float, default=None, help="repeat budget per timing (default 100 GPU, 50 CPU)")
     p.add_argument("--seed", type=int, default=0)
@@ -146,14 +210,26 @@ def resolve(args) -> dict:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     if args.seq_len is not None and args.seq_len < 1:
         raise SystemExit(f"--seq-len must be a positive integer, got {args.seq_len}")
+    grid_given = [f"--{k.replace('_', '-')}" for k in GRID_OPTIONS if getattr(args, k) is not None]
+    if args.rows is not None and grid_given:
+        raise SystemExit(f"--rows cannot be combined with {', '.join(grid_given)}: a row sets its "
+                         f"cell, B, T and H ({ROW_FORMAT})")
+    if args.rows is not None or (not grid_given and "rows" in defaults):
+        rows = args.rows or [parse_row(r) for r in defaults["rows"]]
+        grid = dict.fromkeys(GRID_OPTIONS)  # not a grid: config["rows"] says what ran
+    else:
+        rows = None
+        grid_defaults = defaults if "cells" in defaults else CPU_GRID
+        grid = {k: getattr(args, k) or grid_defaults[k] for k in GRID_OPTIONS}
     return {
         "device": str(device),
-        "cells": args.cells or defaults["cells"],
+        "rows": rows,
+        "cells": grid["cells"],
         "dtypes": args.dtypes or defaults["dtypes"],
-        "batches": args.batches or defaults["batches"],
-        "hiddens": args.hiddens or defaults["hiddens"],
+        "batches": grid["batches"],
+        "hiddens": grid["hiddens"],
         "input_size": args.input_size,
-        "seq_len": args.seq_len or defaults["seq_len"],
+        "seq_len": grid["seq_len"],
         "backends": backends,
         "backends_explicit": args.backends is not None,
         "modes": args.modes,
@@ -241,6 +317,11 @@ def _timed_fn(impl, inputs, mode):
     return fn
 
 
+def _timed_ms(row):
+    """The row's median ms if it was timed (ok or unstable), else None."""
+    return row["ms"] if row["status"] in ("ok", "unstable") and row["ms"] else None
+
+
 def _empty_row(name, status="ok", note=""):
     return {"backend": name, "status": status, "note": note, "ms": None, "ms_q20": None,
             "ms_q80": None, "max_err": None, "tolerance": None, "peak_mem_bytes": None}
@@ -301,6 +382,16 @@ def _time_rows(rows, impls_to_time, case, mode, inputs, cfg):
             _failed(row, exc, cfg)
 
 
+def cases(cfg) -> list:
+    """The configurations a config runs, in order: (cell, dtype, batch, hidden, seq_len)."""
+    if cfg.get("rows") is not None:
+        return [(r["cell"], dtype, r["batch"], r["hidden"], r["seq_len"])
+                for r in cfg["rows"] for dtype in cfg["dtypes"]]
+    return [(cell, dtype, batch, hidden, cfg["seq_len"])
+            for cell, dtype, batch, hidden in itertools.product(cfg["cells"], cfg["dtypes"], cfg["batches"],
+                                                                cfg["hiddens"])]
+
+
 def run(cfg, extra_impls=None) -> dict:
     """Run the grid described by `cfg` (see resolve); return the record (not yet written).
 
@@ -311,12 +402,12 @@ def run(cfg, extra_impls=None) -> dict:
     factories = _factories(cfg, notes, extra_impls)
     rates = floor.measure_rates(device, cfg["dtypes"], impls.TORCH_DTYPES)
     notes.extend(rates.notes)
-    configs = list(itertools.product(cfg["cells"], cfg["dtypes"], cfg["batches"], cfg["hiddens"]))
+    configs = cases(cfg)
     progress = Progress(len(configs) * len(cfg["modes"]) * len(factories), not cfg.get("no_progress"))
     need_grad = "forward_backward" in cfg["modes"]
     rows = []
-    for index, (cell, dtype, batch, hidden) in enumerate(configs):
-        case = impls.Case(cell, dtype, batch, hidden, cfg["input_size"] or hidden, cfg["seq_len"], str(device))
+    for index, (cell, dtype, batch, hidden, seq_len) in enumerate(configs):
+        case = impls.Case(cell, dtype, batch, hidden, cfg["input_size"] or hidden, seq_len, str(device))
         base = {"cell": cell, "dtype": dtype, "batch": batch, "hidden": hidden,
                 "input_size": case.input_size, "seq_len": case.seq_len}
         seed = cfg["seed"] * 100003 + index
@@ -336,7 +427,7 @@ def run(cfg, extra_impls=None) -> dict:
             mode_rows, to_time = {}, {}
             baseline_err = None
             for name, factory in factories.items():  # check all, then time the good ones together
-                progress.update(f"{cell} {dtype} B{batch} H{hidden} {mode} {name}")
+                progress.update(f"{cell} {dtype} B{batch} T{seq_len} H{hidden} {mode} {name}")
                 if setup_error:
                     row, impl = _empty_row(name, setup_error, setup_note), None
                 else:
@@ -354,10 +445,15 @@ def run(cfg, extra_impls=None) -> dict:
                 torch.cuda.empty_cache()
             baseline = mode_rows[report.BASELINE]
             ms_base = baseline["ms"] if baseline["status"] == "ok" else None
+            timed_base = _timed_ms(baseline)
             for row in mode_rows.values():
                 ms = row["ms"] if row["status"] == "ok" else None  # unstable: a time, no result
+                timed = _timed_ms(row)
+                ratio = timed / timed_base if timed and timed_base else None
                 row.update(base, mode=mode, reference_impl=ref_name, ms_torch_nn=ms_base,
                            speedup_vs_torch_nn=ms_base / ms if ms and ms_base else None,
+                           ratio_vs_torch_nn=ratio,
+                           ratio_unstable=None if ratio is None else "unstable" in (row["status"], baseline["status"]),
                            floor_ms=est["floor_ms"], floor_bound=est["bound"],
                            pct_of_floor=100.0 * ms / est["floor_ms"] if ms and est["floor_ms"] else None)
                 rows.append({k: row.get(k) for k in report.ROW_KEYS})
@@ -383,6 +479,10 @@ def main(argv=None, extra_impls=None) -> int:
     record = run(cfg, extra_impls)
     path = report.write_record(record, args.out or default_out_dir(cfg["device"]))
     print(report.markdown_table(record["rows"]))
+    if torch.device(cfg["device"]).type == "cpu":
+        print(f"\nours / {report.BASELINE} (CPU: {record['torch_threads']} torch threads)\n")
+        print(report.ratio_table(record["rows"]))
+        print()
     for name in report.baselines(record["rows"]):
         print(f"{report.BASELINE}: {name}")
     for note in record["notes"]:

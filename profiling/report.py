@@ -24,9 +24,14 @@ COMMIT_ENV = "FUSED_RNN_COMMIT"  # set by the Dockerfile, where there is no .git
 BASELINE = "torch.nn"
 ROW_KEYS = (
     "cell", "mode", "dtype", "batch", "hidden", "input_size", "seq_len", "backend", "status",
-    "note", "ms", "ms_q20", "ms_q80", "ms_torch_nn", "speedup_vs_torch_nn", "max_err", "tolerance",
-    "peak_mem_bytes", "floor_ms", "pct_of_floor", "floor_bound", "reference_impl",
+    "note", "ms", "ms_q20", "ms_q80", "ms_torch_nn", "speedup_vs_torch_nn", "ratio_vs_torch_nn",
+    "ratio_unstable", "max_err", "tolerance", "peak_mem_bytes", "floor_ms", "pct_of_floor", "floor_bound",
+    "reference_impl",
 )
+# ms_torch_nn and speedup_vs_torch_nn (= torch.nn's ms / ours) are given only when both timings
+# are steady ("ok"). ratio_vs_torch_nn (= ours / torch.nn's ms, medians: below 1 is faster) is
+# given whenever both were timed, "unstable" included; ratio_unstable then says whether either
+# timing was unstable (q80/q20 > timing.SPREAD_LIMIT), i.e. whether the ratio is only indicative.
 # ok: timed, speed-up reported; unstable: timed, but q80/q20 > timing.SPREAD_LIMIT, so no speed-up;
 # wrong: failed the correctness check, not timed; skipped: cannot run this case (the note says
 # why); error: raised (the note has the exception).
@@ -132,6 +137,77 @@ def markdown_table(rows) -> str:
                  _fmt(r["pct_of_floor"], ".0f"), _fmt(r["max_err"], ".2e"), _fmt(mem, ".1f"),
                  status.replace("|", "/"))
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+MODE_LABELS = {"forward": "inference", "forward_backward": "training"}
+UNSTABLE_MARK = "(unstable)"
+
+
+def _ratio_cell(row):
+    if row is None:
+        return ""
+    if row.get("ratio_vs_torch_nn") is None:
+        return row["status"] if row["status"] != "ok" else ""
+    text = f"{row['ratio_vs_torch_nn']:.2f}x"
+    return f"{text} {UNSTABLE_MARK}" if row.get("ratio_unstable") else text
+
+
+def _baseline_cell(row):
+    if row is None:
+        return ""
+    if row["status"] not in ("ok", "unstable") or row["ms"] is None:
+        return row["status"]
+    return f"{row['ms']:.3f}" + (f" {UNSTABLE_MARK}" if row["status"] == "unstable" else "")
+
+
+def ratio_table(rows) -> str:
+    """The summary: one line per configuration (cell, dtype, B, T, H), and per mode torch.nn's
+    median time per call and ours / torch.nn (our median over torch.nn's, from the same
+    interleaved timing; below 1.0x is faster) for every other backend, marked "(unstable)" where
+    timing.unstable says so for either timing; then a legend and the highest ratio per backend."""
+    key = lambda r: (r["cell"], r["dtype"], r["batch"], r["seq_len"], r["hidden"], r["input_size"])  # noqa: E731
+    configs, modes, backends, by = [], [], [], {}
+    for r in rows:
+        k = key(r)
+        if k not in configs:
+            configs.append(k)
+        if r["mode"] not in modes:
+            modes.append(r["mode"])
+        if r["backend"] != BASELINE and r["backend"] not in backends:
+            backends.append(r["backend"])
+        by[(k, r["mode"], r["backend"])] = r
+    head = ["cell", "dtype", "B", "T", "H"]
+    for mode in modes:
+        label = MODE_LABELS.get(mode, mode)
+        head.append(f"{BASELINE} ms ({label})")
+        head.extend(f"{b} / {BASELINE} ({label})" for b in backends)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    worst = {}
+    for k in configs:
+        cell, dtype, batch, seq_len, hidden, input_size = k
+        cells = [cell, dtype, batch, seq_len, hidden if input_size == hidden else f"{hidden} (I={input_size})"]
+        for mode in modes:
+            cells.append(_baseline_cell(by.get((k, mode, BASELINE))))
+            for b in backends:
+                r = by.get((k, mode, b))
+                cells.append(_ratio_cell(r))
+                if r is not None and r.get("ratio_vs_torch_nn") is not None:
+                    where = f"{cell}:{batch}x{seq_len}x{hidden} {dtype} {MODE_LABELS.get(mode, mode)}"
+                    if b not in worst or r["ratio_vs_torch_nn"] > worst[b][0]:
+                        worst[b] = (r["ratio_vs_torch_nn"], where, r.get("ratio_unstable"))
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
+    lines.append("")
+    lines.append(f"{BASELINE} ms: median time per call. ours / {BASELINE}: our median time per call over "
+                 f"{BASELINE}'s, timed interleaved in one process with the same weights and inputs "
+                 "(below 1.00x: faster than torch.nn). inference: forward without grad; training: forward "
+                 "plus gradients of the input and all weights.")
+    lines.append(f"{UNSTABLE_MARK}: q80/q20 of this timing or of {BASELINE}'s is above timing.SPREAD_LIMIT: "
+                 "the machine was too busy for a steady timing, the figure is only indicative.")
+    if worst:
+        lines.append(f"highest ours / {BASELINE}: " + "; ".join(
+            f"{b} {v:.2f}x{' ' + UNSTABLE_MARK if unstable else ''} at {where}"
+            for b, (v, where, unstable) in worst.items()))
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 keeps wrong implementations out of the timings, the timer's defences against a busy machine,
 where records go and which are plotted, the floor model, the examples' CLI, and a static check
 of the Dockerfile."""
+import argparse
 import copy
 import json
 import re
@@ -341,12 +342,118 @@ def test_parser_rejects_bad_values_and_accepts_aliases():
     assert args.dtypes == ["bf16", "fp32"] and args.batches == [1, 16]
 
 
-def test_cpu_defaults_are_a_small_smoke_grid():
-    cfg = bench.resolve(bench.build_parser().parse_args(["--device", "cpu"]))
-    assert cfg["backends"] == ["torch"]  # no compile, no interpreted Triton by default on a CPU
-    assert cfg["dtypes"] == ["fp32"] and cfg["seq_len"] <= 16 and max(cfg["hiddens"]) <= 64
+def test_cpu_grid_options_without_rows_run_a_small_grid():
+    cfg = bench.resolve(bench.build_parser().parse_args(["--device", "cpu", "--cells", "gru"]))
+    assert cfg["rows"] is None and cfg["cells"] == ["gru"]
+    assert cfg["batches"] == [2] and cfg["hiddens"] == [32] and cfg["seq_len"] == 16  # bench.CPU_GRID
+    assert cfg["backends"] == ["auto", "torch"]  # no compile, no interpreted Triton by default on a CPU
+    assert bench.cases(cfg) == [("gru", "fp32", 2, 32, 16)]
     cfg = bench.resolve(bench.build_parser().parse_args(["--device", "cpu", "--compile"]))
     assert "compile" in cfg["backends"]
+
+
+CPU_TABLE = [("lstm", 1, 100, 64), ("lstm", 16, 100, 128), ("lstm", 64, 200, 256), ("lstm", 16, 1000, 128),
+             ("gru", 1, 100, 64), ("gru", 16, 1000, 128)]
+
+
+def test_cpu_default_is_the_issue_table():
+    """`make bench` on a CPU: the six rows, fp32, auto and torch next to torch.nn, both modes."""
+    cfg = bench.resolve(bench.build_parser().parse_args(["--device", "cpu"]))
+    assert [(r["cell"], r["batch"], r["seq_len"], r["hidden"]) for r in cfg["rows"]] == CPU_TABLE
+    assert cfg["dtypes"] == ["fp32"] and cfg["backends"] == ["auto", "torch"] and cfg["input_size"] is None
+    assert cfg["modes"] == ["forward", "forward_backward"] and not cfg["quick"]
+    assert cfg["cells"] is None and cfg["seq_len"] is None  # not a grid: the rows say what runs
+    assert bench.cases(cfg) == [(c, "fp32", b, h, t) for c, b, t, h in CPU_TABLE]
+    assert json.loads(json.dumps(cfg))["rows"] == cfg["rows"]  # the record keeps them as they are
+    quick = bench.resolve(bench.build_parser().parse_args(["--device", "cpu", "--quick"]))
+    assert quick["backends"] == ["auto", "torch"] and len(quick["rows"]) == 2
+    assert all(r["batch"] * r["seq_len"] * r["hidden"] <= 1024 for r in quick["rows"])  # a smoke run
+
+
+def test_gpu_grid_is_unchanged():
+    cfg = dict(bench.GPU_DEFAULTS, rows=None)
+    configs = bench.cases(cfg)
+    assert len(configs) == 2 * 3 * 4 * 3 and {c[4] for c in configs} == {1024}
+    assert configs[:2] == [("lstm", "bf16", 1, 256, 1024), ("lstm", "bf16", 1, 768, 1024)]
+    assert "rows" not in bench.GPU_DEFAULTS and "rows" not in bench.GPU_QUICK
+
+
+def test_row_parser():
+    assert bench.parse_rows("lstm:1x100x64, GRU:16X1000x128") == [
+        {"cell": "lstm", "batch": 1, "seq_len": 100, "hidden": 64},
+        {"cell": "gru", "batch": 16, "seq_len": 1000, "hidden": 128}]
+    assert bench.row_label(bench.parse_row(" lstm : 2 x 3 x 4 ")) == "lstm:2x3x4"
+    for bad, says in (("", "comma-separated list of rows"), (",", "comma-separated list of rows"),
+                      ("lstm", "CELL:BxTxH"), ("16x100x128", "CELL:BxTxH"), ("rnn:1x2x3", "unknown cell 'rnn'"),
+                      ("lstm:1x2", "three sizes BxTxH"), ("lstm:1x2x3x4", "three sizes"), ("lstm:", "three sizes"),
+                      ("lstm:0x2x3", "B must be a positive integer"), ("lstm:1x-2x3", "T must be"),
+                      ("lstm:1x2xabc", "H must be"), ("lstm:1.5x2x3", "B must be"),
+                      ("lstm:1x2x3,gru:1x1x1,lstm:1x2x3", "lstm:1x2x3 is given twice")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(says)):
+            bench.parse_rows(bad)
+
+
+def test_bad_rows_are_argparse_errors(capsys):
+    parser = bench.build_parser()
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["--rows", "lstm:1x100"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --rows" in err and "three sizes BxTxH" in err
+    with pytest.raises(SystemExit, match="--rows cannot be combined with --cells, --seq-len"):
+        bench.resolve(parser.parse_args(["--device", "cpu", "--rows", "lstm:1x2x3", "--cells", "gru",
+                                         "--seq-len", "4"]))
+
+
+def test_rows_run_end_to_end_with_ratios(tmp_path, capsys):
+    argv = ["--device", "cpu", "--rows", "lstm:1x4x8", "--warmup-ms", "1", "--rep-ms", "3", "--no-progress",
+            "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    (path,) = tmp_path.glob("*.json")
+    data = json.loads(path.read_text())
+    assert data["config"]["rows"] == [{"cell": "lstm", "batch": 1, "seq_len": 4, "hidden": 8}]
+    assert data["config"]["backends"] == ["auto", "torch"] and data["config"]["argv"] == argv
+    rows = data["rows"]
+    assert [(r["mode"], r["backend"]) for r in rows] == [
+        (m, b) for m in ("forward", "forward_backward") for b in ("torch.nn", "auto", "torch")]
+    by = {(r["mode"], r["backend"]): r for r in rows}
+    for r in rows:
+        assert (r["cell"], r["batch"], r["seq_len"], r["hidden"], r["input_size"]) == ("lstm", 1, 4, 8, 8)
+        assert {"ratio_vs_torch_nn", "ratio_unstable", "ms_torch_nn", "speedup_vs_torch_nn"} <= set(r)
+        base = by[(r["mode"], "torch.nn")]
+        if r["status"] in ("ok", "unstable") and base["status"] in ("ok", "unstable"):
+            assert r["ratio_vs_torch_nn"] == pytest.approx(r["ms"] / base["ms"])
+            assert r["ratio_unstable"] == ("unstable" in (r["status"], base["status"]))
+            if r["speedup_vs_torch_nn"] is not None:
+                assert r["speedup_vs_torch_nn"] == pytest.approx(1 / r["ratio_vs_torch_nn"])
+        else:
+            assert r["ratio_vs_torch_nn"] is None and r["ratio_unstable"] is None
+    out = capsys.readouterr().out
+    summary = out[out.index("ours / torch.nn (CPU"):]
+    head = next(line for line in summary.splitlines() if line.startswith("| cell |"))
+    for col in ("torch.nn ms (inference)", "auto / torch.nn (inference)", "torch / torch.nn (inference)",
+                "torch.nn ms (training)", "auto / torch.nn (training)", "torch / torch.nn (training)"):
+        assert f"| {col} |" in head
+    assert "| lstm | fp32 | 1 | 4 | 8 |" in summary
+
+
+def test_ratio_table_marks_unstable_and_untimed():
+    def row(backend, mode, status, ms, ratio=None, unstable=None):
+        r = dict.fromkeys(report.ROW_KEYS)
+        r.update(cell="gru", mode=mode, dtype="fp32", batch=16, hidden=128, input_size=128, seq_len=1000,
+                 backend=backend, status=status, ms=ms, ratio_vs_torch_nn=ratio, ratio_unstable=unstable)
+        return r
+
+    rows = [row("torch.nn", "forward", "unstable", 2.0, 1.0, True), row("auto", "forward", "ok", 1.0, 0.5, True),
+            row("torch", "forward", "error", None),
+            row("torch.nn", "forward_backward", "ok", 4.0, 1.0, False),
+            row("auto", "forward_backward", "ok", 3.0, 0.75, False),
+            row("torch", "forward_backward", "ok", 6.0, 1.5, False)]
+    lines = report.ratio_table(rows).splitlines()
+    assert lines[2] == ("| gru | fp32 | 16 | 1000 | 128 | 2.000 (unstable) | 0.50x (unstable) | error | 4.000 "
+                        "| 0.75x | 1.50x |")
+    assert lines[-1] == ("highest ours / torch.nn: auto 0.75x at gru:16x1000x128 fp32 training; "
+                         "torch 1.50x at gru:16x1000x128 fp32 training")
 
 
 def test_floor_model_by_hand():
