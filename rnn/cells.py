@@ -34,6 +34,7 @@ Gate blocks (torch order):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "hard_sigmoid", "linear")
 KINDS = ("lstm", "gru", "rnn")
@@ -99,13 +100,17 @@ class CellSpec:
         return 2 if self.kind == "lstm" else 1
 
 
+# Cached: the drop-ins ask for their spec on every call, and a CellSpec is immutable.
+@lru_cache(maxsize=None)
 def lstm(activation="tanh", recurrent_activation="sigmoid") -> CellSpec:
     return CellSpec("lstm", activation, recurrent_activation)
 
 
+@lru_cache(maxsize=None)
 def gru(activation="tanh", recurrent_activation="sigmoid", reset_after=True) -> CellSpec:
     return CellSpec("gru", activation, recurrent_activation, check_bool("reset_after", reset_after))
 
 
+@lru_cache(maxsize=None)
 def simple_rnn(activation="tanh") -> CellSpec:
     return CellSpec("rnn", activation)

@@ -151,8 +151,8 @@ def _native_applies(spec, x, backend, mask, in_mask, rec_mask, T, B, H, name=Non
             or mask is not None or in_mask is not None or rec_mask is not None or not T or not B
             or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
         return False
-    if name is None:
-        name = backends.choose(backend, x.device, spec, H, B, x.dtype).name
+    if name is None:  # "auto" has kernel backends only on CUDA: elsewhere it is the torch backend
+        name = backends.choose(backend, x.device, spec, H, B, x.dtype).name if x.is_cuda else "torch"
     return name == "torch"
 
 

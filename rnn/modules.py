@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch.nn.utils.rnn import PackedSequence
 
-from . import backends, cells
+from . import backends, cells, functional
 from .functional import recurrence
 
 
@@ -59,9 +59,54 @@ class _Fused:
         P = self.proj_size or H  # width of h (LSTM with projections: h = W_hr (o * tanh(c)))
         h0, c0 = self._initial_states(hx, lstm, L * D, B, H, P, x, unbatched, sorted_idx)
 
+        op = self._native_op(spec, x)
+        batch_major = False  # seq is (B, T, .): torch's op read batch-first input as it is
+        if op is not None:  # one call of torch's own multi-layer op, exactly as torch.nn makes it
+            batch_major = self.batch_first and not (packed or unbatched)
+            seq, h_n, c_n = self._run_native(op, data if packed else (input if batch_major else x),
+                                             batch_sizes if packed else None, batch_major, h0, c0, B, P, lstm)
+        else:
+            seq, h_n, c_n = self._run_layers(spec, x, h0, c0, mask, lstm)
+            if packed:
+                seq = seq.flatten(0, 1).index_select(0, rows)
+        if packed:
+            output = PackedSequence(seq, batch_sizes, sorted_idx, unsorted_idx)
+            if unsorted_idx is not None:
+                h_n = h_n.index_select(1, unsorted_idx)
+                c_n = c_n.index_select(1, unsorted_idx) if lstm else None
+        elif unbatched:
+            output, h_n = seq.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if lstm else None
+        else:
+            output = seq.transpose(0, 1) if self.batch_first and not batch_major else seq
+        return output, ((h_n, c_n) if lstm else h_n)
+
+    def _native_op(self, spec, x):
+        """torch's native multi-layer op where "auto" resolves to the torch backend (no kernel backend
+        for this device): a drop-in always has torch.nn's semantics, so one call of that op (as
+        torch.nn makes it) is exact and costs what torch.nn costs; None where our backends run."""
+        T, B = x.shape[0], x.shape[1]
+        if not functional._native_applies(spec, x, self.backend, None, None, None, T, B, self.hidden_size):
+            return None
+        return functional._NATIVE[(spec.kind, spec.activation, spec.recurrent_activation, spec.reset_after)]
+
+    def _run_native(self, op, x, batch_sizes, batch_first, h0, c0, B, P, lstm):
+        """(output: (T, B, D*P), (B, T, D*P) with batch_first, or packed data; h_n; c_n | None)."""
+        if h0 is None:
+            LD = self.num_layers * (2 if self.bidirectional else 1)
+            h0 = x.new_zeros(LD, B, P)
+            c0 = x.new_zeros(LD, B, self.hidden_size) if lstm else None
+        args = ((h0, c0) if lstm else h0, self._flat_weights, self.bias, self.num_layers, float(self.dropout),
+                self.training, self.bidirectional)
+        res = op(x, batch_sizes, *args) if batch_sizes is not None else op(x, *args, batch_first)
+        return res[0], res[1], (res[2] if lstm else None)
+
+    def _run_layers(self, spec, x, h0, c0, mask, lstm):
+        """Every layer and direction through rnn.functional (our backends): (out (T, B, D*P), h_n, c_n)."""
+        D = 2 if self.bidirectional else 1
         hn, cn = [], []
         layer_in = x
-        for layer in range(L):
+        for layer in range(self.num_layers):
             outs = []
             for d in range(D):
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
@@ -77,22 +122,9 @@ class _Fused:
                 hn.append(hT)
                 cn.append(cT)
             layer_in = outs[0] if D == 1 else torch.cat(outs, -1)
-            if self.dropout and self.training and layer < L - 1:
+            if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_in = torch.nn.functional.dropout(layer_in, self.dropout, True)
-        h_n = torch.stack(hn)
-        c_n = torch.stack(cn) if lstm else None
-        if packed:
-            output = PackedSequence(layer_in.flatten(0, 1).index_select(0, rows), batch_sizes, sorted_idx,
-                                    unsorted_idx)
-            if unsorted_idx is not None:
-                h_n = h_n.index_select(1, unsorted_idx)
-                c_n = c_n.index_select(1, unsorted_idx) if lstm else None
-        elif unbatched:
-            output, h_n = layer_in.squeeze(1), h_n.squeeze(1)
-            c_n = c_n.squeeze(1) if lstm else None
-        else:
-            output = layer_in.transpose(0, 1) if self.batch_first else layer_in
-        return output, ((h_n, c_n) if lstm else h_n)
+        return layer_in, torch.stack(hn), (torch.stack(cn) if lstm else None)
 
     def _check_matches_parameters(self, x):
         """Name the input and the module's parameters, and say how to convert (not the

@@ -1,22 +1,32 @@
 """"auto" falling back to the torch backend uses torch's own fused RNN op when the call has exactly
-torch.nn's semantics (and our loop otherwise); an explicit backend="torch" always runs our loop."""
+torch.nn's semantics (and our loop otherwise); an explicit backend="torch" always runs our loop.
+A drop-in makes one call of torch's multi-layer op, as torch.nn does (packed input included);
+rnn.functional one per layer and direction."""
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnn
 from rnn import functional as F
+from rnn.modules import _Fused
 
 
 @pytest.fixture
 def native_calls(monkeypatch):
+    """The native ops called, in order: ("module", op) per drop-in call, op per functional call."""
     calls = []
-    real = F._native
+    real_f, real_m = F._native, _Fused._run_native
 
-    def spy(*args, **kwargs):
+    def spy_f(*args, **kwargs):
         calls.append(args[0])
-        return real(*args, **kwargs)
+        return real_f(*args, **kwargs)
 
-    monkeypatch.setattr(F, "_native", spy)
+    def spy_m(self, op, *args, **kwargs):
+        calls.append(("module", op))
+        return real_m(self, op, *args, **kwargs)
+
+    monkeypatch.setattr(F, "_native", spy_f)
+    monkeypatch.setattr(_Fused, "_run_native", spy_m)
     return calls
 
 
@@ -38,7 +48,30 @@ def test_auto_on_cpu_is_torch_nn_bitwise(kind, kw, native_calls):
         results.append((out, xx.grad, m.weight_hh_l0.grad))
     for a, b in zip(*results):
         assert torch.equal(a, b)
-    assert len(native_calls) == ours.num_layers * (2 if ours.bidirectional else 1)
+    op = {"LSTM": torch.lstm, "GRU": torch.gru}.get(kind, torch.rnn_relu if "nonlinearity" in kw else torch.rnn_tanh)
+    assert native_calls == [("module", op)]
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_auto_packed_input_is_torch_nn_bitwise(kind, enforce_sorted, native_calls):
+    ref = getattr(torch.nn, kind)(5, 7, num_layers=2, bidirectional=True, batch_first=True).double()
+    ours = getattr(rnn, kind)(5, 7, num_layers=2, bidirectional=True, batch_first=True).double()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 6, 5, dtype=torch.float64)
+    lengths = torch.tensor([6, 5, 3, 1]) if enforce_sorted else torch.tensor([3, 6, 1, 6])
+    h = torch.randn(4, 4, 7, dtype=torch.float64)
+    hx = (h, torch.randn_like(h)) if kind == "LSTM" else h
+    results = []
+    for m in (ref, ours):
+        xx = x.clone().requires_grad_()
+        out, states = m(pack_padded_sequence(xx, lengths, batch_first=True, enforce_sorted=enforce_sorted), hx)
+        out.data.square().sum().backward()
+        states = states if isinstance(states, tuple) else (states,)
+        results.append((out.data, out.batch_sizes, *states, xx.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert len(native_calls) == 1
 
 
 def test_explicit_torch_backend_runs_our_loop(native_calls):
@@ -63,6 +96,8 @@ def test_keras_semantics_run_our_loop(native_calls):
     assert native_calls == []
     F.lstm(x, w_ih, w_hh, reverse=True)
     assert native_calls == [torch.lstm]
+    rnn.LSTM(5, 7)(torch.randn(6, 3, 5))  # the drop-in: one call for all layers and directions
+    assert native_calls == [torch.lstm, ("module", torch.lstm)]
 
 
 def test_native_reverse_and_one_bias_match_our_loop():
