@@ -131,7 +131,8 @@ def choose(name, device, spec, hidden, batch, dtype) -> Choice:
             skipped.append(f"{candidate}: {why}")
     else:
         skipped.append(f"device {device} is not CUDA")
-    return Choice(get("torch"), "torch", "fallback: " + "; ".join(skipped))
+    return Choice(get("torch"), "torch", "fallback: " + "; ".join(skipped)
+                  + " (a call with torch.nn's semantics runs torch's native RNN op, others our loop)")
 
 
 def explain(name="auto", device="cpu", spec=None, hidden=128, batch=1, dtype=torch.float32) -> str:
