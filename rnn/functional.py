@@ -271,7 +271,9 @@ def lstm(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, activation="t
     """One LSTM layer, one direction: returns (out (T, B, H), hT (B, H), cT (B, H)).
 
     Gates i, f, g, o: c' = f*c + i*g, h' = o*activation(c'); i, f, o use recurrent_activation.
-    c0 (B, H) is the initial cell state or None (zeros). Example:
+    c0 (B, H) is the initial cell state or None (zeros). w_hr=(P, H) makes it torch.nn's LSTM with
+    projections (proj_size=P): h' = (o*activation(c')) @ w_hr^T, so h0, hT and out are P wide and
+    w_hh is (4H, P). Example:
 
         >>> import torch
         >>> from rnn import functional as F
