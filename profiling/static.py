@@ -576,16 +576,18 @@ def walk_counts(ptx_text, launch, source=None):
                 continue
             args.append(1 << 40 if p.name.endswith("_ptr") else scal[p.name])
         args += [1 << 40] * (len(kernel.params) - len(args))
-        window = (1, 2) if launch.persistent else (0, 1)
     else:
         args = cupy_walk_args(source, launch)
-        window = (1, 2)
+    window = (1, 2)
     block, warp_max = sass.Counter(), sass.Counter()
     grid = tuple(launch.grid) + (1,) * (3 - len(launch.grid))
 
     def one(tid):
-        return sass.walk(kernel, args, tid=tid, ntid=launch.threads, nctaid=grid, cluster=launch.cluster,
-                         window=window)[0]
+        # A persistent kernel: one turn of its step loop (the second, past the set-up). A per-step
+        # kernel is one step per launch: all of it (its loops are K chunks, not steps).
+        window_counts, whole, _ = sass.walk(kernel, args, tid=tid, ntid=launch.threads, nctaid=grid,
+                                            cluster=launch.cluster, window=window)
+        return window_counts if launch.persistent else whole
 
     for w in range(warps):
         win = one(32 * w)
@@ -867,7 +869,7 @@ def make_rows(item, results, index):
                              exchanges=row["cluster_exchanges_per_step"])
     row["us_per_step_est"], row["est_terms_us"] = est, terms
     row["note"] = "; ".join(notes)
-    if not row["step_loop_found"]:
+    if not row["step_loop_found"] and row["path"] == "persistent":  # a per-step kernel has none
         row["note"] = "; ".join(filter(None, [row["note"], "step loop not found in the SASS"]))
     return [row]
 

@@ -296,6 +296,18 @@ def test_triton_family_bf16(tmp_path):
     assert "compiled for sm_90, estimated, not measured" in md
 
 
+def test_triton_per_step_kernel_counts_its_whole_launch(tmp_path):
+    """A per-step kernel is one step per launch: every K chunk of its dot counts (LSTM bf16 B16
+    H1024: the backward runs per step, 32 programs of 32 units, K = 4H = 4096: one program's dot
+    is 2 * 32 * 16 * 4096 FLOPs, 1024 m16n8k16 MMAs)."""
+    record, _ = _run_static(tmp_path, "--cells", "lstm", "--dtypes", "bf16", "--batches", "16", "--hiddens",
+                            "1024", "--backends", "triton")
+    row = _row(record, "triton", "backward")
+    assert row["path"] == "per-step" and row["grid"][0] == 32, row
+    assert row["mma_per_step"] * 16 * 8 * 16 * 2 == 2 * 32 * 16 * 4096, row
+    assert "step loop" not in row["note"] and row["launches_per_step"] >= 1
+
+
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None,
                                 reason="nvcc not on PATH: the CuPy kernels cannot be compiled here")
 
