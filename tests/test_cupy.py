@@ -467,6 +467,7 @@ def test_largest_hidden_size_runs(rng, kind, dtype):
 GXX = shutil.which("g++")
 
 EMULATION_SHIM = r"""
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdlib>
@@ -506,6 +507,20 @@ inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); retu
 inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
+// 16-byte vector loads and 4/8/16-byte stores: the hardware faults on a misaligned address, the
+// emulation counts it (emu_launch reports it); it also counts the vector loads and stage_tile's
+// single-element loads (the tests check which form of stage_tile ran)
+namespace emu { static std::atomic<int> misaligned{0}; static std::atomic<long> vector_loads{0}, single_loads{0}; }
+inline void frnn_emu_load16(const void* p, unsigned* w) {
+    if ((size_t)p % 16) ++emu::misaligned;
+    ++emu::vector_loads;
+    std::memcpy(w, p, 16);
+}
+inline void frnn_emu_single_load() { ++emu::single_loads; }
+inline void frnn_emu_store(void* p, const unsigned* w, int nwords) {
+    if ((size_t)p % (4 * nwords)) ++emu::misaligned;
+    std::memcpy(p, w, 4 * nwords);
+}
 inline float frnn_emu_half_to_float(unsigned short b) { _Float16 h; std::memcpy(&h, &b, 2); return (float)h; }
 inline unsigned short frnn_emu_float_to_half(float f) { _Float16 h = (_Float16)f; unsigned short b; std::memcpy(&b, &h, 2); return b; }
 // mma.sync for one warp, written from the PTX ISA fragment tables (m16n8k16 f16/bf16, m16n8k8
@@ -587,14 +602,18 @@ inline int emu_release(std::vector<emu::Block>& blocks, size_t smem_bytes) {
     return overrun;
 }
 
+// 0, or 1 (shared memory overrun) | 2 (misaligned vector access)
 template <class F> int emu_launch(int grid, int threads, size_t smem_bytes, F kernel) {
     gridDim.x = grid;
     blockDim.x = threads;
     std::barrier<> gbar(grid * threads);
     emu::grid_barrier = &gbar;
+    emu::misaligned = 0;
+    emu::vector_loads = 0;
+    emu::single_loads = 0;
     auto blocks = emu_blocks(grid, threads, smem_bytes);
     emu_run(blocks, threads, [](int) {}, kernel);
-    return emu_release(blocks, smem_bytes);
+    return emu_release(blocks, smem_bytes) | (emu::misaligned ? 2 : 0);
 }
 #include "cupy/forward.cu"
 #include "cupy/backward.cu"
@@ -607,6 +626,9 @@ extern "C" int run_forward(void** p, const int* n, int grid, int threads, long s
                                 AnyPtr{p[6]}, AnyPtr{p[7]}, AnyPtr{p[8]}, AnyPtr{p[9]}, AnyPtr{p[10]}, AnyPtr{p[11]},
                                 AnyPtr{p[12]}, AnyPtr{p[13]}, AnyPtr{p[14]}, n[0], n[1], n[2], n[3], n[4], n[5]);
     });
+}
+extern "C" long loads_of_last_launch(int single) {
+    return single ? emu::single_loads.load() : emu::vector_loads.load();
 }
 extern "C" int run_backward(void** p, const int* n, int grid, int threads, long smem) {
     return emu_launch(grid, threads, smem, [&] {
@@ -623,28 +645,47 @@ EMU_LIMITS = kc.DeviceLimits("emulated", 3, 48 * 1024, 64 * 1024)
 
 EMU_CASES = [
     # kind, activation, recurrent_activation, reset_after, dtype, T, B, H, reverse, mask, rec_mask, rows, max tile,
-    # matvec: "fma", or "mma" (tensor cores: bf16 / fp16, or fp32 as tf32)
-    ("lstm", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2, "fma"),
-    ("lstm", "relu", "hard_sigmoid", True, torch.float32, 6, 3, 13, True, False, False, 2, None, "fma"),
-    ("gru", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, True, True, True, 4, 3, "fma"),
-    ("gru", "tanh", "sigmoid", False, torch.float64, 7, 5, 13, False, True, True, 2, 2, "fma"),
-    ("gru", "linear", "hard_sigmoid", False, torch.float32, 5, 3, 13, True, False, False, 4, None, "fma"),
-    ("rnn", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2, "fma"),
-    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 6, 4, 13, False, True, False, 4, None, "fma"),
-    ("gru", "tanh", "sigmoid", True, torch.float16, 6, 4, 13, False, False, True, 4, 3, "fma"),
+    # matvec: "fma", or "mma" (tensor cores: bf16 / fp16, or fp32 as tf32),
+    # placement of the buffers the kernels stage rows from (h0, out, rec_mask, the r*h and dA scratch):
+    # "aligned" (64-byte boundaries) or "offset" (one element past one: no row starts 16-byte aligned)
+    ("lstm", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2, "fma", "aligned"),
+    ("lstm", "relu", "hard_sigmoid", True, torch.float32, 6, 3, 13, True, False, False, 2, None, "fma", "aligned"),
+    ("gru", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, True, True, True, 4, 3, "fma", "aligned"),
+    ("gru", "tanh", "sigmoid", False, torch.float64, 7, 5, 13, False, True, True, 2, 2, "fma", "aligned"),
+    ("gru", "linear", "hard_sigmoid", False, torch.float32, 5, 3, 13, True, False, False, 4, None, "fma", "aligned"),
+    ("rnn", "tanh", "sigmoid", True, torch.float64, 7, 5, 13, False, True, True, 4, 2, "fma", "aligned"),
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 6, 4, 13, False, True, False, 4, None, "fma", "aligned"),
+    ("gru", "tanh", "sigmoid", True, torch.float16, 6, 4, 13, False, False, True, 4, 3, "fma", "aligned"),
     # fewer units than SMs (2 blocks of 1 unit), a single sequence, a single step
-    ("lstm", "tanh", "sigmoid", True, torch.float64, 4, 1, 2, True, True, True, 4, None, "fma"),
-    ("gru", "tanh", "sigmoid", False, torch.float64, 1, 3, 7, False, False, True, 4, None, "fma"),
+    ("lstm", "tanh", "sigmoid", True, torch.float64, 4, 1, 2, True, True, True, 4, None, "fma", "aligned"),
+    ("gru", "tanh", "sigmoid", False, torch.float64, 1, 3, 7, False, False, True, 4, None, "fma", "aligned"),
     # tensor cores: padded rows/units, per-gate staged copies, two 16-row batch tiles (B=18),
     # the k reduction split over idle warps (one 8-unit tile, several k tiles), uneven splits
-    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 6, 4, 13, False, True, False, 4, None, "mma"),
-    ("lstm", "tanh", "sigmoid", True, torch.float16, 5, 18, 13, True, True, True, 4, 16, "mma"),
-    ("gru", "tanh", "sigmoid", True, torch.float16, 6, 4, 13, False, False, True, 4, 3, "mma"),
-    ("gru", "tanh", "hard_sigmoid", False, torch.bfloat16, 5, 18, 20, False, True, True, 4, 16, "mma"),
-    ("rnn", "tanh", "sigmoid", True, torch.bfloat16, 6, 5, 20, True, True, False, 4, None, "mma"),
-    ("lstm", "tanh", "sigmoid", True, torch.float32, 6, 5, 13, False, True, True, 4, None, "mma"),
-    ("gru", "tanh", "sigmoid", False, torch.float32, 6, 3, 13, True, True, False, 4, None, "mma"),
-    ("rnn", "relu", "sigmoid", True, torch.float32, 5, 2, 37, False, False, True, 4, None, "mma"),
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 6, 4, 13, False, True, False, 4, None, "mma", "aligned"),
+    ("lstm", "tanh", "sigmoid", True, torch.float16, 5, 18, 13, True, True, True, 4, 16, "mma", "aligned"),
+    ("gru", "tanh", "sigmoid", True, torch.float16, 6, 4, 13, False, False, True, 4, 3, "mma", "aligned"),
+    ("gru", "tanh", "hard_sigmoid", False, torch.bfloat16, 5, 18, 20, False, True, True, 4, 16, "mma", "aligned"),
+    ("rnn", "tanh", "sigmoid", True, torch.bfloat16, 6, 5, 20, True, True, False, 4, None, "mma", "aligned"),
+    ("lstm", "tanh", "sigmoid", True, torch.float32, 6, 5, 13, False, True, True, 4, None, "mma", "aligned"),
+    ("gru", "tanh", "sigmoid", False, torch.float32, 6, 3, 13, True, True, False, 4, None, "mma", "aligned"),
+    ("rnn", "relu", "sigmoid", True, torch.float32, 5, 2, 37, False, False, True, 4, None, "mma", "aligned"),
+    # staging of the exchanged rows (stage_tile): H a multiple of the 16-byte vector (8 x 16-bit, 4 x fp32,
+    # 2 x fp64) with aligned rows takes the whole-vector form, odd H or offset buffers the general one
+    # (aligned vectors plus single head / tail elements, vectors across the copies of dA); both with and
+    # without dropout masks, MMA (raw 16-bit copy, tf32 rounding, fp32 r*h to bf16) and FMA (16-bit to fp32)
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 5, 3, 16, False, True, False, 4, None, "mma", "aligned"),
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 5, 3, 16, True, False, False, 4, None, "mma", "offset"),
+    ("lstm", "tanh", "sigmoid", True, torch.float16, 4, 18, 24, False, True, True, 4, 16, "mma", "aligned"),
+    ("gru", "tanh", "hard_sigmoid", False, torch.bfloat16, 5, 5, 24, True, True, True, 4, None, "mma", "aligned"),
+    ("gru", "tanh", "hard_sigmoid", False, torch.bfloat16, 5, 5, 24, False, False, True, 4, None, "mma", "offset"),
+    ("lstm", "tanh", "sigmoid", True, torch.float32, 5, 3, 16, True, True, True, 4, None, "mma", "aligned"),
+    ("gru", "tanh", "sigmoid", True, torch.float16, 5, 4, 16, False, True, True, 4, None, "mma", "offset"),
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 5, 4, 16, False, True, False, 4, None, "fma", "aligned"),
+    ("gru", "tanh", "sigmoid", True, torch.float16, 5, 5, 16, True, True, True, 4, 3, "fma", "aligned"),
+    ("lstm", "relu", "hard_sigmoid", True, torch.float32, 5, 3, 12, False, False, False, 2, None, "fma", "aligned"),
+    ("rnn", "tanh", "sigmoid", True, torch.float64, 5, 5, 10, True, True, True, 4, 2, "fma", "aligned"),
+    ("gru", "linear", "hard_sigmoid", False, torch.float32, 5, 3, 12, True, True, False, 4, None, "fma", "offset"),
+    ("lstm", "tanh", "sigmoid", True, torch.float64, 5, 5, 14, False, True, True, 4, 2, "fma", "offset"),
 ]
 
 
@@ -664,6 +705,17 @@ def _from_storage(a, dtype):
 
 def _storage_np_dtype(dtype):
     return {torch.float32: np.float32, torch.float64: np.float64}.get(dtype, np.int16)
+
+
+def _placed(shape, dt, offset=0):
+    """An uninitialised array whose data starts `offset` elements past a 64-byte boundary."""
+    dt = np.dtype(dt)
+    nbytes = int(np.prod(shape)) * dt.itemsize
+    buf = np.empty(nbytes + 64 + offset * dt.itemsize, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset * dt.itemsize
+    a = buf[start:start + nbytes].view(dt).reshape(shape)
+    assert a.ctypes.data % 64 == offset * dt.itemsize
+    return a
 
 
 def build_emulation(directory, source):
@@ -701,7 +753,8 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
     ref = pytest.importorskip("rnn.reference")
     from rnn.cells import CellSpec
 
-    kind, act, ract, reset_after, dtype, T, B, H, reverse, use_mask, use_rec_mask, rows, max_tile, matvec = case
+    (kind, act, ract, reset_after, dtype, T, B, H, reverse, use_mask, use_rec_mask, rows, max_tile, matvec,
+     placement) = case
     cell = CellSpec(kind, act, ract, reset_after)
     mma = matvec == "mma"
     tol = "tf32" if mma and dtype == torch.float32 else dtype
@@ -725,24 +778,42 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
     lib = emu_build(configs["forward"].template_args)
     sdt = _storage_np_dtype(dtype)
 
-    def nan_array(shape, dt):  # poisoned outputs
-        a = np.empty(shape, dt)
+    offset = 1 if placement == "offset" else 0
+
+    def nan_array(shape, dt, staged=False):  # poisoned outputs; staged rows as the case places them
+        a = _placed(shape, dt, offset if staged else 0)
         a.fill(np.nan if dt != np.int16 else -1)  # 0xffff is a NaN in fp16 and bf16
         return a
+
+    def placed_copy(a):
+        if a is None:
+            return None
+        b = _placed(a.shape, a.dtype, offset)
+        b[...] = a
+        return b
 
     def call(fn, arrays, config):
         ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
         ints = (ctypes.c_int * 6)(T, B, H, config.units, config.batch_tile, int(reverse))
-        assert fn(ptrs, ints, config.grid, config.threads, ctypes.c_long(config.smem)) == 0, "shared memory overrun"
+        status = fn(ptrs, ints, config.grid, config.threads, ctypes.c_long(config.smem))
+        assert status & 1 == 0, "shared memory overrun"
+        assert status & 2 == 0, "misaligned 16-byte / 8-byte vector access"
+        assert status == 0, status
+        lib.loads_of_last_launch.restype = ctypes.c_long
+        loads["vector"] += lib.loads_of_last_launch(0)
+        loads["single"] += lib.loads_of_last_launch(1)
+
+    loads = {"vector": 0, "single": 0}
 
     xg = _np_storage(p["x"] @ p["w_ih"].T + p["b_ih"], dtype)
-    w_hh, b_hh, h0 = _np_storage(p["w_hh"], dtype), _np_storage(p["b_hh"], dtype), _np_storage(p["h0"], dtype)
+    w_hh, b_hh = _np_storage(p["w_hh"], dtype), _np_storage(p["b_hh"], dtype)
+    h0 = placed_copy(_np_storage(p["h0"], dtype))
     c0 = _np_storage(p["c0"], dtype) if kind == "lstm" else None
     mask_u8 = None if mask is None else mask.astype(np.uint8)
-    rec = None if rec_mask is None else rec_mask.astype(acc_np)
-    o, h_T, c_T = nan_array((T, B, H), sdt), nan_array((B, H), sdt), nan_array((B, H), sdt)
+    rec = None if rec_mask is None else placed_copy(rec_mask.astype(acc_np))
+    o, h_T, c_T = nan_array((T, B, H), sdt, staged=True), nan_array((B, H), sdt), nan_array((B, H), sdt)
     gates, extra = nan_array((T, B, g * H), acc_np), nan_array((T, B, H), acc_np)
-    state, scratch = nan_array((2, B, H), acc_np), nan_array((B, H), acc_np)
+    state, scratch = nan_array((2, B, H), acc_np), nan_array((B, H), acc_np, staged=True)
     barrier = np.zeros(1, np.uint32)
     call(lib.run_forward, [xg, w_hh, b_hh, h0, c0, mask_u8, rec, o, h_T, c_T, gates, extra, state, scratch,
                            barrier], configs["forward"])
@@ -755,7 +826,8 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
         assert np.isfinite(extra).all()
 
     dxg, dh0, dc0 = nan_array((T, B, g * H), sdt), nan_array((B, H), sdt), nan_array((B, H), sdt)
-    bstate, bscratch = nan_array((2, B, H), acc_np), nan_array((2, B, g * H), acc_np)
+    # dA is exchanged in the storage type
+    bstate, bscratch = nan_array((2, B, H), acc_np), nan_array((2, B, g * H), sdt, staged=True)
     call(lib.run_backward, [w_hh, h0, c0, mask_u8, rec, o, gates, extra, _np_storage(dout, dtype),
                             _np_storage(dhT, dtype), None if dcT is None else _np_storage(dcT, dtype),
                             dxg, dh0, dc0, bstate, bscratch, barrier], configs["backward"])
@@ -767,3 +839,11 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
         assert_close("dc0", _from_storage(dc0, dtype), grads["c0"], tol)
     if mask is not None:
         assert np.all(d[~mask] == 0.0)
+    # which form of stage_tile ran: whole 16-byte vectors only where every staged row starts aligned
+    # and H is a multiple of the vector; else aligned vectors (where a row holds one) and single elements
+    vs = 16 // np.dtype(sdt).itemsize
+    if placement == "aligned" and H % vs == 0:
+        assert loads["single"] == 0 and loads["vector"] > 0, loads
+    else:
+        assert loads["single"] > 0, loads
+        assert loads["vector"] > 0 or H < 2 * vs - 1, loads  # a row of H holds an aligned vector

@@ -54,7 +54,11 @@ DTYPES = {
 THREADS = 256  # threads per block: 8 warps
 ROWS = 4  # batch rows per warp tile (FMA path)
 MMA_MIN_COMPUTE_CAPABILITY = (8, 0)  # mma.sync m16n8k16 bf16 / m16n8k8 tf32
-REGS_PER_THREAD_ESTIMATE = 80  # ptxas reports 48-80 (sm_90, the MMA kernels highest); the launch re-checks
+# ptxas reports 90-240 for forward.cu / backward.cu (sm_90; fp64 FMA the highest, bf16 / fp16 MMA
+# 128-184), none spilling: they are built for one block per SM (__launch_bounds__(THREADS, 1), what
+# every plan uses), so that the values loaded ahead of the grid barrier stay in registers. The
+# launch re-checks the co-residency with the compiled kernel's count.
+REGS_PER_THREAD_ESTIMATE = 240
 MIN_COMPUTE_CAPABILITY = (7, 0)
 CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14  # CUfunction_attribute (cuda.h)  # ld.acquire in the atomic barrier; Volta+ cooperative launches
 
@@ -727,7 +731,8 @@ class CupyBackend:
             _raise_on_timeout(status, config, device)
             return dxg, dh0, dc0
         state = torch.empty((2, batch, hidden), dtype=acc, device=device)
-        scratch = torch.empty((2, batch, g * hidden), dtype=acc, device=device)
+        # dA, exchanged between blocks each step in the storage type (half the bytes of fp32 for bf16 / fp16)
+        scratch = torch.empty((2, batch, g * hidden), dtype=dtype, device=device)
         barrier = torch.zeros(1, dtype=torch.int32, device=device)
         args = (
             _ptr(w_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask), _ptr(out), _ptr(gates), _ptr(extra),

@@ -7,9 +7,12 @@
 //
 // Per step (processing index s from T-1 down to 0):
 //   phase A (owned units j, elementwise): dh = dh_rec + dout[t]; gate gradients from the saved
-//     gates / extra; write dxg[t] and dA (the gradients that flow into h W^T, float/double,
-//     double-buffered by step parity); keep the direct part of dh_{t-1} (GRU z*dh) and dc_{t-1}.
-//   grid barrier
+//     gates / extra; write dxg[t] and dA (the gradients that flow into h W^T, in the storage type
+//     (bf16 / fp16 for half inputs: half the exchanged bytes; sums stay fp32), double-buffered by
+//     step parity); keep the direct part of dh_{t-1} (GRU z*dh) and dc_{t-1}.
+//   load phase B's epilogue inputs of this step and phase A's inputs of the next (the thread's
+//     first item of each), grid barrier: those loads are under way while the block waits
+//   phase B stages dA rows with 16-byte loads (stage_tile)
 //   phase B (owned units k, matvec): dh_rec[b, k] = direct + sum_g m_g[b, k] sum_j dA_g[b, j] W_g[j, k]
 //   GRU reset_after=False: (r*h) W_n^T couples r to every unit, so phase B first computes
 //     d(r*h) = dA_n W_n for the owned units, then dr, then (after a second barrier) the r, z terms.
@@ -19,8 +22,9 @@
 
 namespace frnn {
 
+// __launch_bounds__(THREADS, 1): one block per SM, as in forward.cu.
 template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int ROWS, int THREADS>
-__global__ void __launch_bounds__(THREADS) rnn_backward(
+__global__ void __launch_bounds__(THREADS, 1) rnn_backward(
     const T* __restrict__ w_hh,                    // (GH, H)
     const T* __restrict__ h0,                      // (B, H) or nullptr (zeros)
     const T* __restrict__ c0,                      // (B, H) or nullptr (zeros; LSTM only)
@@ -36,7 +40,7 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
     T* dh0,                                        // (B, H)
     T* dc0,                                        // (B, H) LSTM only, else unused
     acc_t<T>* state,                               // (2, B, H) scratch: owned dh, dc
-    acc_t<T>* scratch,                             // (2, B, GH) scratch: dA, double-buffered
+    T* scratch,                                    // (2, B, GH) scratch: dA (storage type), double-buffered
     unsigned* barrier,                             // zeroed counter (FRNN_ATOMIC_BARRIER only)
     int steps, int B, int H,
     int U,                                         // hidden units per block
@@ -64,37 +68,113 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
         if constexpr (KIND == LSTM) dstate_c[i] = dcT ? to_acc(dcT[i]) : A(0);
     });
 
+    // Everything of step s that does not depend on the recurrent gradient is loaded ahead, before
+    // the grid barrier that precedes its use, and used only after it (kept as loaded): phase A's
+    // inputs for the thread's first PF items before the previous step's barrier, phase B's
+    // epilogue inputs (epilogue_item) before this step's.
+    constexpr int PF = 1;
+    auto time_of = [&](int s) { return reverse ? steps - 1 - s : s; };
+    auto prev_of = [&](int t) { return reverse ? t + 1 : t - 1; };
+    struct AheadA {
+        A gate[G];             // gates[t, b, g*H + j]
+        A ex;                  // extra[t, b, j]: LSTM c_t, GRU reset_after hn
+        A c_prev;              // LSTM c_{t-1}
+        T hp;                  // GRU: h_{t-1}[b, j] (out[tp], h0 at s = 0)
+        T dout;                // dout[t, b, j] (zero without dout)
+        unsigned char valid;   // mask[t, b]
+    };
+    auto fetch_a = [&](AheadA& in, int s, int b, int j) {
+        const int t = time_of(s), tp = prev_of(t);
+        const A* gr = gates + ((size_t)t * B + b) * GH + j;
+#pragma unroll
+        for (int g = 0; g < G; ++g) in.gate[g] = gr[g * H];
+        if constexpr (KIND == LSTM || (KIND == GRU && RESET_AFTER)) in.ex = extra[((size_t)t * B + b) * H + j];
+        if constexpr (KIND == LSTM)
+            in.c_prev = s > 0 ? extra[((size_t)tp * B + b) * H + j] : (c0 ? to_acc(c0[b * H + j]) : A(0));
+        if constexpr (KIND == GRU) in.hp = s > 0 ? out[((size_t)tp * B + b) * H + j] : (h0 ? h0[b * H + j] : T{});
+        in.dout = dout ? dout[((size_t)t * B + b) * H + j] : T{};
+        in.valid = mask ? mask[(size_t)t * B + b] : (unsigned char)1;
+    };
+    struct AheadB {
+        A m[G];                // rec_mask[g, b, k] (REC_MASK)
+        A r;                   // GRU reset_after=False: gates[t, b, k] (r)
+        T hp;                  //   h_{t-1}[b, k]
+        unsigned char valid;   //   mask[t, b]
+    };
+    auto fetch_b = [&](AheadB& in, int s, int b, int k) {
+        const int t = time_of(s), tp = prev_of(t);
+        if constexpr (REC_MASK) {
+#pragma unroll
+            for (int g = 0; g < G; ++g) in.m[g] = rec_mask[((size_t)g * B + b) * H + k];
+        }
+        if constexpr (TWO_PHASE) {
+            in.r = gates[((size_t)t * B + b) * GH + k];
+            in.hp = s > 0 ? out[((size_t)tp * B + b) * H + k] : (h0 ? h0[b * H + k] : T{});
+            in.valid = mask ? mask[(size_t)t * B + b] : (unsigned char)1;
+        }
+    };
+    AheadA pa[PF];
+    AheadB pb[PF];
+    auto prefetch_a = [&](int s) {
+#pragma unroll
+        for (int q = 0; q < PF; ++q) {
+            const int idx = threadIdx.x + q * THREADS;
+            if (idx < B * nu) fetch_a(pa[q], s, idx / nu, k0 + idx % nu);
+        }
+    };
+    auto prefetch_b = [&](int s) {
+#pragma unroll
+        for (int q = 0; q < PF; ++q) {
+            int bb, kl;
+            if (epilogue_item<ROWS, THREADS, MMA>(q, min(BB, B), nu, bb, kl)) fetch_b(pb[q], s, bb, k0 + kl);
+        }
+    };
+    if (steps > 0) prefetch_a(steps - 1);
+
     for (int s = steps - 1; s >= 0; --s) {
-        const int t = reverse ? steps - 1 - s : s;
-        const int tp = reverse ? t + 1 : t - 1;
-        A* dA = scratch + (size_t)(s & 1) * B * GH;
-        const A* gt = gates + (size_t)t * B * GH;
+        const int t = time_of(s);
+        T* dA = scratch + (size_t)(s & 1) * B * GH;
         T* dxt = dxg + (size_t)t * B * GH;
-        const T* hprev = s == 0 ? h0 : out + (size_t)tp * B * H;  // nullptr: zeros
-        auto hprev_at = [&](int b, int k) { return hprev ? to_acc(hprev[(size_t)b * H + k]) : A(0); };
-        auto valid_row = [&](int b) { return mask == nullptr || mask[(size_t)t * B + b] != 0; };
-        auto rmask = [&](int g, int b, int k) {
-            if constexpr (REC_MASK) return rec_mask[((size_t)g * B + b) * H + k];
+        auto ahead_b = [&](auto slot, int b, int k) {  // the loaded-ahead inputs (slot >= 0), else load now
+            if constexpr (decltype(slot)::value >= 0) {
+                (void)b;
+                (void)k;
+                return pb[decltype(slot)::value];
+            } else {
+                AheadB in;
+                fetch_b(in, s, b, k);
+                return in;
+            }
+        };
+        auto rmask = [&](const AheadB& in, int g) {
+            if constexpr (REC_MASK) return in.m[g];
+            (void)in;
+            (void)g;
             return A(1);
         };
 
         __syncthreads();  // dstate was last written by other threads of this block (phase B)
         // ---- phase A: elementwise over the owned units
-        for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
+        auto phase_a = [&](int idx, auto slot) {
             const int b = idx / nu;
             const int j = k0 + idx % nu;
-            const bool valid = valid_row(b);
-            const A* gr = gt + (size_t)b * GH;
-            A* da = dA + (size_t)b * GH;
+            AheadA in;
+            if constexpr (decltype(slot)::value >= 0) {
+                in = pa[decltype(slot)::value];
+            } else {
+                fetch_a(in, s, b, j);
+            }
+            const bool valid = in.valid != 0;
+            T* da = dA + (size_t)b * GH;
             T* dx = dxt + (size_t)b * GH;
-            const A dh = dstate_h[b * H + j] + (dout ? to_acc(dout[((size_t)t * B + b) * H + j]) : A(0));
+            const A dh = dstate_h[b * H + j] + to_acc(in.dout);
             A d[G];          // gradients of the gate pre-activations (dxg)
             A dr[G];         // gradients that flow into h W^T (dA)
             A direct = A(0);  // part of dh_{t-1} that does not go through W_hh
             if constexpr (KIND == LSTM) {
-                const A i = gr[j], f = gr[H + j], g = gr[2 * H + j], o = gr[3 * H + j];
-                const A c = extra[((size_t)t * B + b) * H + j];
-                const A c_prev = s > 0 ? extra[((size_t)tp * B + b) * H + j] : (c0 ? to_acc(c0[b * H + j]) : A(0));
+                const A i = in.gate[0], f = in.gate[1], g = in.gate[2], o = in.gate[3];
+                const A c = in.ex;
+                const A c_prev = in.c_prev;
                 const A tc = activate<ACT>(c);
                 const A dc_in = dstate_c[b * H + j];
                 const A dc = dc_in + dh * o * activate_grad<ACT>(tc);
@@ -106,68 +186,101 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
                 for (int q = 0; q < 4; ++q) dr[q] = d[q];
                 dstate_c[b * H + j] = valid ? dc * f : dc_in;
             } else if constexpr (KIND == GRU) {
-                const A r = gr[j], z = gr[H + j], n = gr[2 * H + j];
-                const A hp = hprev_at(b, j);
+                const A r = in.gate[0], z = in.gate[1], n = in.gate[2];
+                const A hp = to_acc(in.hp);
                 const A dn = dh * (A(1) - z) * activate_grad<ACT>(n);
                 d[1] = dh * (hp - n) * activate_grad<RACT>(z);
                 d[2] = dn;
                 dr[1] = d[1];
                 if constexpr (RESET_AFTER) {
-                    const A hn = extra[((size_t)t * B + b) * H + j];
+                    const A hn = in.ex;
                     d[0] = dn * hn * activate_grad<RACT>(r);
                     dr[0] = d[0];
                     dr[2] = dn * r;
                 } else {  // dr is known only after d(r*h) = dA_n W_n (phase B1)
+                    (void)r;
                     d[0] = A(0);
                     dr[0] = A(0);
                     dr[2] = dn;
                 }
                 direct = dh * z;
             } else {
-                d[0] = dh * activate_grad<ACT>(gr[j]);
+                d[0] = dh * activate_grad<ACT>(in.gate[0]);
                 dr[0] = d[0];
             }
 #pragma unroll
             for (int q = 0; q < G; ++q) {
                 if (TWO_PHASE && q == 0) continue;  // written in phase B1
                 dx[q * H + j] = from_acc<T>(valid ? d[q] : A(0));
-                da[q * H + j] = valid ? dr[q] : A(0);
+                da[q * H + j] = from_acc<T>(valid ? dr[q] : A(0));
             }
             dstate_h[b * H + j] = valid ? direct : dh;
-        }
+        };
+        int idx = threadIdx.x;
+        static_for<PF>([&](auto q) {  // the items loaded ahead first: their registers are free after
+            if (idx < B * nu) phase_a(idx, q);
+            idx += THREADS;
+        });
+        for (; idx < B * nu; idx += THREADS) phase_a(idx, Int<-1>{});
+        prefetch_b(s);  // before the barrier: off the critical path
+        if (s > 0) prefetch_a(s - 1);
         grid_sync(barrier, epoch);
 
         // ---- phase B: dh_{t-1}[b, k] += sum_g m_g[b, k] * (dA_g[b, :] . W_g[:, k])
         if constexpr (TWO_PHASE) {
-            auto stage_n = [&](int, int b, int j) { return load_cg(dA + (size_t)b * GH + 2 * H + j); };
-            auto grad_r = [&](int b, int kl, const A (&pre)[1]) {
+            auto stage_n = [&](int b0, int nb) {
+                stage_tile<1, false, THREADS>(sm, BB, nb, H, dA + (size_t)b0 * GH + 2 * H, (size_t)GH, H,
+                                              static_cast<const A*>(nullptr), 0);
+            };
+            auto grad_r = [&](int b, int kl, const auto& pre, auto slot) {
                 const int k = k0 + kl;
-                const bool valid = valid_row(b);
-                const A r = gt[(size_t)b * GH + k];
-                const A hm = hprev_at(b, k) * rmask(2, b, k);
+                const AheadB in = ahead_b(slot, b, k);
+                const bool valid = in.valid != 0;
+                const A r = in.r;
+                const A hm = to_acc(in.hp) * rmask(in, 2);
                 const A d_r = pre[0] * hm * activate_grad<RACT>(r);  // pre[0] = d(r*h)[b, k]
                 dxt[(size_t)b * GH + k] = from_acc<T>(valid ? d_r : A(0));
-                dA[(size_t)b * GH + k] = valid ? d_r : A(0);
-                if (valid) dstate_h[b * H + k] += rmask(2, b, k) * r * pre[0];
+                dA[(size_t)b * GH + k] = from_acc<T>(valid ? d_r : A(0));
+                if (valid) dstate_h[b * H + k] += rmask(in, 2) * r * pre[0];
             };
-            matvec_phase<1, 1, ROWS, THREADS>(sm, sm.gate(2), nu, B, BB, H, stage_n, grad_r);
+            matvec_phase<1, 1, ROWS, THREADS, PF>(sm, sm.gate(2), nu, B, BB, H, stage_n, grad_r);
             grid_sync(barrier, epoch);
-            auto stage_rz = [&](int g, int b, int j) { return load_cg(dA + (size_t)b * GH + g * H + j); };
-            auto grad_h = [&](int b, int kl, const A (&pre)[2]) {
-                const int k = k0 + kl;
-                dstate_h[b * H + k] += rmask(0, b, k) * pre[0] + rmask(1, b, k) * pre[1];
+            auto stage_rz = [&](int b0, int nb) {
+                stage_tile<2, false, THREADS>(sm, BB, nb, H, dA + (size_t)b0 * GH, (size_t)GH, 2 * H,
+                                              static_cast<const A*>(nullptr), 0);
             };
-            matvec_phase<2, 2, ROWS, THREADS>(sm, sm.w, nu, B, BB, H, stage_rz, grad_h);
+            auto grad_h = [&](int b, int kl, const auto& pre, auto slot) {
+                const int k = k0 + kl;
+                A m0 = A(1), m1 = A(1);
+                if constexpr (REC_MASK) {
+                    const AheadB in = ahead_b(slot, b, k);
+                    m0 = in.m[0];
+                    m1 = in.m[1];
+                }
+                (void)slot;
+                dstate_h[b * H + k] += m0 * pre[0] + m1 * pre[1];
+            };
+            matvec_phase<2, 2, ROWS, THREADS, PF>(sm, sm.w, nu, B, BB, H, stage_rz, grad_h);
         } else {
-            auto stage_all = [&](int g, int b, int j) { return load_cg(dA + (size_t)b * GH + g * H + j); };
-            auto grad_h = [&](int b, int kl, const A (&pre)[G]) {
+            auto stage_all = [&](int b0, int nb) {
+                stage_tile<G, false, THREADS>(sm, BB, nb, H, dA + (size_t)b0 * GH, (size_t)GH, GH,
+                                              static_cast<const A*>(nullptr), 0);
+            };
+            auto grad_h = [&](int b, int kl, const auto& pre, auto slot) {
                 const int k = k0 + kl;
                 A sum = A(0);
+                if constexpr (REC_MASK) {
+                    const AheadB in = ahead_b(slot, b, k);
 #pragma unroll
-                for (int g = 0; g < G; ++g) sum += rmask(g, b, k) * pre[g];
+                    for (int g = 0; g < G; ++g) sum += in.m[g] * pre[g];
+                } else {
+                    (void)slot;
+#pragma unroll
+                    for (int g = 0; g < G; ++g) sum += pre[g];
+                }
                 dstate_h[b * H + k] += sum;
             };
-            matvec_phase<G, (G > 1 ? G : 1), ROWS, THREADS>(sm, sm.w, nu, B, BB, H, stage_all, grad_h);
+            matvec_phase<G, (G > 1 ? G : 1), ROWS, THREADS, PF>(sm, sm.w, nu, B, BB, H, stage_all, grad_h);
         }
     }
 
@@ -184,7 +297,7 @@ __global__ void __launch_bounds__(THREADS) rnn_backward(
     template __global__ void frnn::rnn_backward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS>( \
         const T*, const T*, const T*, const unsigned char*, const frnn::acc_t<T>*, const T*,                \
         const frnn::acc_t<T>*, const frnn::acc_t<T>*, const T*, const T*, const T*, T*, T*, T*,             \
-        frnn::acc_t<T>*, frnn::acc_t<T>*, unsigned*, int, int, int, int, int, int);
+        frnn::acc_t<T>*, T*, unsigned*, int, int, int, int, int, int);
 
 // Standalone compilation builds every code path (FRNN_DEFAULT_CONFIGS in recurrence.cuh).
 #ifndef FRNN_NO_DEFAULT_INSTANTIATIONS

@@ -10,8 +10,10 @@
 //   ROWS        batch rows per warp tile (FMA path), THREADS threads per block
 //
 // Per step (processing index s, time t = reverse ? T-1-s : s, previous time tp):
-//   stage h_{t-1} (= out[tp], or h0) for a batch tile, dot with the block's W_hh rows, apply the
-//   cell to the owned units, write out[t] / gates[t] / extra[t], grid barrier.
+//   stage h_{t-1} (= out[tp], or h0) for a batch tile (16-byte loads, all of a thread's in flight
+//   together: stage_tile), dot with the block's W_hh rows, apply the cell to the owned units, write
+//   out[t] / gates[t] / extra[t], load step t+1's xg and mask bit (and dropout mask) of the
+//   thread's first epilogue item, grid barrier: those loads are under way while the block waits.
 //   GRU reset_after=False needs (r*h) of ALL units before (r*h) W_n^T: a second barrier per step.
 // The owned units' h and c are kept in float/double in `state` (only the owning block touches
 // them); the vector exchanged between blocks is out[tp] in the storage type.
@@ -20,8 +22,11 @@
 
 namespace frnn {
 
+// __launch_bounds__(THREADS, 1): one block per SM, as every plan launches it (kernels/cupy/__init__.py
+// plan), so that ptxas keeps the values loaded ahead of the barrier in registers instead of
+// spilling them to reach a higher occupancy that the launch does not use.
 template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int ROWS, int THREADS>
-__global__ void __launch_bounds__(THREADS) rnn_forward(
+__global__ void __launch_bounds__(THREADS, 1) rnn_forward(
     const T* __restrict__ xg,                      // (T, B, GH) input projection incl. b_ih
     const T* __restrict__ w_hh,                    // (GH, H)
     const T* __restrict__ b_hh,                    // (GH) or nullptr
@@ -67,37 +72,77 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
     });
     __syncthreads();
 
+    // The step's new inputs of the epilogue of item (b, j) at time t, independent of h_{t-1}: loaded
+    // ahead for the thread's first PF epilogue calls of a step (epilogue_item), before the grid
+    // barrier that precedes the step, and used only after it (kept as loaded, so that no thread
+    // waits for these loads before it arrives at the barrier). The rest is what the block reads
+    // every step (b_hh, the owned state: L1) and is read where it is used: a register held across
+    // the matvec costs one for the whole kernel, and one live across the activations' division
+    // slow-path calls is kept in local memory (stored right after its load, i.e. before the barrier).
+    constexpr int PF = 1;
+    struct Ahead {
+        T x[G];                 // xg[t, b, g*H + j]
+        A m;                    // GRU reset_after=False with dropout: rec_mask[2, b, j]
+        A z;                    // GRU reset_after=False: z from the first phase, for the second
+        unsigned char valid;    // mask[t, b] (1 without mask)
+    };
+    auto fetch = [&](Ahead& in, int t, int b, int j) {
+        const T* x = xg + ((size_t)t * B + b) * GH + j;
+#pragma unroll
+        for (int g = 0; g < G; ++g) in.x[g] = x[g * H];
+        if constexpr (TWO_PHASE && REC_MASK) in.m = rec_mask[((size_t)2 * B + b) * H + j];
+        in.valid = mask ? mask[(size_t)t * B + b] : (unsigned char)1;
+    };
+    auto bias = [&](int g, int j) { return b_hh ? to_acc(b_hh[g * H + j]) : A(0); };
+    Ahead pf[PF];
+    auto prefetch = [&](int s) {
+        const int t = reverse ? steps - 1 - s : s;
+#pragma unroll
+        for (int q = 0; q < PF; ++q) {
+            int bb, jl;
+            if (epilogue_item<ROWS, THREADS, MMA>(q, min(BB, B), nu, bb, jl)) fetch(pf[q], t, bb, j0 + jl);
+        }
+    };
+    auto ahead = [&](auto slot, int t, int b, int j) {  // the loaded-ahead inputs (slot >= 0), else load now
+        if constexpr (decltype(slot)::value >= 0) {
+            (void)t;
+            (void)b;
+            (void)j;
+            return pf[decltype(slot)::value];
+        } else {
+            Ahead in;
+            fetch(in, t, b, j);
+            return in;
+        }
+    };
+    if (steps > 0) prefetch(0);
+
     for (int s = 0; s < steps; ++s) {
         const int t = reverse ? steps - 1 - s : s;
         const int tp = reverse ? t + 1 : t - 1;
         const T* hprev = s == 0 ? h0 : out + (size_t)tp * B * H;  // nullptr: zeros
-        const T* xt = xg + (size_t)t * B * GH;
         A* gt = gates + (size_t)t * B * GH;
 
-        auto bias = [&](int g, int j) { return b_hh ? to_acc(b_hh[g * H + j]) : A(0); };
-        auto valid_row = [&](int b) { return mask == nullptr || mask[(size_t)t * B + b] != 0; };
-        auto hprev_at = [&](int b, int k) { return hprev ? load_cg(hprev + (size_t)b * H + k) : A(0); };
-        auto finish = [&](int b, int j, A h, bool valid) {  // carry by selection, publish h
-            const A h_keep = valid ? h : state_h[b * H + j];
+        auto finish = [&](int b, int j, A h, A h_prev, bool valid) {  // carry by selection, publish h
+            const A h_keep = valid ? h : h_prev;
             state_h[b * H + j] = h_keep;
             out[((size_t)t * B + b) * H + j] = from_acc<T>(h_keep);
         };
-
-        auto stage_h = [&](int g, int b, int k) {
-            A v = hprev_at(b, k);
-            if constexpr (REC_MASK) v *= rec_mask[((size_t)g * B + b) * H + k];
-            return v;
+        auto stage_h = [&](int b0, int nb) {  // h_{t-1} (times the dropout masks) of batch rows b0..b0+nb
+            stage_tile<NST, REC_MASK, THREADS>(sm, BB, nb, H, hprev ? hprev + (size_t)b0 * H : nullptr, (size_t)H, H,
+                                               REC_MASK ? rec_mask + (size_t)b0 * H : nullptr, (size_t)B * H);
         };
-        auto cell = [&](int b, int jl, const A (&pre)[NG1]) {
+        auto cell = [&](int b, int jl, const auto& pre, auto slot) {
             const int j = j0 + jl;
-            const bool valid = valid_row(b);
-            const T* x = xt + (size_t)b * GH;
+            const Ahead in = ahead(slot, t, b, j);
+            auto x = [&](int g) { return to_acc(in.x[g]); };
+            [[maybe_unused]] const bool valid = in.valid != 0;  // (GRU classic: used in the second phase)
             A* gr = gt + (size_t)b * GH;
             if constexpr (KIND == LSTM) {
-                const A i = activate<RACT>(to_acc(x[j]) + pre[0] + bias(0, j));
-                const A f = activate<RACT>(to_acc(x[H + j]) + pre[1] + bias(1, j));
-                const A g = activate<ACT>(to_acc(x[2 * H + j]) + pre[2] + bias(2, j));
-                const A o = activate<RACT>(to_acc(x[3 * H + j]) + pre[3] + bias(3, j));
+                const A i = activate<RACT>(x(0) + pre[0] + bias(0, j));
+                const A f = activate<RACT>(x(1) + pre[1] + bias(1, j));
+                const A g = activate<ACT>(x(2) + pre[2] + bias(2, j));
+                const A o = activate<RACT>(x(3) + pre[3] + bias(3, j));
                 gr[j] = i;
                 gr[H + j] = f;
                 gr[2 * H + j] = g;
@@ -108,49 +153,61 @@ __global__ void __launch_bounds__(THREADS) rnn_forward(
                 c = valid ? c : c_prev;
                 state_c[b * H + j] = c;
                 extra[((size_t)t * B + b) * H + j] = c;
-                finish(b, j, h, valid);
+                finish(b, j, h, state_h[b * H + j], valid);
             } else if constexpr (KIND == GRU && RESET_AFTER) {
-                const A r = activate<RACT>(to_acc(x[j]) + pre[0] + bias(0, j));
-                const A z = activate<RACT>(to_acc(x[H + j]) + pre[1] + bias(1, j));
+                const A r = activate<RACT>(x(0) + pre[0] + bias(0, j));
+                const A z = activate<RACT>(x(1) + pre[1] + bias(1, j));
                 const A hn = pre[2] + bias(2, j);
-                const A n = activate<ACT>(to_acc(x[2 * H + j]) + r * hn);
+                const A n = activate<ACT>(x(2) + r * hn);
                 gr[j] = r;
                 gr[H + j] = z;
                 gr[2 * H + j] = n;
                 extra[((size_t)t * B + b) * H + j] = hn;
-                finish(b, j, (A(1) - z) * n + z * state_h[b * H + j], valid);
+                const A h_prev = state_h[b * H + j];
+                finish(b, j, (A(1) - z) * n + z * h_prev, h_prev, valid);
             } else if constexpr (KIND == GRU) {  // classic form, first half: r, z and r*h
-                const A r = activate<RACT>(to_acc(x[j]) + pre[0] + bias(0, j));
-                const A z = activate<RACT>(to_acc(x[H + j]) + pre[1] + bias(1, j));
+                const A r = activate<RACT>(x(0) + pre[0] + bias(0, j));
+                const A z = activate<RACT>(x(1) + pre[1] + bias(1, j));
                 gr[j] = r;
                 gr[H + j] = z;
-                A hm = hprev_at(b, j);
-                if constexpr (REC_MASK) hm *= rec_mask[((size_t)2 * B + b) * H + j];
+                if constexpr (decltype(slot)::value >= 0) pf[decltype(slot)::value].z = z;  // for the second phase
+                A hm = to_acc(from_acc<T>(state_h[b * H + j]));  // = out[tp] (h0 at s = 0): h_{t-1} as exchanged
+                if constexpr (REC_MASK) hm *= in.m;
                 scratch[b * H + j] = r * hm;
             } else {
-                const A h = activate<ACT>(to_acc(x[j]) + pre[0] + bias(0, j));
+                const A h = activate<ACT>(x(0) + pre[0] + bias(0, j));
                 gr[j] = h;
-                finish(b, j, h, valid);
+                finish(b, j, h, state_h[b * H + j], valid);
             }
         };
-        matvec_phase<NG1, NST, ROWS, THREADS>(sm, sm.w, nu, B, BB, H, stage_h, cell);
-        grid_sync(barrier, epoch);
+        matvec_phase<NG1, NST, ROWS, THREADS, PF>(sm, sm.w, nu, B, BB, H, stage_h, cell);
 
         if constexpr (TWO_PHASE) {
-            // second half: n = act(xn + (r*h) W_n^T + b_hn) needs r*h of every unit
-            auto stage_rh = [&](int, int b, int k) { return load_cg(scratch + (size_t)b * H + k); };
-            auto cell_n = [&](int b, int jl, const A (&pre)[1]) {
-                const int j = j0 + jl;
-                const bool valid = valid_row(b);
-                A* gr = gt + (size_t)b * GH;
-                const A z = load_cg(gr + H + j);
-                const A n = activate<ACT>(to_acc(xt[(size_t)b * GH + 2 * H + j]) + pre[0] + bias(2, j));
-                gr[2 * H + j] = n;
-                finish(b, j, (A(1) - z) * n + z * state_h[b * H + j], valid);
-            };
-            matvec_phase<1, 1, ROWS, THREADS>(sm, sm.gate(2), nu, B, BB, H, stage_rh, cell_n);
             grid_sync(barrier, epoch);
+            // second half: n = act(xn + (r*h) W_n^T + b_hn) needs r*h of every unit
+            auto stage_rh = [&](int b0, int nb) {
+                stage_tile<1, false, THREADS>(sm, BB, nb, H, scratch + (size_t)b0 * H, (size_t)H, H,
+                                              static_cast<const A*>(nullptr), 0);
+            };
+            auto cell_n = [&](int b, int jl, const auto& pre, auto slot) {
+                const int j = j0 + jl;
+                const Ahead in = ahead(slot, t, b, j);
+                A* gr = gt + (size_t)b * GH;
+                A z;
+                if constexpr (decltype(slot)::value >= 0) {
+                    z = in.z;
+                } else {
+                    z = load_cg(gr + H + j);
+                }
+                const A n = activate<ACT>(to_acc(in.x[2]) + pre[0] + bias(2, j));
+                gr[2 * H + j] = n;
+                const A h_prev = state_h[b * H + j];
+                finish(b, j, (A(1) - z) * n + z * h_prev, h_prev, in.valid != 0);
+            };
+            matvec_phase<1, 1, ROWS, THREADS, PF>(sm, sm.gate(2), nu, B, BB, H, stage_rh, cell_n);
         }
+        if (s + 1 < steps) prefetch(s + 1);  // before the barrier: off the critical path
+        grid_sync(barrier, epoch);
     }
 
     __syncthreads();  // owned states were last written by other threads of this block

@@ -8,7 +8,8 @@
 // Work split: block `blk` owns the hidden units [blk*U, blk*U + nu) of every gate for the whole
 // sequence and keeps the matching W_hh rows (forward) or columns (backward) in shared memory.
 // Each step a block stages the rows of the exchanged vector (h_{t-1} forward, the gate-gradient
-// vector backward) for a tile of BB batch rows into shared memory, and one warp computes the dot
+// vector backward, both in the storage type) for a tile of BB batch rows into shared memory
+// (stage_tile: 16-byte loads, each thread's issued together), and one warp computes the dot
 // products of one owned unit with ROWS batch rows (lanes stride over the reduction axis, then a
 // shuffle reduction). The exchange itself goes through global memory (L2) and a grid barrier.
 //
@@ -143,6 +144,177 @@ __device__ __forceinline__ float load_cg(const f16* p) {
     return to_acc(v);
 }
 
+// The same loads keeping the storage type (16-bit floats as raw bits): stage_tile's single elements.
+template <typename S>
+__device__ __forceinline__ S load_raw_cg(const S* p) {
+#ifdef FRNN_HOST_EMULATION
+    frnn_emu_single_load();  // counted: the tests check which form of stage_tile ran
+#endif
+    if constexpr (sizeof(S) == 2) {
+        S v;
+        v.bits = __ldcg(reinterpret_cast<const unsigned short*>(p));
+        return v;
+    } else {
+        return __ldcg(p);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16-byte vector access: Vec16 is 16 bytes as four 32-bit words; vec_get<S>(v, e) is its element
+// e of type S (16 / sizeof(S) per vector). The addresses must be 16-byte aligned (4 * NW bytes for
+// store_words<NW>); the host emulation checks it.
+struct Vec16 {
+    unsigned w[4];
+};
+
+template <bool C, typename X, typename Y>
+struct Pick {
+    using type = X;
+};
+template <typename X, typename Y>
+struct Pick<false, X, Y> {
+    using type = Y;
+};
+template <typename X, typename Y>
+struct Same {
+    static constexpr bool value = false;
+};
+template <typename X>
+struct Same<X, X> {
+    static constexpr bool value = true;
+};
+template <bool B>
+struct Bool {
+    static constexpr bool value = B;
+};
+template <int I>
+struct Int {
+    static constexpr int value = I;
+};
+// f(Int<0>{}), ..., f(Int<N - 1>{}): an unrolled loop with a compile-time index
+template <int N, int I = 0, typename F>
+__device__ __forceinline__ void static_for(F&& f) {
+    if constexpr (I < N) {
+        f(Int<I>{});
+        static_for<N, I + 1>(f);
+    }
+}
+
+// data written by other blocks during this launch: L2 only (ld.global.cg), like load_cg
+__device__ __forceinline__ Vec16 load16_cg(const void* p) {
+    Vec16 v;
+#ifdef FRNN_HOST_EMULATION
+    frnn_emu_load16(p, v.w);
+#else
+    const uint4 u = __ldcg(reinterpret_cast<const uint4*>(p));
+    v.w[0] = u.x;
+    v.w[1] = u.y;
+    v.w[2] = u.z;
+    v.w[3] = u.w;
+#endif
+    return v;
+}
+// data that no thread writes during the launch (the read-only / L1 path)
+__device__ __forceinline__ Vec16 load16_ro(const void* p) {
+    Vec16 v;
+#ifdef FRNN_HOST_EMULATION
+    frnn_emu_load16(p, v.w);
+#else
+    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+    v.w[0] = u.x;
+    v.w[1] = u.y;
+    v.w[2] = u.z;
+    v.w[3] = u.w;
+#endif
+    return v;
+}
+
+// NW (1, 2 or 4) words to p in shared memory, 4 * NW-byte aligned. Written as one st.shared.v4 /
+// v2 in PTX: through a uint4 pointer NVVM splits most such stores into 32-bit ones.
+template <int NW>
+__device__ __forceinline__ void store_words(void* p, const unsigned* w) {
+#ifdef FRNN_HOST_EMULATION
+    frnn_emu_store(p, w, NW);
+#else
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    if constexpr (NW == 4) {
+        asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};" ::"r"(a), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3])
+                     : "memory");
+    } else if constexpr (NW == 2) {
+        asm volatile("st.shared.v2.b32 [%0], {%1, %2};" ::"r"(a), "r"(w[0]), "r"(w[1]) : "memory");
+    } else {
+        asm volatile("st.shared.b32 [%0], %1;" ::"r"(a), "r"(w[0]) : "memory");
+    }
+#endif
+}
+
+__device__ __forceinline__ double double_from_words(unsigned lo, unsigned hi) {
+#ifdef FRNN_HOST_EMULATION
+    const unsigned long long u = ((unsigned long long)hi << 32) | lo;
+    double d;
+    std::memcpy(&d, &u, 8);
+    return d;
+#else
+    return __hiloint2double((int)hi, (int)lo);
+#endif
+}
+__device__ __forceinline__ void double_to_words(double d, unsigned& lo, unsigned& hi) {
+#ifdef FRNN_HOST_EMULATION
+    unsigned long long u;
+    std::memcpy(&u, &d, 8);
+    lo = (unsigned)u;
+    hi = (unsigned)(u >> 32);
+#else
+    lo = (unsigned)__double2loint(d);
+    hi = (unsigned)__double2hiint(d);
+#endif
+}
+
+template <typename S>
+__device__ __forceinline__ S vec_get(const Vec16& v, int e) {
+    if constexpr (sizeof(S) == 2) {
+        S r;
+        r.bits = (unsigned short)(v.w[e >> 1] >> ((e & 1) * 16));
+        return r;
+    } else if constexpr (sizeof(S) == 4) {
+        return __uint_as_float(v.w[e]);
+    } else {
+        return double_from_words(v.w[2 * e], v.w[2 * e + 1]);
+    }
+}
+
+// Store N consecutive elements of type D to p with the widest stores its alignment allows
+// (ALIGNED: the caller guarantees 16 bytes, or 8 for an 8-byte run).
+template <bool ALIGNED, typename D, int N>
+__device__ __forceinline__ void store_run(D* p, const D (&d)[N]) {
+    constexpr int BYTES = N * (int)sizeof(D);
+    static_assert(BYTES % 8 == 0, "runs of whole 8-byte words");
+    constexpr int W = BYTES % 16 == 0 ? 4 : 2;  // words per store
+    const unsigned long long a = (unsigned long long)p;
+    if (ALIGNED || (a & (4 * W - 1)) == 0) {
+        unsigned w[BYTES / 4];
+#pragma unroll
+        for (int i = 0; i < BYTES / 4; ++i) {
+            if constexpr (sizeof(D) == 2) {
+                w[i] = (unsigned)d[2 * i].bits | ((unsigned)d[2 * i + 1].bits << 16);
+            } else if constexpr (sizeof(D) == 4) {
+                w[i] = __float_as_uint(d[i]);
+            } else {
+                unsigned lo, hi;
+                double_to_words(d[i / 2], lo, hi);
+                w[i] = (i & 1) ? hi : lo;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < BYTES / (4 * W); ++i)
+            store_words<W>(reinterpret_cast<unsigned char*>(p) + 4 * W * i, w + W * i);
+    } else {
+#pragma unroll
+        for (int i = 0; i < N; ++i) p[i] = d[i];
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Activations. Every derivative is written in terms of the activation's OUTPUT y, which the
 // forward pass saves (gates, and act(c) recomputed from the saved cell state).
@@ -220,20 +392,6 @@ __device__ __forceinline__ A warp_sum(A v) {
 template <int THREADS, typename F>
 __device__ __forceinline__ void for_owned(int B, int H, int j0, int nu, F&& f) {
     for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) f((idx / nu) * H + j0 + idx % nu);
-}
-
-// Stage `nst` copies of `nb` rows of length H into shared memory: st[(g*BB + bb)*H + k] =
-// value(g, bb, k). All threads of the block take part.
-template <int THREADS, typename A, typename F>
-__device__ __forceinline__ void stage_rows(A* st, int nst, int BB, int nb, int H, F&& value) {
-    const int n = nst * nb * H;
-    for (int idx = threadIdx.x; idx < n; idx += THREADS) {
-        const int k = idx % H;
-        const int rest = idx / H;
-        const int bb = rest % nb;
-        const int g = rest / nb;
-        st[(g * BB + bb) * H + k] = value(g, bb, k);
-    }
 }
 
 // One warp: dot products of owned unit `jl` (all NG gates) with ROWS staged rows starting at
@@ -409,35 +567,289 @@ __device__ __forceinline__ void load_weights(const Smem<T, MMA>& sm, int G, int 
     }
 }
 
-// A whole matvec phase for the block: for every batch tile, stage the rows (stage_value(g, b, k)
-// with b the absolute batch row), then hand each (batch row b, owned unit jl) its NG sums:
-// epilogue(b, jl, pre) runs on exactly one thread per (b, jl). `w` is the first gate's rows.
-template <int NG, int NST, int ROWS, int THREADS, bool MMA, typename T, typename S, typename E>
+// Stage the rows of one batch tile into the staging buffer (the exchanged vector, read from L2).
+//
+// Source row bb (< nb) is the contiguous segment src + bb * stride of `len` elements of type S (the
+// storage type; the accumulation type for GRU's r*h). Without MASKED its element i goes to staged
+// copy i / H, column i % H (len = NST * H). MASKED (forward recurrent dropout): len = H, and the row
+// goes to every copy g < NST multiplied by mask[g * mstride + bb * H + i]. src == nullptr stages
+// zeros. MMA: the staged values are MMA operands in the storage type, rows ld apart, with the zero
+// padding (rows nb..bbp, columns H..kpad) that the fragments read; FMA: the accumulation type.
+//
+// A row splits into 16-byte vectors of VS elements at aligned addresses, and single elements before
+// the first (head) and after the last (tail). Every row gets the same number of vectors nv, so the
+// work items are uniform: nb * nv vector loads and nb * ns single ones. The FAST form (every row
+// starts 16-byte aligned and whole vectors cover the rows of every copy: H a multiple of VS, the
+// usual case) has no single elements and stores whole vectors. Each thread issues the loads of up
+// to UNR items before it converts and stores any of them, so that they are in flight together.
+template <int NST, bool MASKED, int THREADS, bool MMA, typename T, typename S>
+__device__ __forceinline__ void stage_tile(const Smem<T, MMA>& sm, int BB, int nb, int H, const S* src, size_t stride,
+                                           int len, const acc_t<T>* mask, size_t mstride) {
+    using A = acc_t<T>;
+    using D = typename Pick<MMA, T, A>::type;  // a staged element
+    constexpr int VS = 16 / (int)sizeof(S);
+    constexpr int VA = 16 / (int)sizeof(A);
+    constexpr bool RAW = MMA && !MASKED && Same<S, T>::value && sizeof(T) == 2;  // staged = stored bits
+    constexpr int UNR = MASKED ? 1 : 8;  // items in flight per thread: whole form
+    constexpr int UNR_G = MASKED ? 1 : 2;  // general form (odd layouts): fewer, to spare registers
+    constexpr int MG = MASKED ? NST : 1;
+    D* st = reinterpret_cast<D*>(sm.stage);
+    const int ldd = MMA ? sm.ld : H;
+    const size_t cstride = (size_t)(MMA ? sm.bbp : BB) * ldd;
+    if constexpr (MMA) {  // zero padding: columns H..kpad of rows < nb, then whole rows nb..bbp
+        constexpr int K = MmaShape<T>::K;
+        const int kpad = (H + K - 1) / K * K;
+        const int pc = kpad - H;
+#pragma unroll 1  // rare, and unrolled it would take many registers
+        for (int idx = threadIdx.x; idx < NST * nb * pc; idx += THREADS) {
+            const int r = idx / pc;  // copy * nb + row
+            st[(size_t)(r / nb) * cstride + (size_t)(r % nb) * ldd + H + (idx - r * pc)] = T{};
+        }
+        const int pr = sm.bbp - nb;
+#pragma unroll 1  // rare, and unrolled it would take many registers
+        for (int idx = threadIdx.x; idx < NST * pr * kpad; idx += THREADS) {
+            const int r = idx / kpad;  // copy * pr + row - nb
+            st[(size_t)(r / pr) * cstride + (size_t)(nb + r % pr) * ldd + (idx - r * kpad)] = T{};
+        }
+    }
+    if (src == nullptr) {
+#pragma unroll 1  // rare, and unrolled it would take many registers
+        for (int idx = threadIdx.x; idx < NST * nb * H; idx += THREADS) {
+            const int r = idx / H;  // copy * nb + row
+            st[(size_t)(r / nb) * cstride + (size_t)(r % nb) * ldd + (idx - r * H)] = D{};
+        }
+        return;
+    }
+    auto conv = [&](S v, A m) -> D {
+        if constexpr (RAW) {
+            (void)m;
+            return v;
+        } else {
+            A a = to_acc(v);
+            if constexpr (MASKED) a *= m;
+            (void)m;
+            if constexpr (MMA) {
+                return mma_operand<T>(a);
+            } else {
+                return a;
+            }
+        }
+    };
+    auto head_of = [&](const S* row) {  // single elements before the row's first aligned vector
+        return (int)((VS - (((unsigned long long)row / sizeof(S)) & (VS - 1))) & (VS - 1));
+    };
+    const bool rows_aligned = ((unsigned long long)src & 15) == 0 && (stride * sizeof(S)) % 16 == 0;
+    const bool fast = rows_aligned && len % VS == 0 && H % VS == 0 &&
+                      (!MASKED || (((unsigned long long)mask & 15) == 0 && mstride % VA == 0));
+    const int nv = rows_aligned ? len / VS : (len >= VS - 1 ? (len - (VS - 1)) / VS : 0);
+    const int ns = len - nv * VS;
+
+    if (fast) {
+        // whole vectors only: item (r, kv), r = bb * NSRC + g (row bb of the source, copy g of its
+        // segment), kv < H / VS; a thread's items are THREADS apart, walked without a division
+        constexpr int NSRC = MASKED ? 1 : NST;  // copies in one source segment
+        const int nvh = H / VS;
+        const int n = nb * NSRC * nvh;
+        const int dq = THREADS / nvh, dr = THREADS - dq * nvh;
+        const bool flat = stride == (size_t)NSRC * H;  // segments back to back: source offset r * H
+        auto walk = [&](int first, auto&& f) {  // f(u, bb, g, r, kv) for each item of the round
+            int r = first / nvh;
+            int kv = first - r * nvh;
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) {
+                if (first + u * THREADS < n) f(u, r / NSRC, r % NSRC, r, kv);
+                r += dq;
+                kv += dr;
+                if (kv >= nvh) {
+                    kv -= nvh;
+                    ++r;
+                }
+            }
+        };
+        for (int first = threadIdx.x; first < n; first += THREADS * UNR) {
+            Vec16 hv[UNR];
+            [[maybe_unused]] A mv[UNR][MG][MASKED ? VS : 1];
+            walk(first, [&](int u, int bb, int g, int r, int kv) {  // 1. issue every load of the round
+                const S* p = src + (flat ? (size_t)r * H : bb * stride + (size_t)g * H) + kv * VS;
+                hv[u] = load16_cg(p);
+                if constexpr (MASKED) {
+#pragma unroll
+                    for (int c = 0; c < NST; ++c) {
+                        const A* m = mask + c * mstride + (size_t)bb * H + kv * VS;
+#pragma unroll
+                        for (int q = 0; q < VS / VA; ++q) {
+                            const Vec16 x = load16_ro(m + q * VA);
+#pragma unroll
+                            for (int e = 0; e < VA; ++e) mv[u][c][q * VA + e] = vec_get<A>(x, e);
+                        }
+                    }
+                }
+            });
+            walk(first, [&](int u, int bb, int g, int, int kv) {  // 2. convert and store
+                D* drow = st + (size_t)bb * ldd + kv * VS;
+                if constexpr (MASKED) {
+#pragma unroll
+                    for (int c = 0; c < NST; ++c) {
+                        D d[VS];
+#pragma unroll
+                        for (int e = 0; e < VS; ++e) d[e] = conv(vec_get<S>(hv[u], e), mv[u][c][e]);
+                        store_run<true>(drow + c * cstride, d);
+                    }
+                } else {
+                    D d[VS];
+#pragma unroll
+                    for (int e = 0; e < VS; ++e) d[e] = conv(vec_get<S>(hv[u], e), A(1));
+                    store_run<true>(drow + g * cstride, d);
+                }
+            });
+        }
+        return;
+    }
+
+    // general form: per row, single elements up to the first aligned vector (head), nv vectors, the
+    // rest single (tail); a vector may cross from one copy into the next
+    const int nvi = nb * nv, nsi = nb * ns;
+    const int n = nvi > nsi ? nvi : nsi;
+    for (int first = threadIdx.x; first < n; first += THREADS * UNR_G) {
+        Vec16 hv[UNR_G];
+        S hs[UNR_G];
+        [[maybe_unused]] A mv[UNR_G][MG][MASKED ? VS : 1];
+        [[maybe_unused]] A ms[UNR_G][MG];
+        auto vec_item = [&](int it, int& bb, int& i0) {
+            bb = it / nv;
+            i0 = head_of(src + bb * stride) + (it - bb * nv) * VS;
+        };
+        auto single_item = [&](int it, int& bb, int& pos) {
+            bb = it / ns;
+            const int si = it - bb * ns;
+            pos = si < head_of(src + bb * stride) ? si : si + nv * VS;
+        };
+        // 1. issue every load of this round
+#pragma unroll
+        for (int u = 0; u < UNR_G; ++u) {
+            const int it = first + u * THREADS;
+            if (it < nvi) {
+                int bb, i0;
+                vec_item(it, bb, i0);
+                hv[u] = load16_cg(src + bb * stride + i0);
+                if constexpr (MASKED) {
+#pragma unroll
+                    for (int c = 0; c < NST; ++c) {
+#pragma unroll
+                        for (int e = 0; e < VS; ++e) mv[u][c][e] = mask[c * mstride + (size_t)bb * H + i0 + e];
+                    }
+                }
+            }
+            if (it < nsi) {
+                int bb, pos;
+                single_item(it, bb, pos);
+                hs[u] = load_raw_cg(src + bb * stride + pos);
+                if constexpr (MASKED) {
+#pragma unroll
+                    for (int c = 0; c < NST; ++c) ms[u][c] = mask[c * mstride + (size_t)bb * H + pos];
+                }
+            }
+        }
+        // 2. convert and store
+#pragma unroll
+        for (int u = 0; u < UNR_G; ++u) {
+            const int it = first + u * THREADS;
+            if (it < nvi) {
+                int bb, i0;
+                vec_item(it, bb, i0);
+                D* drow = st + (size_t)bb * ldd;
+                if constexpr (MASKED) {  // len = H: the vector lies in one row of every copy
+#pragma unroll
+                    for (int c = 0; c < NST; ++c) {
+                        D d[VS];
+#pragma unroll
+                        for (int e = 0; e < VS; ++e) d[e] = conv(vec_get<S>(hv[u], e), mv[u][c][e]);
+                        store_run<false>(drow + c * cstride + i0, d);
+                    }
+                } else {
+                    int g = NST > 1 ? i0 / H : 0;
+                    int k = i0 - g * H;
+                    D d[VS];
+#pragma unroll
+                    for (int e = 0; e < VS; ++e) d[e] = conv(vec_get<S>(hv[u], e), A(1));
+                    if (k + VS <= H) {
+                        store_run<false>(drow + g * cstride + k, d);
+                    } else {  // the vector crosses from one copy into the next
+#pragma unroll
+                        for (int e = 0; e < VS; ++e) {
+                            drow[g * cstride + k] = d[e];
+                            if (++k == H) {
+                                k = 0;
+                                ++g;
+                            }
+                        }
+                    }
+                }
+            }
+            if (it < nsi) {
+                int bb, pos;
+                single_item(it, bb, pos);
+                D* drow = st + (size_t)bb * ldd;
+                if constexpr (MASKED) {
+#pragma unroll
+                    for (int c = 0; c < NST; ++c) drow[c * cstride + pos] = conv(hs[u], ms[u][c]);
+                } else {
+                    const int g = NST > 1 ? pos / H : 0;
+                    drow[g * cstride + (pos - g * H)] = conv(hs[u], A(1));
+                }
+            }
+        }
+    }
+}
+
+// The (batch row, local unit) of the epilogue call number `slot` (< PF) that this thread makes in
+// the first batch tile (nb rows) of matvec_phase; false where it makes no such call. The kernels
+// load those epilogue inputs ahead (before the grid barrier), in the thread that will use them.
+template <int ROWS, int THREADS, bool MMA>
+__device__ __forceinline__ bool epilogue_item(int slot, int nb, int nu, int& bb, int& jl) {
+    if constexpr (MMA) {
+        const int idx = threadIdx.x + slot * THREADS;
+        if (idx >= nb * nu) return false;
+        bb = idx / nu;
+        jl = idx - bb * nu;
+        return true;
+    } else {
+        const int lane = threadIdx.x & 31;
+        const int tile = (threadIdx.x >> 5) + slot * (THREADS / 32);
+        if (lane >= ROWS || tile >= ((nb + ROWS - 1) / ROWS) * nu) return false;
+        jl = tile % nu;
+        bb = (tile / nu) * ROWS + lane;
+        return bb < nb;
+    }
+}
+
+// A whole matvec phase for the block: for every batch tile, stage(b0, nb) stages its rows (all
+// threads; stage_tile), then each (batch row b, owned unit jl) gets its NG sums: epilogue(b, jl,
+// pre, slot) runs on exactly one thread per (b, jl). slot is Int<q> for the thread's call number
+// q < PF in the first batch tile (the items of epilogue_item, whose inputs the kernels load ahead),
+// Int<-1> for every other call: compile-time, so that the values loaded ahead are dead once the
+// first PF calls are done. `w` is the first gate's rows. (Declare the epilogue's `pre` as `const
+// auto&`: cicc 13.0 crashes on a generic lambda with a parameter `const A (&)[N]` whose bound is a
+// constant of the enclosing function template.)
+template <int NG, int NST, int ROWS, int THREADS, int PF, bool MMA, typename T, typename S, typename E>
 __device__ __forceinline__ void matvec_phase(const Smem<T, MMA>& sm, const T* w, int nu, int B, int BB, int H,
-                                             S&& stage_value, E&& epilogue) {
+                                             S&& stage, E&& epilogue) {
     using A = acc_t<T>;
     constexpr bool PER_GATE = NST > 1;
     static_assert(NST == 1 || NST == NG, "one staged copy, or one per gate");
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     constexpr int NWARPS = THREADS / 32;
-    for (int b0 = 0; b0 < B; b0 += BB) {
+    auto tile = [&](int b0, auto first_tag) {
+        constexpr bool FIRST = decltype(first_tag)::value;
         const int nb = min(BB, B - b0);
         __syncthreads();  // the previous tile's staged rows (and results) are consumed
+        stage(b0, nb);
+        __syncthreads();
         if constexpr (MMA) {
             constexpr int K = MmaShape<T>::K;
             const int nk = (H + K - 1) / K;
-            const int kpad = nk * K;
-            T* st = reinterpret_cast<T*>(sm.stage);
-            const int n = NST * sm.bbp * kpad;
-            for (int idx = threadIdx.x; idx < n; idx += THREADS) {  // zeros past nb rows and H columns
-                const int k = idx % kpad;
-                const int rest = idx / kpad;
-                const int bb = rest % sm.bbp;
-                const int gs = rest / sm.bbp;
-                st[(gs * sm.bbp + bb) * sm.ld + k] = (bb < nb && k < H) ? mma_operand<T>(stage_value(gs, b0 + bb, k)) : T{};
-            }
-            __syncthreads();
+            const T* st = reinterpret_cast<const T*>(sm.stage);
             // work items: (16-row batch tile, gate, 8-unit tile) x k split (idle warps share the reduction)
             const int mt = (nb + 15) / 16;
             const int ntg = (nu + 7) / 8;
@@ -446,11 +858,11 @@ __device__ __forceinline__ void matvec_phase(const Smem<T, MMA>& sm, const T* w,
             const int rstride = NG * ntg * 8;   // result row: the block's units of every gate
             const int kstride = mt * 16 * rstride;  // one k split's partial sums
             for (int item = warp; item < ntiles * ksplit; item += NWARPS) {
-                const int tile = item % ntiles;
+                const int tl = item % ntiles;
                 const int ks = item / ntiles;
-                const int m = tile % mt;
-                const int nt = (tile / mt) % ntg;
-                const int g = tile / (mt * ntg);
+                const int m = tl % mt;
+                const int nt = (tl / mt) % ntg;
+                const int g = tl / (mt * ntg);
                 float d[4] = {0.f, 0.f, 0.f, 0.f};
                 mma_tile(d, st + ((PER_GATE ? g : 0) * sm.bbp + m * 16) * sm.ld,
                          w + (g * sm.ug + nt * 8) * sm.ld, sm.ld, ks, nk, ksplit, lane);
@@ -462,7 +874,7 @@ __device__ __forceinline__ void matvec_phase(const Smem<T, MMA>& sm, const T* w,
                 }
             }
             __syncthreads();
-            for (int idx = threadIdx.x; idx < nb * nu; idx += THREADS) {
+            auto one = [&](int idx, auto slot) {
                 const int bb = idx / nu;
                 const int jl = idx % nu;
                 A pre[NG];
@@ -472,30 +884,47 @@ __device__ __forceinline__ void matvec_phase(const Smem<T, MMA>& sm, const T* w,
                     for (int ks = 0; ks < ksplit; ++ks) s += sm.res[ks * kstride + bb * rstride + g * ntg * 8 + jl];
                     pre[g] = s;
                 }
-                epilogue(b0 + bb, jl, pre);
+                epilogue(b0 + bb, jl, pre, slot);
+            };
+            int idx = threadIdx.x;
+            if constexpr (FIRST) {
+                static_for<PF>([&](auto q) {
+                    if (idx < nb * nu) one(idx, q);
+                    idx += THREADS;
+                });
             }
+            for (; idx < nb * nu; idx += THREADS) one(idx, Int<-1>{});
         } else {
-            A* st = reinterpret_cast<A*>(sm.stage);
-            stage_rows<THREADS>(st, NST, BB, nb, H, [&](int g, int bb, int k) { return stage_value(g, b0 + bb, k); });
-            __syncthreads();
+            const A* st = reinterpret_cast<const A*>(sm.stage);
             const int ntiles = ((nb + ROWS - 1) / ROWS) * nu;
-            for (int tile = warp; tile < ntiles; tile += NWARPS) {
-                const int jl = tile % nu;
-                const int rb = (tile / nu) * ROWS;
+            auto one = [&](int tl, auto slot) {
+                const int jl = tl % nu;
+                const int rb = (tl / nu) * ROWS;
                 A acc[NG][ROWS];
                 tile_dot<NG, ROWS, PER_GATE>(acc, w, sm.ug, jl, st, BB, rb, nb, H, lane);
+                if (lane < ROWS && rb + lane < nb) {  // lane r: batch row rb + r
+                    A pre[NG];
 #pragma unroll
-                for (int r = 0; r < ROWS; ++r) {
-                    if (lane == r && rb + r < nb) {
-                        A pre[NG];
+                    for (int g = 0; g < NG; ++g) {
+                        pre[g] = acc[g][0];
 #pragma unroll
-                        for (int g = 0; g < NG; ++g) pre[g] = acc[g][r];
-                        epilogue(b0 + rb + r, jl, pre);
+                        for (int r = 1; r < ROWS; ++r) pre[g] = lane == r ? acc[g][r] : pre[g];
                     }
+                    epilogue(b0 + rb + lane, jl, pre, slot);
                 }
+            };
+            int tl = warp;
+            if constexpr (FIRST) {
+                static_for<PF>([&](auto q) {
+                    if (tl < ntiles) one(tl, q);
+                    tl += NWARPS;
+                });
             }
+            for (; tl < ntiles; tl += NWARPS) one(tl, Int<-1>{});
         }
-    }
+    };
+    if (B > 0) tile(0, Bool<true>{});
+    for (int b0 = BB; b0 < B; b0 += BB) tile(b0, Bool<false>{});
 }
 
 // The block's dynamic shared memory (one 16-aligned buffer, carved by carve_smem).
