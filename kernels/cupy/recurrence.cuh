@@ -200,27 +200,16 @@ __device__ __forceinline__ void static_for(F&& f) {
     }
 }
 
-// data written by other blocks during this launch: L2 only (ld.global.cg), like load_cg
-__device__ __forceinline__ Vec16 load16_cg(const void* p) {
+// 16 bytes from global memory. CG: data written by other blocks during this launch, so L2 only
+// (ld.global.cg, like load_cg); otherwise data no thread writes during the launch (read-only path).
+template <bool CG>
+__device__ __forceinline__ Vec16 load16(const void* p) {
     Vec16 v;
 #ifdef FRNN_HOST_EMULATION
     frnn_emu_load16(p, v.w);
 #else
-    const uint4 u = __ldcg(reinterpret_cast<const uint4*>(p));
-    v.w[0] = u.x;
-    v.w[1] = u.y;
-    v.w[2] = u.z;
-    v.w[3] = u.w;
-#endif
-    return v;
-}
-// data that no thread writes during the launch (the read-only / L1 path)
-__device__ __forceinline__ Vec16 load16_ro(const void* p) {
-    Vec16 v;
-#ifdef FRNN_HOST_EMULATION
-    frnn_emu_load16(p, v.w);
-#else
-    const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+    const uint4* q = reinterpret_cast<const uint4*>(p);
+    const uint4 u = CG ? __ldcg(q) : __ldg(q);
     v.w[0] = u.x;
     v.w[1] = u.y;
     v.w[2] = u.z;
@@ -671,14 +660,14 @@ __device__ __forceinline__ void stage_tile(const Smem<T, MMA>& sm, int BB, int n
             [[maybe_unused]] A mv[UNR][MG][MASKED ? VS : 1];
             walk(first, [&](int u, int bb, int g, int r, int kv) {  // 1. issue every load of the round
                 const S* p = src + (flat ? (size_t)r * H : bb * stride + (size_t)g * H) + kv * VS;
-                hv[u] = load16_cg(p);
+                hv[u] = load16<true>(p);
                 if constexpr (MASKED) {
 #pragma unroll
                     for (int c = 0; c < NST; ++c) {
                         const A* m = mask + c * mstride + (size_t)bb * H + kv * VS;
 #pragma unroll
                         for (int q = 0; q < VS / VA; ++q) {
-                            const Vec16 x = load16_ro(m + q * VA);
+                            const Vec16 x = load16<false>(m + q * VA);
 #pragma unroll
                             for (int e = 0; e < VA; ++e) mv[u][c][q * VA + e] = vec_get<A>(x, e);
                         }
@@ -731,7 +720,7 @@ __device__ __forceinline__ void stage_tile(const Smem<T, MMA>& sm, int BB, int n
             if (it < nvi) {
                 int bb, i0;
                 vec_item(it, bb, i0);
-                hv[u] = load16_cg(src + bb * stride + i0);
+                hv[u] = load16<true>(src + bb * stride + i0);
                 if constexpr (MASKED) {
 #pragma unroll
                     for (int c = 0; c < NST; ++c) {
