@@ -222,17 +222,21 @@ def test_one_opaque_operator_per_layer_and_direction_whatever_T():
 def _compile_cpu_seconds(T):
     """CPU time of the first (compiling) training step minus that of a steady one, for a fresh
     model. CPU time of this process, not wall time: other processes on a shared CI machine do not
-    count; the run itself is kept small (B=1, one layer) and subtracted."""
+    count; the run itself is kept small (B=1, one layer) and subtracted. The steady time is the
+    best of three: one slow steady step (a spike of the intra-op threads' CPU time) once gave a
+    negative compile time."""
     torch._dynamo.reset()
     model = Head(drop_in("GRU", {}, batch_first=True), H)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     x = torch.randn(1, T, I)
-    t0 = time.process_time()
-    compiled(x).backward()
-    first = time.process_time() - t0
-    t0 = time.process_time()
-    compiled(x).backward()
-    return first - (time.process_time() - t0)
+
+    def step():
+        t0 = time.process_time()
+        compiled(x).backward()
+        return time.process_time() - t0
+
+    first = step()
+    return first - min(step() for _ in range(3))
 
 
 def test_compile_time_does_not_grow_with_T():
