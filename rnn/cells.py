@@ -100,17 +100,24 @@ class CellSpec:
         return 2 if self.kind == "lstm" else 1
 
 
-# Cached: the drop-ins ask for their spec on every call, and a CellSpec is immutable.
+# Cached: the drop-ins ask for their spec on every call, and a CellSpec is immutable. The cache
+# sees the arguments only after they are checked, so a bad one still gets its clear error (an
+# unhashable one would otherwise fail inside the cache).
 @lru_cache(maxsize=None)
+def _spec(kind, activation, recurrent_activation, reset_after) -> CellSpec:
+    return CellSpec(kind, activation, recurrent_activation, reset_after)
+
+
 def lstm(activation="tanh", recurrent_activation="sigmoid") -> CellSpec:
-    return CellSpec("lstm", activation, recurrent_activation)
+    return _spec("lstm", normalize_activation(activation, "activation"),
+                 normalize_activation(recurrent_activation, "recurrent_activation"), True)
 
 
-@lru_cache(maxsize=None)
 def gru(activation="tanh", recurrent_activation="sigmoid", reset_after=True) -> CellSpec:
-    return CellSpec("gru", activation, recurrent_activation, check_bool("reset_after", reset_after))
+    return _spec("gru", normalize_activation(activation, "activation"),
+                 normalize_activation(recurrent_activation, "recurrent_activation"),
+                 check_bool("reset_after", reset_after))
 
 
-@lru_cache(maxsize=None)
 def simple_rnn(activation="tanh") -> CellSpec:
-    return CellSpec("rnn", activation)
+    return _spec("rnn", normalize_activation(activation, "activation"), "sigmoid", True)
