@@ -143,17 +143,18 @@ def _native(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr=None):
     return out, res[1][0], (res[2][0] if op is torch.lstm else None)
 
 
-def _native_applies(spec, x, backend, mask, in_mask, rec_mask, T, B, H, name=None):
-    """Whether "auto" runs torch's native op: it resolved to the torch backend (here or as `name`) and
-    the call has exactly torch.nn's semantics (torch's activations, no masks of any kind)."""
-    if (backends.validate(backend) != "auto" or (spec.kind, spec.activation, spec.recurrent_activation,
-                                                 spec.reset_after) not in _NATIVE
+def _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H, name=None):
+    """torch's native op (torch.lstm, ...) where "auto" runs it, else None: "auto" resolved to the
+    torch backend (here or as `name`) and the call has exactly torch.nn's semantics (torch's
+    activations, no masks of any kind)."""
+    op = _NATIVE.get((spec.kind, spec.activation, spec.recurrent_activation, spec.reset_after))
+    if (op is None or backends.validate(backend) != "auto"
             or mask is not None or in_mask is not None or rec_mask is not None or not T or not B
             or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
-        return False
+        return None
     if name is None:  # "auto" has kernel backends only on CUDA: elsewhere it is the torch backend
         name = backends.choose(backend, x.device, spec, H, B, x.dtype).name if x.is_cuda else "torch"
-    return name == "torch"
+    return op if name == "torch" else None
 
 
 def _projected(x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0, spec, mask, in_mask, reverse, backend):
@@ -222,7 +223,7 @@ def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask
             return _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse,
                                backend, w_hr)
     T, B, I, H, P = validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, w_hr)
-    if w_hr is not None and not _native_applies(spec, x, backend, mask, in_mask, rec_mask, T, B, H):
+    if w_hr is not None and _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H) is None:
         return _projected(x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0, spec, mask, in_mask, reverse, backend)
     if torch.onnx.is_in_onnx_export():
         from .onnx_export import recurrence as onnx_recurrence  # an ONNX LSTM / GRU / RNN node
@@ -237,10 +238,10 @@ def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask
         h0 = x.new_zeros(B, P)
     if spec.kind == "lstm" and c0 is None:
         c0 = x.new_zeros(B, H)
-    if _native_applies(spec, x, backend, mask, in_mask, rec_mask, T, B, H, name):
+    native = _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H, name)
+    if native is not None:
         # "auto" fell back to the torch backend and the call has torch.nn's semantics: torch's own
         # fused RNN kernel (oneDNN on a CPU) computes exactly this, much faster than a Python loop.
-        native = _NATIVE[(spec.kind, spec.activation, spec.recurrent_activation, spec.reset_after)]
         return _native(native, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr)
     x = x.contiguous()
     mask = None if mask is None else mask.contiguous()

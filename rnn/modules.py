@@ -8,8 +8,10 @@ nn.RNNBase), because torch.compile refuses every instance of those three classes
 support RNN, GRU, or LSTM"), and these modules compile.
 
 Every layer and direction is one `rnn.functional.recurrence` call (one operator in a compiled
-graph); an LSTM with proj_size passes its weight_hr as `w_hr` (see rnn.functional._projected). PackedSequence input is padded once and run with a (T, B) validity mask inside the
-recurrence, not a loop over sequences.
+graph); an LSTM with proj_size passes its weight_hr as `w_hr` (see rnn.functional._projected).
+PackedSequence input is padded once and run with a (T, B) validity mask inside the recurrence, not
+a loop over sequences. Where "auto" has no kernel backend for the device (a CPU), the whole module
+is instead one call of torch's own multi-layer op, as torch.nn makes it (packed input included).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ class _Fused:
         P = self.proj_size or H  # width of h (LSTM with projections: h = W_hr (o * tanh(c)))
         h0, c0 = self._initial_states(hx, lstm, L * D, B, H, P, x, unbatched, sorted_idx)
 
-        op = self._native_op(spec, x)
+        op = functional._native_op(spec, x, self.backend, None, None, None, x.shape[0], B, H)
         batch_major = False  # seq is (B, T, .): torch's op read batch-first input as it is
         if op is not None:  # one call of torch's own multi-layer op, exactly as torch.nn makes it
             batch_major = self.batch_first and not (packed or unbatched)
@@ -81,17 +83,10 @@ class _Fused:
             output = seq.transpose(0, 1) if self.batch_first and not batch_major else seq
         return output, ((h_n, c_n) if lstm else h_n)
 
-    def _native_op(self, spec, x):
-        """torch's native multi-layer op where "auto" resolves to the torch backend (no kernel backend
-        for this device): a drop-in always has torch.nn's semantics, so one call of that op (as
-        torch.nn makes it) is exact and costs what torch.nn costs; None where our backends run."""
-        T, B = x.shape[0], x.shape[1]
-        if not functional._native_applies(spec, x, self.backend, None, None, None, T, B, self.hidden_size):
-            return None
-        return functional._NATIVE[(spec.kind, spec.activation, spec.recurrent_activation, spec.reset_after)]
-
     def _run_native(self, op, x, batch_sizes, batch_first, h0, c0, B, P, lstm):
-        """(output: (T, B, D*P), (B, T, D*P) with batch_first, or packed data; h_n; c_n | None)."""
+        """One call of torch's multi-layer op (a drop-in always has torch.nn's semantics, so it is
+        exact and costs what torch.nn costs): (output (T, B, D*P), (B, T, D*P) with batch_first, or
+        packed data; h_n; c_n | None)."""
         if h0 is None:
             LD = self.num_layers * (2 if self.bidirectional else 1)
             h0 = x.new_zeros(LD, B, P)
