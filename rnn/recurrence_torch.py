@@ -1,8 +1,10 @@
 """The "torch" backend: the recurrence contract written with plain torch ops.
 
 A Python loop over time with an explicit, hand-written backward (not autograd through the loop).
-It runs on any device and dtype, is the fallback without a GPU, and is the readable template the
-Triton and CuPy kernels follow step for step. fp16/bf16 inputs are computed in fp32.
+It runs on any device and dtype and is the fallback without a GPU. fp16/bf16 inputs are computed
+in fp32. `cell_step` / `unrolled` are the readable, differentiable form of one step (the math the
+Triton and CuPy kernels follow); `TorchBackend` computes the same with buffers allocated once and
+in-place ops, because a Python loop's cost at small sizes is its number of torch calls per step.
 """
 from __future__ import annotations
 
