@@ -132,7 +132,8 @@ def choose(name, device, spec, hidden, batch, dtype) -> Choice:
     else:
         skipped.append(f"device {device} is not CUDA")
     return Choice(get("torch"), "torch", "fallback: " + "; ".join(skipped)
-                  + " (a call with torch.nn's semantics runs torch's native RNN op, others our loop)")
+                  + " (a call with torch.nn's semantics runs torch's native RNN op, except GRU / SimpleRNN "
+                  "training at small B*H, where our loop is faster; others our loop)")
 
 
 def explain(name="auto", device="cpu", spec=None, hidden=128, batch=1, dtype=torch.float32) -> str:

@@ -143,14 +143,30 @@ def _native(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr=None):
     return out, res[1][0], (res[2][0] if op is torch.lstm else None)
 
 
-def _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H, name=None):
+# Largest B * H at which our torch loop trains (forward + backward) faster on a CPU than torch's
+# native op for the same call: torch's CPU GRU and RNN are unfused per-step ops under autograd, our
+# loop has a hand-written backward. Measured on the 2-core CPU of the README's table (torch 2.13,
+# ours / torch.nn, training): GRU 0.37-0.93x up to B*H = 8192, 1.09x at 16384; SimpleRNN 0.55-0.95x
+# up to 16384, 1.02x at 32768. LSTM is absent: torch's CPU LSTM is oneDNN's fused kernel, faster.
+LOOP_TRAINS_FASTER = {"gru": 8192, "rnn": 16384}
+
+
+def _records_grad(*tensors):
+    """Whether this call records gradients (training): grad mode on and some input requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H, grad, name=None):
     """torch's native op (torch.lstm, ...) where "auto" runs it, else None: "auto" resolved to the
-    torch backend (here or as `name`) and the call has exactly torch.nn's semantics (torch's
-    activations, no masks of any kind)."""
+    torch backend (here or as `name`), the call has exactly torch.nn's semantics (torch's
+    activations, no masks of any kind), and it is not a CPU training call (`grad`) of a size where
+    our loop trains faster (LOOP_TRAINS_FASTER)."""
     op = _NATIVE.get((spec.kind, spec.activation, spec.recurrent_activation, spec.reset_after))
     if (op is None or backends.validate(backend) != "auto"
             or mask is not None or in_mask is not None or rec_mask is not None or not T or not B
             or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
+        return None
+    if grad and x.device.type == "cpu" and B * H <= LOOP_TRAINS_FASTER.get(spec.kind, 0):
         return None
     if name is None:  # "auto" has kernel backends only on CUDA: elsewhere it is the torch backend
         name = backends.choose(backend, x.device, spec, H, B, x.dtype).name if x.is_cuda else "torch"
@@ -223,7 +239,8 @@ def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask
             return _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse,
                                backend, w_hr)
     T, B, I, H, P = validate(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, w_hr)
-    if w_hr is not None and _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H) is None:
+    grad = _records_grad(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr)
+    if w_hr is not None and _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H, grad) is None:
         return _projected(x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0, spec, mask, in_mask, reverse, backend)
     if torch.onnx.is_in_onnx_export():
         from .onnx_export import recurrence as onnx_recurrence  # an ONNX LSTM / GRU / RNN node
@@ -238,7 +255,7 @@ def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask
         h0 = x.new_zeros(B, P)
     if spec.kind == "lstm" and c0 is None:
         c0 = x.new_zeros(B, H)
-    native = _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H, name)
+    native = _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H, grad, name)
     if native is not None:
         # "auto" fell back to the torch backend and the call has torch.nn's semantics: torch's own
         # fused RNN kernel (oneDNN on a CPU) computes exactly this, much faster than a Python loop.

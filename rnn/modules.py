@@ -11,7 +11,8 @@ Every layer and direction is one `rnn.functional.recurrence` call (one operator 
 graph); an LSTM with proj_size passes its weight_hr as `w_hr` (see rnn.functional._projected).
 PackedSequence input is padded once and run with a (T, B) validity mask inside the recurrence, not
 a loop over sequences. Where "auto" has no kernel backend for the device (a CPU), the whole module
-is instead one call of torch's own multi-layer op, as torch.nn makes it (packed input included).
+is instead one call of torch's own multi-layer op, as torch.nn makes it (packed input included),
+except GRU / RNN training at sizes where our loop trains faster (functional.LOOP_TRAINS_FASTER).
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ class _Fused:
         P = self.proj_size or H  # width of h (LSTM with projections: h = W_hr (o * tanh(c)))
         h0, c0 = self._initial_states(hx, lstm, L * D, B, H, P, x, unbatched, sorted_idx)
 
-        op = functional._native_op(spec, x, self.backend, None, None, None, x.shape[0], B, H)
+        grad = functional._records_grad(x, h0, c0, *self._flat_weights)
+        op = functional._native_op(spec, x, self.backend, None, None, None, x.shape[0], B, H, grad)
         batch_major = False  # seq is (B, T, .): torch's op read batch-first input as it is
         if op is not None:  # one call of torch's own multi-layer op, exactly as torch.nn makes it
             batch_major = self.batch_first and not (packed or unbatched)

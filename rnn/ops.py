@@ -53,9 +53,9 @@ def project(x, w_ih, b_ih, in_mask, G, H):
     """xg (T, B, G*H) = (x * in_mask) @ W_ih^T + b_ih, with per-gate input masks if given."""
     if in_mask is None or in_mask.dim() == 2:
         xm = x if in_mask is None else x * in_mask
-        xg = xm.reshape(-1, x.shape[-1]) @ w_ih.t()
-        if b_ih is not None:
-            xg = xg + b_ih
+        x2 = xm.reshape(-1, x.shape[-1])
+        # addmm: the bias in the GEMM's epilogue, not a second pass over (T, B, G*H)
+        xg = x2 @ w_ih.t() if b_ih is None else torch.addmm(b_ih, x2, w_ih.t())
         return xg.view(x.shape[0], x.shape[1], G * H)
     parts = [(x * in_mask[g]) @ w_ih[g * H:(g + 1) * H].t() for g in range(G)]
     xg = torch.cat(parts, -1)

@@ -190,11 +190,11 @@ class _Recurrent:
         buf = new_empty((T, self.k, self.B, self.H), self.out.dtype, self.out.device)
         return buf.transpose(1, 2), buf.unbind(0)
 
-    def __call__(self, x_t, h):
+    def __call__(self, x_t, h, out=None):
+        """The pre-activations into the scratch, or (without masks) into `out` (x_t itself: in place)."""
         if self.masks is None:
-            torch.addmm(x_t, h, self.w_t, out=self.out)
-        else:
-            torch.baddbmm(x_t, torch.mul(self.masks, h, out=self.hm), self.w_t, out=self.out)
+            return torch.addmm(x_t, h, self.w_t, out=self.out if out is None else out)
+        torch.baddbmm(x_t, torch.mul(self.masks, h, out=self.hm), self.w_t, out=self.out)
         return self.out
 
 
@@ -301,18 +301,33 @@ class TorchBackend:
         steps = _steps(T, reverse)
 
         if kind == "lstm":
+            # torch.nn's activations without recurrent dropout: tanh(g) = 2 sigmoid(2 g) - 1, so
+            # with g's rows of W_hh and of x + b doubled (exact: a power of two) one sigmoid over
+            # all four gates, in place in the gates buffer where the matmul wrote them, and one
+            # lerp give every gate: no scratch copy, no strided tanh (CPU tanh is slow on a slice).
+            doubled = rm is None and act == "tanh" and ract == "sigmoid"
+            if doubled:
+                w = w.clone()
+                w[2 * H:3 * H] *= 2
             rec = _Recurrent(w, rm, 4, B)
             XL, X = rec.inputs(gates)
             _add_bias(xg4, b4, XL)  # x W_ih^T + b_ih + b_hh, once for all steps
+            if doubled:
+                XL[:, :, 2].mul_(2)
+                minus, plus = torch.full((B, H), -1.0, dtype=cd, device=dev), torch.ones((B, H), dtype=cd, device=dev)
             GA, (Gi, Gf, Gg, Go) = rec.views(gates), (gates4[:, :, k].unbind(0) for k in range(4))
             pre_g = rec.block(2)
             ig = empty(B, H)
             Cs = extra.unbind(0)  # extra = the carried c of every step
             for t in steps:
-                pre = rec(X[t], h)
-                _activate_into(ract, pre, GA[t])  # i, f, o in one call (g too; overwritten next)
-                if act != ract:
-                    _activate_into(act, pre_g, Gg[t])
+                if doubled:
+                    torch.sigmoid(rec(X[t], h, out=GA[t]), out=GA[t])
+                    torch.lerp(minus, plus, Gg[t], out=Gg[t])  # -1 + 2 sigmoid(2 g) = tanh(g)
+                else:
+                    pre = rec(X[t], h)
+                    _activate_into(ract, pre, GA[t])  # i, f, o in one call (g too; overwritten next)
+                    if act != ract:
+                        _activate_into(act, pre_g, Gg[t])
                 cn = torch.addcmul(torch.mul(Gi[t], Gg[t], out=ig), Gf[t], c, out=Cs[t])  # c' = f c + i g
                 hn = _activate_into(act, cn, Hs[t]).mul_(Go[t])  # h' = o act(c')
                 if mask is not None:
