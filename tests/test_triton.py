@@ -485,3 +485,71 @@ def test_gpu_per_step_graph(name, spec, set_tf32):
         saved, grads = run_kernel(backend, spec, k)
         _check_vs_torch64(f"{name}/graph{seed}", spec, saved, grads, f, torch.float32)
     assert len(backend._graphs._graphs) == 2  # one forward and one backward graph, replayed
+
+
+# ---------------------------------------------------------------------------------------------
+# both directions of a bidirectional layer in one launch (REVERSE = BOTH)
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("per_step", [False, True], ids=["persistent", "per_step"])
+@pytest.mark.parametrize("opts", ["plain", "mask-recdrop-nobias-noh0"])
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_both_directions_in_one_launch_match_two_launches_bitwise(rng, name, spec, opts, per_step, monkeypatch):
+    """forward_both / backward_both against forward / backward of each direction: bitwise equal
+    (the same programs' arithmetic, only offset buffers and a run-time direction), and one launch
+    per step and phase (per step) or in all (persistent) instead of two."""
+    _, mask, rec_mask, bias, h0 = OPTIONS[opts]
+    dtype = torch.float32
+    k0, _ = make_case(rng, spec, dtype, reverse=False, mask=mask, rec_mask=rec_mask, bias=bias, h0=h0)
+    k1, _ = make_case(rng, spec, dtype, reverse=True, mask=mask, rec_mask=rec_mask, bias=bias, h0=h0)
+    k1["mask"] = k0["mask"]  # one mask for both directions, as a bidirectional layer has
+    backend = TritonBackend(per_step=per_step)
+    one = [run_kernel(backend, spec, k) for k in (k0, k1)]
+
+    def both(name):
+        a, b = k0[name], k1[name]
+        return None if a is None else torch.stack((a, b))
+
+    launches = []
+    real_issue = tb._issue
+
+    def counting_issue(*args, **kwargs):
+        launches.append(args[-1] if len(args) > 10 else kwargs.get("D", 1))
+        return real_issue(*args, **kwargs)
+
+    monkeypatch.setattr(tb, "_issue", counting_issue)
+    saved = backend.forward_both(spec, both("xg"), both("w_hh"), both("b_hh"), both("h0"), both("c0"),
+                                 k0["mask"], both("rec_mask"))
+    grads = backend.backward_both(spec, both("w_hh"), both("b_hh"), both("h0"), both("c0"), k0["mask"],
+                                  both("rec_mask"), saved, *(torch.stack(g) if g[0] is not None else None
+                                                             for g in zip(k0["grads"], k1["grads"])))
+    assert launches == [2, 2]  # the forward's launches and the backward's, each covering both directions
+    for d in range(2):
+        (s1, g1) = one[d]
+        for label, a, b in zip(("out", "hT", "cT", "gates", "extra", "dxg", "dh0", "dc0"),
+                               list(saved) + list(grads), list(s1) + list(g1)):
+            if b is None:
+                assert a is None, label
+                continue
+            assert torch.equal(a[d], b), f"{name} {opts} direction {d}: {label} differs from its own launch"
+
+
+def test_both_directions_get_half_of_the_sms_each(monkeypatch):
+    """The plan of a fused bidirectional launch: per direction, a grid planned for half of the SMs."""
+    seen = []
+    real = tb.make_plan
+
+    def spy(hidden, batch, n_gates, itemsize, n_sm, *args, **kwargs):
+        seen.append(n_sm)
+        return real(hidden, batch, n_gates, itemsize, n_sm, *args, **kwargs)
+
+    monkeypatch.setattr(tb, "make_plan", spy)
+    monkeypatch.setattr(tb, "INTERPRET", False)
+    monkeypatch.setattr(tb.DeviceLimits, "of", staticmethod(lambda device: tb.SM90))
+    spec = CELLS[0][1]
+    w = torch.zeros(4 * 768, 768, dtype=torch.bfloat16)
+    backend = TritonBackend()
+    one = backend._plan(spec, torch.device("cuda"), 16, 768, w, False, "forward", 1)
+    two = backend._plan(spec, torch.device("cuda"), 16, 768, w, False, "forward", 2)
+    assert seen == [132, 66]
+    assert one.grid[0] * one.grid[1] <= 132 and two.grid[0] * two.grid[1] <= 66
+    assert two.persistent

@@ -23,7 +23,7 @@ import triton
 
 from .. import Saved, compute_dtype, new_empty
 from .barrier import SPIN_CAP, failed_launch, new_status, steps_per_launch
-from .recurrence import ACTIVATION_CODES, KIND_CODES, backward_kernel, forward_kernel
+from .recurrence import ACTIVATION_CODES, BOTH_DIRECTIONS, KIND_CODES, backward_kernel, forward_kernel
 
 # Kernels are built as interpreted functions when TRITON_INTERPRET=1 at import time (triton decides
 # at decoration time); then they run on CPU tensors, one program after another.
@@ -111,7 +111,9 @@ def check_resident(kernel, grid, limits: DeviceLimits, what: str) -> int:
     the compiled kernel's resources: registers from the loaded module (where a Triton version does
     not expose them, the hardware maximum is assumed), Triton's dynamic shared memory plus the
     static SMEM_STATIC_BYTES (Triton does not report the static part). Returns blocks per SM."""
-    programs = grid[0] * (grid[1] if len(grid) > 1 else 1)
+    programs = 1
+    for n in grid:
+        programs *= n
     try:
         getattr(kernel, "_init_handles", lambda: None)()  # loads the module: n_regs, Triton's own smem check
     except triton.runtime.errors.OutOfResources as exc:
@@ -316,9 +318,10 @@ def _n_sm(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _issue(kernel, plan, consts, args, T, phases, barriers_per_step, device, spin_cap, what):
-    """Issue every launch of one direction. args(status) gives the kernel's arguments up to and
-    including H (status: this launch's barrier status row, None without a grid barrier).
+def _issue(kernel, plan, consts, args, T, phases, barriers_per_step, device, spin_cap, what, D=1):
+    """Issue every launch of one direction (D = 2: of both, REVERSE=BOTH, grid axis 2 the direction).
+    args(status) gives the kernel's arguments up to and including H (status: this launch's barrier
+    status rows, one per direction, None without a grid barrier).
 
     Per-step plan: one launch per step and phase, the kernel boundaries ordering the phases.
     Persistent plan: launches of up to steps_per_launch(...) steps (one, unless T is huge), every
@@ -326,28 +329,30 @@ def _issue(kernel, plan, consts, args, T, phases, barriers_per_step, device, spi
     launched cooperatively where Triton can; with a grid barrier (SYNC) the status rows are read
     back afterwards and a timeout raises BarrierTimeoutError (the outputs are never returned)."""
     options = dict(consts, num_warps=plan.num_warps, num_stages=plan.num_stages)
+    grid = plan.grid + ((D,) if D > 1 else ())
     if not plan.persistent:
         for step in range(T):
             for phase in phases:
-                kernel[plan.grid](*args(None), step, step + 1, PHASE=phase, SYNC=False, **options)
+                kernel[grid](*args(None), step, step + 1, PHASE=phase, SYNC=False, **options)
         return
-    programs = plan.grid[0] * plan.grid[1]
+    programs = plan.grid[0] * plan.grid[1]  # of one direction: the programs that meet at a barrier
     sync = programs > 1
     chunk = steps_per_launch(programs, barriers_per_step)
     begins = range(0, T, chunk)
-    status = new_status(len(begins), device) if sync else None
+    status = new_status(len(begins) * D, device).view(len(begins), D, -1) if sync else None
     if device.type == "cuda" and not INTERPRET:
         options.update(cooperative_options())
-        compiled = kernel.warmup(*args(None if status is None else status[0]), 0, min(chunk, T), grid=plan.grid,
+        compiled = kernel.warmup(*args(None if status is None else status[0]), 0, min(chunk, T), grid=grid,
                                  PHASE=0, SYNC=sync, **options)
-        check_resident(compiled, plan.grid, DeviceLimits.of(device), what)
+        check_resident(compiled, grid, DeviceLimits.of(device), what)
     for i, begin in enumerate(begins):
-        kernel[plan.grid](*args(None if status is None else status[i]), begin, min(begin + chunk, T),
-                          PHASE=0, SYNC=sync, **options)
+        kernel[grid](*args(None if status is None else status[i]), begin, min(begin + chunk, T),
+                     PHASE=0, SYNC=sync, **options)
     if sync and not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-        failed = failed_launch(status)  # 16 bytes per launch back to the host; waits for the kernel
+        failed = failed_launch(status.flatten(0, 1))  # 16 bytes per launch and direction back to the host
         if failed is not None:
-            launch, timeouts, target = failed
+            row, timeouts, target = failed
+            launch = row // D
             barrier = target // programs
             step = begins[launch] + (barrier - 1) // barriers_per_step
             raise BarrierTimeoutError(
@@ -436,6 +441,18 @@ class TritonBackend:
         return None
 
     # ---- shared argument preparation ---------------------------------------------------------
+    def _check_both(self, spec, xg, w_hh, h0, both):
+        """_check of one direction, or with `both` of each of the two stacked on a leading dimension."""
+        if not both:
+            return self._check(spec, xg, w_hh, h0)
+        for name, t in (("xg", xg), ("w_hh", w_hh), ("h0", h0)):
+            if t.dim() < 1 or t.shape[0] != 2:
+                raise ValueError(f"both directions: {name} must have a leading dimension of 2, got shape "
+                                 f"{tuple(t.shape)}")
+        shape = self._check(spec, xg[0], w_hh[0], h0[0])
+        self._check(spec, xg[1], w_hh[1], h0[1])
+        return shape
+
     def _check(self, spec, xg, w_hh, h0):
         reason = self.unavailable_reason(xg.device, spec, w_hh.shape[-1] if w_hh.dim() == 2 else 0,
                                          xg.shape[1] if xg.dim() == 3 else 0, xg.dtype)
@@ -452,7 +469,8 @@ class TritonBackend:
             raise ValueError(f"h0 must be (B, H) = {(B, H)}, got {tuple(h0.shape)}")
         return T, B, H
 
-    def _common(self, spec, xg_dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H):
+    def _common(self, spec, xg_dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H, lead=()):
+        """Kernel arguments and constexprs; `lead` (2,) with both directions stacked."""
         cdt = compute_dtype(xg_dtype)
         # bf16 tl.dot is wrong in the Triton interpreter: there the matmul runs in fp32 on the same
         # (bf16-representable) values, as tensor cores would with fp32 accumulation.
@@ -460,7 +478,7 @@ class TritonBackend:
         args = dict(
             w=w_hh.detach().to(mm).contiguous(),
             h0=h0.detach().to(xg_dtype).contiguous(),
-            c0=(c0.detach().to(cdt).contiguous() if c0 is not None else torch.zeros(B, H, dtype=cdt, device=device))
+            c0=(c0.detach().to(cdt).contiguous() if c0 is not None else torch.zeros(*lead, B, H, dtype=cdt, device=device))
             if spec.kind == "lstm" else None,
             mask=None,
             rmask=None,
@@ -470,8 +488,9 @@ class TritonBackend:
                 raise ValueError(f"mask must be (T, B) = {(T, B)}, got {tuple(mask.shape)}")
             args["mask"] = mask.detach().to(torch.int8).contiguous()
         if rec_mask is not None:
-            if tuple(rec_mask.shape) != (spec.n_gates, B, H):
-                raise ValueError(f"rec_mask must be (G, B, H) = {(spec.n_gates, B, H)}, got {tuple(rec_mask.shape)}")
+            if tuple(rec_mask.shape) != (*lead, spec.n_gates, B, H):
+                raise ValueError(f"rec_mask must be ({'2, ' if lead else ''}G, B, H) = {(*lead, spec.n_gates, B, H)}, "
+                                 f"got {tuple(rec_mask.shape)}")
             args["rmask"] = rec_mask.detach().to(cdt).contiguous()
         prec = "ieee"
         if xg_dtype == torch.float32 and not INTERPRET and torch.backends.cuda.matmul.allow_tf32:
@@ -484,31 +503,32 @@ class TritonBackend:
         )
         return cdt, args, consts
 
-    def _plan(self, spec, device, B, H, w, per_step, direction="forward"):
-        """The plan for this call (make_plan with this device's limits and the persistent mode)."""
+    def _plan(self, spec, device, B, H, w, per_step, direction="forward", D=1):
+        """The plan for this call (make_plan with this device's limits and the persistent mode); with
+        both directions in one launch (D = 2) each direction gets half of the SMs."""
         mode = persistent_mode()
         on_gpu = device.type == "cuda" and not INTERPRET
         limits = DeviceLimits.of(device) if on_gpu else SM90
-        plan = make_plan(H, B, spec.n_gates, w.element_size(), limits.n_sm if on_gpu else 1, INTERPRET,
+        plan = make_plan(H, B, spec.n_gates, w.element_size(), max(1, limits.n_sm // D) if on_gpu else 1, INTERPRET,
                          per_step or self.per_step or mode == "off", limits.smem_per_block_optin, direction)
         if mode == "on" and not plan.persistent and not (per_step or self.per_step):
             raise RuntimeError(f"{PERSISTENT_ENV}=on, but {spec.kind} H={H} B={B} {w.dtype} gets no persistent plan "
                                f"on {limits.name} (W_hh slices or shared memory too large); unset it to run per step")
         return plan
 
-    def _with_fallback(self, attempt, key, spec, device, B, H, w, direction="forward"):
+    def _with_fallback(self, attempt, key, spec, device, B, H, w, direction="forward", D=1):
         """attempt(plan) with this call's plan; a persistent grid found not co-resident before its
         launch is replanned per step ("auto": warned once per configuration `key`, which then goes
         per step directly) or raises (FUSED_RNN_TRITON_PERSISTENT=on)."""
         if key not in self._not_resident:
             try:
-                return attempt(self._plan(spec, device, B, H, w, False, direction))
+                return attempt(self._plan(spec, device, B, H, w, False, direction, D))
             except NotResidentError as exc:
                 if persistent_mode() == "on":
                     raise RuntimeError(f"{exc}; {PERSISTENT_ENV}=on forbids the per-step fallback") from exc
                 warnings.warn(f"{exc}; running it per step instead", RuntimeWarning, stacklevel=3)
                 self._not_resident.add(key)
-        return attempt(self._plan(spec, device, B, H, w, True, direction))
+        return attempt(self._plan(spec, device, B, H, w, True, direction, D))
 
     def _run(self, device, plan, key, sequence, inputs):
         """sequence(inputs) issues the launches and returns the outputs. A per-step sequence on a
@@ -518,37 +538,49 @@ class TritonBackend:
         return sequence(inputs)
 
     @staticmethod
-    def _describe(direction, spec, dtype, T, B, H, plan):
+    def _describe(direction, spec, dtype, T, B, H, plan, both=False):
         cell = spec.kind + (f"(reset_after={spec.reset_after})" if spec.kind == "gru" else "")
         return (f"Triton persistent {direction} kernel ({cell}, {dtype}, T={T}, B={B}, H={H}, "
-                f"grid={plan.grid}, {plan})")
+                f"{'both directions, ' if both else ''}grid={plan.grid}, {plan})")
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse):
-        T, B, H = self._check(spec, xg, w_hh, h0)
+        return self._forward(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, int(bool(reverse)))
+
+    def forward_both(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask):
+        """Both directions of a bidirectional layer in ONE launch (two groups of programs, each with
+        its own grid barrier and half of the SMs): every tensor but mask has a leading dimension of 2,
+        direction 0 forward in time, 1 reverse. Returns a Saved of such tensors, bitwise what two
+        forward() calls return."""
+        return self._forward(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, BOTH_DIRECTIONS)
+
+    def _forward(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse):
+        both = reverse == BOTH_DIRECTIONS
+        D, lead = (2, (2,)) if both else (1, ())
+        T, B, H = self._check_both(spec, xg, w_hh, h0, both)
         device, dtype = xg.device, xg.dtype
-        cdt, a, consts = self._common(spec, dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H)
+        cdt, a, consts = self._common(spec, dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H, lead)
         lstm, gru_ra = spec.kind == "lstm", spec.kind == "gru" and spec.reset_after
         two = consts["TWO_PHASE"]
         G = spec.n_gates
         if T == 0:
             cT = a["c0"].to(dtype) if lstm else None
-            return Saved(new_empty((0, B, H), dtype, device), a["h0"].clone(), cT,
-                         new_empty((0, B, G * H), cdt, device),
-                         new_empty((0, B, H), cdt, device) if (lstm or gru_ra) else None)
+            return Saved(new_empty((*lead, 0, B, H), dtype, device), a["h0"].clone(), cT,
+                         new_empty((*lead, 0, B, G * H), cdt, device),
+                         new_empty((*lead, 0, B, H), cdt, device) if (lstm or gru_ra) else None)
         bias = b_hh.detach().to(cdt).contiguous() if b_hh is not None else None
-        consts.update(REVERSE=bool(reverse), HAS_BIAS=bias is not None, NGP=gates_padded(G))
+        consts.update(REVERSE=reverse, HAS_BIAS=bias is not None, NGP=gates_padded(G))
         inputs = [xg.detach().contiguous(), a["w"], bias, a["h0"], a["c0"], a["mask"], a["rmask"]]
 
         def attempt(plan):
-            what = self._describe("forward", spec, dtype, T, B, H, plan)
+            what = self._describe("forward", spec, dtype, T, B, H, plan, both)
 
             def sequence(ins):
                 xg_, w_, bias_, h0_, c0_, mask_, rmask_ = ins
-                out = new_empty((T, B, H), dtype, device)
-                gates = new_empty((T, B, G * H), cdt, device)
-                extra = new_empty((T, B, H), cdt, device) if (lstm or gru_ra) else None
-                scratch = new_empty((B, H), cdt, device) if two else None
+                out = new_empty((*lead, T, B, H), dtype, device)
+                gates = new_empty((*lead, T, B, G * H), cdt, device)
+                extra = new_empty((*lead, T, B, H), cdt, device) if (lstm or gru_ra) else None
+                scratch = new_empty((*lead, B, H), cdt, device) if two else None
 
                 def args(status):
                     return (xg_, w_, _or(bias_, gates), h0_, _or(c0_, gates), _or(mask_, gates), _or(rmask_, gates),
@@ -556,61 +588,76 @@ class TritonBackend:
                             T, B, H)
 
                 _issue(forward_kernel, plan, dict(consts, **plan_constexprs(plan, "forward")), args, T,
-                       (1, 2) if two else (1,), 2 if two else 1, device, self.spin_cap, what)
+                       (1, 2) if two else (1,), 2 if two else 1, device, self.spin_cap, what, D)
                 return out, gates, extra
 
             return self._run(device, plan, key, sequence, inputs)
 
-        key = ("fwd", spec, T, B, H, dtype, str(device), bool(reverse), bias is not None,
+        key = ("fwd", spec, T, B, H, dtype, str(device), reverse, bias is not None,
                mask is not None, rec_mask is not None, consts["PREC"])
-        out, gates, extra = self._with_fallback(attempt, key, spec, device, B, H, a["w"], "forward")
-        last = 0 if reverse else T - 1
-        hT = out[last].clone()
-        cT = extra[last].to(dtype) if lstm else None
+        out, gates, extra = self._with_fallback(attempt, key, spec, device, B, H, a["w"], "forward", D)
+        if both:  # the last step of direction 0 is T - 1, of direction 1 (reverse) 0
+            hT = torch.stack((out[0, T - 1], out[1, 0]))
+            cT = torch.stack((extra[0, T - 1], extra[1, 0])).to(dtype) if lstm else None
+        else:
+            last = 0 if reverse else T - 1
+            hT = out[last].clone()
+            cT = extra[last].to(dtype) if lstm else None
         return Saved(out, hT, cT, gates, extra)
 
     # ---- backward --------------------------------------------------------------------------
     def backward(self, spec, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, saved, dout, dhT, dcT):
+        return self._backward(spec, w_hh, b_hh, h0, c0, mask, rec_mask, int(bool(reverse)), saved, dout, dhT, dcT)
+
+    def backward_both(self, spec, w_hh, b_hh, h0, c0, mask, rec_mask, saved, dout, dhT, dcT):
+        """The backward of forward_both in ONE launch: every tensor but mask with a leading
+        dimension of 2; returns (dxg, dh0, dc0) stacked the same way, bitwise two backward() calls."""
+        return self._backward(spec, w_hh, b_hh, h0, c0, mask, rec_mask, BOTH_DIRECTIONS, saved, dout, dhT, dcT)
+
+    def _backward(self, spec, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, saved, dout, dhT, dcT):
+        both = reverse == BOTH_DIRECTIONS
+        D, lead = (2, (2,)) if both else (1, ())
         out, _, _, gates, extra = saved[:5]
-        T, B, H = out.shape
+        T, B, H = out.shape[-3:]
         dtype, device = out.dtype, out.device
         G = spec.n_gates
-        self._check(spec, out.new_empty((T, B, G * H)), w_hh, h0)
-        cdt, a, consts = self._common(spec, dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H)
+        self._check_both(spec, out.new_empty((*lead, T, B, G * H)), w_hh, h0, both)
+        cdt, a, consts = self._common(spec, dtype, device, w_hh, h0, c0, mask, rec_mask, T, B, H, lead)
         lstm = spec.kind == "lstm"
         two = consts["TWO_PHASE"]
         if dout is None:
-            dout = torch.zeros(T, B, H, dtype=dtype, device=device)
-        if tuple(dout.shape) != (T, B, H):
-            raise ValueError(f"dout must be (T, B, H) = {(T, B, H)}, got {tuple(dout.shape)}")
+            dout = torch.zeros(*lead, T, B, H, dtype=dtype, device=device)
+        if tuple(dout.shape) != (*lead, T, B, H):
+            raise ValueError(f"dout must be {'(2, T, B, H)' if both else '(T, B, H)'} = {(*lead, T, B, H)}, "
+                             f"got {tuple(dout.shape)}")
 
         def carries():
             """dh / dc carries start as dhT / dcT and end as dh0 / dc0 (updated in place by the
             kernel; fresh for every attempt)."""
             dh = dhT.detach().to(cdt, copy=True).contiguous() if dhT is not None \
-                else torch.zeros(B, H, dtype=cdt, device=device)
+                else torch.zeros(*lead, B, H, dtype=cdt, device=device)
             dc = None
             if lstm:
                 dc = dcT.detach().to(cdt, copy=True).contiguous() if dcT is not None \
-                    else torch.zeros(B, H, dtype=cdt, device=device)
+                    else torch.zeros(*lead, B, H, dtype=cdt, device=device)
             return dh, dc
 
         if T == 0:
-            return (new_empty((0, B, G * H), cdt, device), *carries())
-        consts.update(REVERSE=bool(reverse))
+            return (new_empty((*lead, 0, B, G * H), cdt, device), *carries())
+        consts.update(REVERSE=reverse)
         fixed = [a["w"], a["h0"], a["c0"], a["mask"], a["rmask"], out.detach().contiguous(),
                  gates.detach().contiguous(), extra.detach().contiguous() if extra is not None else None,
                  dout.detach().to(dtype).contiguous()]
 
         def attempt(plan):
-            what = self._describe("backward", spec, dtype, T, B, H, plan)
+            what = self._describe("backward", spec, dtype, T, B, H, plan, both)
 
             def sequence(ins):
                 w_, h0_, c0_, mask_, rmask_, out_, gates_, extra_, dout_, dh_, dc_ = ins
-                dxg = new_empty((T, B, G * H), cdt, device)
-                scratch = new_empty((B, H), cdt, device) if two else None
+                dxg = new_empty((*lead, T, B, G * H), cdt, device)
+                scratch = new_empty((*lead, B, H), cdt, device) if two else None
                 # the persistent path's dgates exchange, in the I/O dtype (double-buffered by step)
-                xchg = new_empty((2, B, G * H), dtype, device) if plan.persistent else None
+                xchg = new_empty((*lead, 2, B, G * H), dtype, device) if plan.persistent else None
 
                 def args(status):
                     return (w_, h0_, _or(c0_, dxg), _or(mask_, dxg), _or(rmask_, dxg), out_, gates_,
@@ -620,14 +667,14 @@ class TritonBackend:
 
                 # grid barriers per step: after phase 1 and (GRU reset_after=False) phase 2
                 _issue(backward_kernel, plan, dict(consts, **plan_constexprs(plan, "backward")), args, T,
-                       (1, 2, 3) if two else (1, 3), 2 if two else 1, device, self.spin_cap, what)
+                       (1, 2, 3) if two else (1, 3), 2 if two else 1, device, self.spin_cap, what, D)
                 return dxg, dh_, dc_
 
             return self._run(device, plan, key, sequence, fixed + list(carries()))
 
-        key = ("bwd", spec, T, B, H, dtype, str(device), bool(reverse), mask is not None,
+        key = ("bwd", spec, T, B, H, dtype, str(device), reverse, mask is not None,
                rec_mask is not None, consts["PREC"])
-        return self._with_fallback(attempt, key, spec, device, B, H, a["w"], "backward")
+        return self._with_fallback(attempt, key, spec, device, B, H, a["w"], "backward", D)
 
 
 def _or(t, fallback):

@@ -32,6 +32,9 @@ Two launch modes share the source:
     raises instead of returning the outputs.
   * per step (one launch per step and phase, step_end = step_begin + 1, PHASE = 1, 2 or 3):
     kernel boundaries order the phases; W_hh is streamed in BLOCK_K chunks.
+Both directions of a bidirectional layer can share one launch (REVERSE = BOTH): a third grid axis
+is the direction, each direction's programs offset every pointer to their own buffers (leading
+dimension 2) and meet at their own grid barriers, so the two groups never wait on each other.
 A step has one phase, except GRU reset_after=False: (r*h) @ W_n^T needs r of all units, so the
 forward writes r*h to `scratch` in phase 1 and finishes in phase 2. The backward computes its
 slice of dgates (phase 1), [GRU reset_after=False: du = dn_pre @ W_n and dr, phase 2], then its
@@ -53,7 +56,15 @@ Cell codes: 0 LSTM, 1 GRU, 2 SimpleRNN.
 import triton
 import triton.language as tl
 
-from .barrier import grid_barrier
+from .barrier import STATUS_WORDS, grid_barrier
+
+# REVERSE = BOTH: both directions of a bidirectional layer in one launch. program_id(2) is the
+# direction (0 forward in time, 1 reverse); every per-direction tensor has a leading dimension of 2
+# (mask excepted: one for both) and each direction has its own barrier status row, so the two
+# groups of programs never wait on each other.
+BOTH_DIRECTIONS = 2
+BOTH = tl.constexpr(BOTH_DIRECTIONS)
+_STATUS_WORDS = tl.constexpr(STATUS_WORDS)
 
 LSTM, GRU, RNN = 0, 1, 2
 ACTIVATION_CODES = {"tanh": 0, "relu": 1, "sigmoid": 2, "hard_sigmoid": 3, "linear": 4}
@@ -174,11 +185,23 @@ def _barrier(status_ptr, target, spin_cap, live, SYNC: tl.constexpr):
 
 @triton.jit
 def _times(step, T, REVERSE: tl.constexpr):
-    """Time index of forward-order step `step` and of the step before it (int64 for offsets)."""
+    """Time index of forward-order step `step` and of the step before it (int64 for offsets).
+    REVERSE 2 (BOTH): direction program_id(2), 0 forward in time, 1 reverse."""
     s = tl.cast(step, tl.int64)
+    if REVERSE == BOTH:
+        d = tl.cast(tl.program_id(2), tl.int64)
+        t = s + d * (T - 1 - 2 * s)
+        return t, t - 1 + 2 * d
     if REVERSE:
         return T - 1 - s, T - s
     return s, s - 1
+
+
+@triton.jit
+def _direction(ptr, elems):
+    """`ptr` advanced to the buffer of this program's direction (program_id(2)) in a launch of both
+    directions, each direction's buffer `elems` elements long."""
+    return ptr + tl.cast(tl.program_id(2), tl.int64) * elems
 
 
 @triton.jit
@@ -475,7 +498,7 @@ def forward_kernel(
     T, B, H,
     step_begin, step_end,  # forward-order steps done by this launch
     KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
-    RESET_AFTER: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    RESET_AFTER: tl.constexpr, REVERSE: tl.constexpr, HAS_BIAS: tl.constexpr,  # REVERSE 0, 1 or BOTH
     HAS_MASK: tl.constexpr, HAS_RMASK: tl.constexpr,
     TWO_PHASE: tl.constexpr,  # GRU reset_after=False
     PHASE: tl.constexpr,      # 0: every phase of each step; 1 / 2: only that phase
@@ -491,6 +514,18 @@ def forward_kernel(
     PREC: tl.constexpr,
 ):
     CDT: tl.constexpr = gates_ptr.dtype.element_ty
+    if REVERSE == BOTH:
+        xg_ptr = _direction(xg_ptr, T * B * NG * H)
+        w_ptr = _direction(w_ptr, NG * H * H)
+        bias_ptr = _direction(bias_ptr, NG * H)
+        h0_ptr = _direction(h0_ptr, B * H)
+        c0_ptr = _direction(c0_ptr, B * H)
+        rmask_ptr = _direction(rmask_ptr, NG * B * H)
+        out_ptr = _direction(out_ptr, T * B * H)
+        gates_ptr = _direction(gates_ptr, T * B * NG * H)
+        extra_ptr = _direction(extra_ptr, T * B * H)
+        scratch_ptr = _direction(scratch_ptr, B * H)
+        sync_ptr = _direction(sync_ptr, _STATUS_WORDS)
     n_prog = tl.num_programs(0) * tl.num_programs(1)
     j0 = tl.program_id(0) * BLOCK_H
     j = j0 + tl.arange(0, BLOCK_H)
@@ -832,6 +867,21 @@ def backward_kernel(
     W_REG: tl.constexpr,      # W_hh^T rows in registers (tensor-core dtypes)
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
 ):
+    if REVERSE == BOTH:
+        w_ptr = _direction(w_ptr, NG * H * H)
+        h0_ptr = _direction(h0_ptr, B * H)
+        c0_ptr = _direction(c0_ptr, B * H)
+        rmask_ptr = _direction(rmask_ptr, NG * B * H)
+        out_ptr = _direction(out_ptr, T * B * H)
+        gates_ptr = _direction(gates_ptr, T * B * NG * H)
+        extra_ptr = _direction(extra_ptr, T * B * H)
+        dout_ptr = _direction(dout_ptr, T * B * H)
+        dxg_ptr = _direction(dxg_ptr, T * B * NG * H)
+        dh_ptr = _direction(dh_ptr, B * H)
+        dc_ptr = _direction(dc_ptr, B * H)
+        scratch_ptr = _direction(scratch_ptr, B * H)
+        xchg_ptr = _direction(xchg_ptr, 2 * B * NG * H)
+        sync_ptr = _direction(sync_ptr, _STATUS_WORDS)
     if W_RESIDENT:
         _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, dout_ptr, dxg_ptr,
                         dh_ptr, dc_ptr, xchg_ptr, sync_ptr, spin_cap, T, B, H, step_begin, step_end, KIND, NG, ACT,
