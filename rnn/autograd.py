@@ -34,7 +34,13 @@ _N_ARGS = 16
 
 
 def differentiable(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask, spec, reverse):
-    """The whole layer (input projection + recurrence) in differentiable torch ops."""
+    """The whole layer (input projection + recurrence) in differentiable torch ops (both
+    directions stacked where ops.both says so)."""
+    if ops.both(w_hh):
+        od = ops.of_direction
+        o = [differentiable(x, w_ih[d], w_hh[d], od(b_ih, d), od(b_hh, d), h0[d], od(c0, d), mask, None,
+                            od(rec_mask, d), spec, bool(d)) for d in (0, 1)]
+        return tuple(None if a is None else torch.stack((a, b)) for a, b in zip(*o))
     xg = ops.project(x, w_ih, b_ih, in_mask, spec.n_gates, w_hh.shape[1])
     return unrolled(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse)
 
@@ -75,7 +81,6 @@ def backward(ctx, dout, dhT, dcT, _dgates=None, _dextra=None):
         return _backward_with_graph(ctx, (dout, dhT, dcT))
     (x, w_ih, w_hh, _, b_hh, h0, c0, mask, in_mask, rec_mask, out, gates, extra) = ctx.saved_tensors
     spec, reverse = ctx.spec, ctx.reverse
-    G, H = spec.n_gates, w_hh.shape[1]
     if dout is None:
         dout = torch.zeros_like(out)
     if dhT is None:
@@ -85,6 +90,30 @@ def backward(ctx, dout, dhT, dcT, _dgates=None, _dextra=None):
     dxg, dh0, dc0 = torch.ops.fused_rnn.recurrence_backward(
         w_hh, b_hh, h0, c0, mask, rec_mask, out, gates, extra, dout, dhT, dcT,
         *ops.spec_args(spec), reverse, ctx.backend)
+    grads = [None] * _N_ARGS
+    need = ctx.needs_input_grad
+    if ops.both(w_hh):  # the GEMMs per direction; x feeds both, so its gradients add up
+        per = [_layer_grads(spec, bool(d), need, ctx.has, x, w_ih[d], w_hh[d], h0[d], mask, None,
+                            ops.of_direction(rec_mask, d), out[d], gates[d], dxg[d]) for d in (0, 1)]
+        for k in (_W_IH, _W_HH, _B_IH, _B_HH):
+            if per[0][k] is not None:
+                grads[k] = torch.stack((per[0][k], per[1][k]))
+        if per[0][_X] is not None:
+            grads[_X] = per[0][_X] + per[1][_X]
+    else:
+        grads[:5] = _layer_grads(spec, reverse, need, ctx.has, x, w_ih, w_hh, h0, mask, in_mask, rec_mask, out,
+                                 gates, dxg)
+    if need[_H0]:
+        grads[_H0] = dh0
+    if spec.kind == "lstm" and need[_C0]:
+        grads[_C0] = dc0
+    return tuple(grads)
+
+
+def _layer_grads(spec, reverse, need, has, x, w_ih, w_hh, h0, mask, in_mask, rec_mask, out, gates, dxg):
+    """[dx, dW_ih, dW_hh, db_ih, db_hh] of one direction from its gate gradients dxg (None where
+    not needed): large GEMMs over all steps at once."""
+    G, H = spec.n_gates, w_hh.shape[1]
     dt = x.dtype
     # Gate values at masked steps may be garbage (even NaN from padded input): zero them so a
     # 0 * NaN in the weight GEMMs cannot leak one sequence's padding into shared gradients.
@@ -97,8 +126,7 @@ def backward(ctx, dout, dhT, dcT, _dgates=None, _dextra=None):
     drec = drec.to(dt)
     dxg = dxg.to(dt)
 
-    grads = [None] * _N_ARGS
-    need = ctx.needs_input_grad
+    grads = [None] * 5
     if need[_W_HH] or need[_B_HH]:
         hp = previous_states(out, h0, reverse)[:out.shape[0]]  # (T, B, H) the h each step read (T=0 too)
         if rec_mask is None and not (spec.kind == "gru" and not spec.reset_after):
@@ -112,7 +140,7 @@ def backward(ctx, dout, dhT, dcT, _dgates=None, _dextra=None):
                 blocks.append(drec[..., g * H:(g + 1) * H].reshape(-1, H).t() @ a.reshape(-1, H))
             dw_hh = torch.cat(blocks, 0)
         grads[_W_HH] = dw_hh
-        if ctx.has[1]:
+        if has[1]:
             grads[_B_HH] = drec.sum((0, 1))
     xs = x if keep is None else torch.where(keep, x, 0.0)
     if need[_W_IH]:
@@ -122,7 +150,7 @@ def backward(ctx, dout, dhT, dcT, _dgates=None, _dextra=None):
         else:
             grads[_W_IH] = torch.cat([dxg[..., g * H:(g + 1) * H].reshape(-1, H).t()
                                       @ (xs * in_mask[g]).reshape(-1, x.shape[-1]) for g in range(G)], 0)
-    if ctx.has[0] and need[_B_IH]:
+    if has[0] and need[_B_IH]:
         grads[_B_IH] = dxg.sum((0, 1))
     if need[_X]:
         if in_mask is None:
@@ -132,11 +160,7 @@ def backward(ctx, dout, dhT, dcT, _dgates=None, _dextra=None):
         else:
             grads[_X] = sum((dxg[..., g * H:(g + 1) * H] @ w_ih[g * H:(g + 1) * H]) * in_mask[g]
                             for g in range(G))
-    if need[_H0]:
-        grads[_H0] = dh0
-    if spec.kind == "lstm" and need[_C0]:
-        grads[_C0] = dc0
-    return tuple(grads)
+    return grads
 
 
 ops.recurrence.register_autograd(backward, setup_context=setup_context)

@@ -268,6 +268,49 @@ def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask
     return out, hT, (cT if spec.kind == "lstm" else None)
 
 
+def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, backend="auto"):
+    """Both directions of one bidirectional layer as ONE operator call (rnn.ops: both directions),
+    so that a backend that can (Triton) runs the two recurrences in one launch, each on half of
+    the GPU. x (T, B, I) time-major; params ((w_ih, w_hh, b_ih, b_hh) of the forward direction,
+    the same of the reverse one), torch.nn layout, biases None in both or in neither; h0 / c0
+    (2, B, H) or None; mask (T, B) bool or None. Returns (out (T, B, 2H) = [forward | reverse],
+    hT (2, B, H), cT (2, B, H) or None): what two `recurrence` calls give, concatenated."""
+    if len(params) != 2 or any(len(p) != 4 for p in params):
+        raise ValueError("params must be two tuples (w_ih, w_hh, b_ih, b_hh), the forward direction's then "
+                         f"the reverse one's; got {len(params)} entries")
+    if (params[0][2] is None) != (params[1][2] is None) or (params[0][3] is None) != (params[1][3] is None):
+        raise ValueError("both directions must have biases, or neither")
+    _check_types(x=x, h0=h0, c0=c0, mask=mask, **{f"params[{d}][{k}]": t for d in (0, 1)
+                                                  for k, t in enumerate(params[d])})
+    cast = _autocast_dtype(spec, x)
+    if cast is not None:  # as in _time_major: torch.nn's dtype under this autocast, no autocast inside
+        def to(t):
+            return None if t is None else (t.to(cast) if t.dtype in _AUTOCAST_FROM else t)
+
+        with torch.autocast(x.device.type, enabled=False):
+            return bidirectional_layer(to(x), [tuple(to(t) for t in p) for p in params], to(h0), to(c0), spec=spec,
+                                       mask=mask, backend=backend)
+    for name, s in (("h0", h0), ("c0", c0)):
+        if s is not None and (s.dim() < 1 or s.shape[0] != 2):
+            raise ValueError(f"{name} must be (2, B, H) (one state per direction), got {tuple(s.shape)}")
+    for d in (0, 1):
+        T, B, _, H, _ = validate(x, *params[d], None if h0 is None else h0[d], None if c0 is None else c0[d],
+                                 spec, mask, None, None)
+    if torch.compiler.is_compiling():
+        name = "auto" if backend is None else backend
+    else:
+        name = backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype).name
+    w_ih, w_hh, b_ih, b_hh = (None if p[0] is None else torch.stack(p) for p in zip(*params))
+    if h0 is None:
+        h0 = x.new_zeros(2, B, H)
+    if spec.kind == "lstm" and c0 is None:
+        c0 = x.new_zeros(2, B, H)
+    mask = None if mask is None else mask.contiguous()
+    out, hT, cT, _, _ = _recurrence_op(x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, mask, None, None,
+                                       *ops.spec_args(spec), False, name)
+    return torch.cat((out[0], out[1]), -1), hT, (cT if spec.kind == "lstm" else None)
+
+
 _COMMON_ARGS = """
     x          (T, B, I) input ((B, T, I) with batch_first=True)
     w_ih       (G*H, I) input weights, w_hh (G*H, H) recurrent weights, torch.nn layout and gate order

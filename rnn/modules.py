@@ -8,7 +8,9 @@ nn.RNNBase), because torch.compile refuses every instance of those three classes
 support RNN, GRU, or LSTM"), and these modules compile.
 
 Every layer and direction is one `rnn.functional.recurrence` call (one operator in a compiled
-graph); an LSTM with proj_size passes its weight_hr as `w_hr` (see rnn.functional._projected).
+graph), and both directions of a bidirectional layer one `rnn.functional.bidirectional_layer` call
+(one operator, one launch on the Triton backend); an LSTM with proj_size passes its weight_hr as
+`w_hr` one direction at a time (see rnn.functional._projected).
 PackedSequence input is padded once and run with a (T, B) validity mask inside the recurrence, not
 a loop over sequences. Where "auto" has no kernel backend for the device (a CPU), the whole module
 is instead one call of torch's own multi-layer op, as torch.nn makes it (packed input included),
@@ -103,18 +105,28 @@ class _Fused:
         D = 2 if self.bidirectional else 1
         hn, cn = [], []
         layer_in = x
+        # both directions of a layer in one operator call (one launch on the Triton backend);
+        # projections and ONNX export go one direction at a time
+        both = D == 2 and not self.proj_size and not torch.onnx.is_in_onnx_export()
         for layer in range(self.num_layers):
             outs = []
+            if both:
+                k = 2 * layer
+                layer_in, hT, cT = functional.bidirectional_layer(
+                    layer_in, [self._params(layer, 0), self._params(layer, 1)],
+                    None if h0 is None else h0[k:k + 2], None if c0 is None else c0[k:k + 2],
+                    spec=spec, mask=mask, backend=self.backend)
+                hn.extend(hT.unbind(0))
+                cn.extend(cT.unbind(0) if lstm else (None, None))
+                if self.dropout and self.training and layer < self.num_layers - 1:
+                    layer_in = torch.nn.functional.dropout(layer_in, self.dropout, True)
+                continue
             for d in range(D):
-                sfx = f"_l{layer}" + ("_reverse" if d else "")
                 k = layer * D + d
                 out, hT, cT = recurrence(
-                    layer_in, getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
-                    getattr(self, "bias_ih" + sfx) if self.bias else None,
-                    getattr(self, "bias_hh" + sfx) if self.bias else None,
-                    None if h0 is None else h0[k], None if c0 is None else c0[k], spec=spec, mask=mask,
-                    reverse=bool(d), backend=self.backend,
-                    w_hr=getattr(self, "weight_hr" + sfx) if self.proj_size else None)
+                    layer_in, *self._params(layer, d), None if h0 is None else h0[k], None if c0 is None else c0[k],
+                    spec=spec, mask=mask, reverse=bool(d), backend=self.backend,
+                    w_hr=getattr(self, f"weight_hr_l{layer}" + ("_reverse" if d else "")) if self.proj_size else None)
                 outs.append(out)
                 hn.append(hT)
                 cn.append(cT)
@@ -122,6 +134,13 @@ class _Fused:
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_in = torch.nn.functional.dropout(layer_in, self.dropout, True)
         return layer_in, torch.stack(hn), (torch.stack(cn) if lstm else None)
+
+    def _params(self, layer, d):
+        """(w_ih, w_hh, b_ih, b_hh) of one layer and direction (biases None without bias)."""
+        sfx = f"_l{layer}" + ("_reverse" if d else "")
+        b = self.bias
+        return (getattr(self, "weight_ih" + sfx), getattr(self, "weight_hh" + sfx),
+                getattr(self, "bias_ih" + sfx) if b else None, getattr(self, "bias_hh" + sfx) if b else None)
 
     def _check_matches_parameters(self, x):
         """Name the input and the module's parameters, and say how to convert (not the

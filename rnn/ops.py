@@ -1,6 +1,6 @@
 """The recurrence as registered PyTorch operators: what torch.compile and torch.export see.
 
-    fused_rnn::recurrence           one layer, one direction, forward: the input projection (one
+    fused_rnn::recurrence           one layer, one direction (or both, stacked), forward: the input projection (one
                                     GEMM) and the backend's recurrence kernel
     fused_rnn::recurrence_backward  the backend's reverse-time recurrence: (dxg, dh0, dc0)
 
@@ -22,6 +22,13 @@ backend: out is empty and the final states are the initial ones.
 Outputs of `recurrence`: out (T, B, H) and hT, cT (B, H) in x's dtype; gates (T, B, G*H) and extra
 (T, B, H) in the compute dtype (float32 for fp16 / bf16 input): what the backward needs, see the
 contract in rnn.backends.
+
+Both directions of a bidirectional layer: w_hh of shape (2, G*H, H) says so (`both`). Then every
+per-direction tensor (w_ih, w_hh, biases, h0, c0, rec_mask, and every output) has a leading
+dimension of 2, direction 0 forward in time and 1 reversed (`reverse` is False); x and mask are
+shared and in_mask must be None. The input projection of both directions is one GEMM, and a backend
+with `forward_both` / `backward_both` (Triton) runs both recurrences in one launch; others run them
+one after the other.
 """
 import torch
 
@@ -83,14 +90,49 @@ def _fresh(outputs, inputs):
     return tuple(result)
 
 
+def both(w_hh):
+    """Whether an operator call carries both directions of a bidirectional layer (module docstring)."""
+    return w_hh.dim() == 3
+
+
 def _forward_shapes(x, w_hh, kind, activation, recurrent_activation, reset_after):
     """(shape, dtype) of the five outputs; shared by the real and the fake implementation."""
     spec = CellSpec(kind, activation, recurrent_activation, reset_after)
     T, B = x.shape[0], x.shape[1]
-    H = w_hh.shape[1]
+    H = w_hh.shape[-1]
+    d = tuple(w_hh.shape[:1]) if both(w_hh) else ()
     cd = compute_dtype(x.dtype)
-    return [((T, B, H), x.dtype), ((B, H), x.dtype), ((B, H) if kind == "lstm" else (0,), x.dtype),
-            ((T, B, spec.n_gates * H), cd), ((T, B, H) if has_extra(spec) else (0,), cd)]
+    return [((*d, T, B, H), x.dtype), ((*d, B, H), x.dtype), ((*d, B, H) if kind == "lstm" else (0,), x.dtype),
+            ((*d, T, B, spec.n_gates * H), cd), ((*d, T, B, H) if has_extra(spec) else (0,), cd)]
+
+
+def of_direction(t, d):
+    """Direction d of an optional tensor stacked over both directions."""
+    return None if t is None else t[d]
+
+
+def _stack(a, b):
+    return None if a is None else torch.stack((a, b))
+
+
+def _forward_both(impl, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask):
+    """Both directions' recurrences: one launch where the backend has forward_both, else two calls."""
+    if hasattr(impl, "forward_both"):
+        return impl.forward_both(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask)
+    od = of_direction
+    s = [impl.forward(spec, xg[d], w_hh[d], od(b_hh, d), h0[d], od(c0, d), mask, od(rec_mask, d), bool(d))
+         for d in (0, 1)]
+    return backends.Saved(*(_stack(a, b) for a, b in zip(*s)))
+
+
+def _backward_both(impl, spec, w_hh, b_hh, h0, c0, mask, rec_mask, saved, dout, dhT, dcT):
+    if hasattr(impl, "backward_both"):
+        return impl.backward_both(spec, w_hh, b_hh, h0, c0, mask, rec_mask, saved, dout, dhT, dcT)
+    od = of_direction
+    g = [impl.backward(spec, w_hh[d], od(b_hh, d), h0[d], od(c0, d), mask, od(rec_mask, d), bool(d),
+                       backends.Saved(*(od(t, d) for t in saved)), dout[d], dhT[d], od(dcT, d))
+         for d in (0, 1)]
+    return tuple(_stack(a, b) for a, b in zip(*g))
 
 
 @torch.library.custom_op("fused_rnn::recurrence", mutates_args=(), schema=_FORWARD_SCHEMA)
@@ -103,9 +145,16 @@ def recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
         out, _, _, gates, extra = (x.new_zeros(s, dtype=d) for s, d in shapes)
         cT = c0.clone() if spec.kind == "lstm" else x.new_empty((0,))
         return out, h0.clone(), cT, gates, extra
-    H = w_hh.shape[1]
-    xg = project(x, w_ih, b_ih, in_mask, spec.n_gates, H)
-    s = backends.choose(backend, x.device, spec, H, B, x.dtype).backend.forward(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse)
+    H = w_hh.shape[-1]
+    impl = backends.choose(backend, x.device, spec, H, B, x.dtype).backend
+    if both(w_hh):  # one GEMM projects x for both directions: (T, B, 2*G*H) -> (2, T, B, G*H)
+        GH = spec.n_gates * H
+        xg = project(x, w_ih.flatten(0, 1), None if b_ih is None else b_ih.flatten(), None, 2 * spec.n_gates, H)
+        xg = xg.unflatten(-1, (2, GH)).movedim(2, 0).contiguous()
+        s = _forward_both(impl, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask)
+    else:
+        xg = project(x, w_ih, b_ih, in_mask, spec.n_gates, H)
+        s = impl.forward(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse)
     cd = compute_dtype(x.dtype)
     outs = (s.out.to(x.dtype), s.hT.to(x.dtype),
             x.new_empty((0,)) if s.cT is None else s.cT.to(x.dtype),
@@ -133,15 +182,19 @@ def recurrence_backward(w_hh, b_hh, h0, c0, mask, rec_mask, out, gates, extra, d
                         kind, activation, recurrent_activation, reset_after, reverse, backend):
     """(dxg (T, B, G*H) in the compute dtype, dh0 in h0's dtype, dc0 in c0's dtype or empty)."""
     spec = CellSpec(kind, activation, recurrent_activation, reset_after)
-    T, B = out.shape[0], out.shape[1]
+    T, B = out.shape[-3], out.shape[-2]
     lstm = spec.kind == "lstm"
     if T == 0 or B == 0:  # the gradients of the final states pass straight to the initial ones
         dc0 = dcT.to(c0.dtype).clone() if lstm else h0.new_empty((0,))
         return gates.new_zeros(gates.shape), dhT.to(h0.dtype).clone(), dc0
     saved = backends.Saved(out, None, None, gates, _none(extra))
-    impl = backends.choose(backend, out.device, spec, w_hh.shape[1], B, out.dtype).backend
-    dxg, dh0, dc0 = impl.backward(spec, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, saved,
-                                                   dout, dhT, _none(dcT) if lstm else None)
+    impl = backends.choose(backend, out.device, spec, w_hh.shape[-1], B, out.dtype).backend
+    if both(w_hh):
+        dxg, dh0, dc0 = _backward_both(impl, spec, w_hh, b_hh, h0, c0, mask, rec_mask, saved,
+                                       dout, dhT, _none(dcT) if lstm else None)
+    else:
+        dxg, dh0, dc0 = impl.backward(spec, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, saved,
+                                      dout, dhT, _none(dcT) if lstm else None)
     outs = (dxg.to(gates.dtype), dh0.to(h0.dtype), dc0.to(c0.dtype) if lstm else h0.new_empty((0,)))
     return _fresh(outs, (w_hh, b_hh, h0, c0, mask, rec_mask, out, gates, extra, dout, dhT, dcT))
 

@@ -1,0 +1,103 @@
+"""Both directions of a bidirectional layer as one operator call (rnn.functional.bidirectional_layer,
+rnn.ops: w_hh stacked over the two directions): the same as two `recurrence` calls, and on the
+Triton backend one launch for both directions (forward and backward) instead of two."""
+import pytest
+import torch
+
+import rnn
+from problems import CELLS
+from rnn import functional as F
+from tolerances import DROP_IN_RTOL, assert_close, assert_rel_close
+
+T, B, I, H = 6, 3, 5, 7
+
+
+def _params(spec, bias, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    G = spec.n_gates
+
+    def r(*shape):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5).to(dtype).requires_grad_()
+
+    return [(r(G * H, I), r(G * H, H), r(G * H) if bias else None, r(G * H) if bias else None) for _ in range(2)]
+
+
+@pytest.mark.parametrize("opts", ["plain", "mask-states", "nobias"])
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_bidirectional_layer_is_two_recurrence_calls(name, spec, opts):
+    """Outputs [forward | reverse], final states and every gradient against two recurrence() calls
+    (torch backend, float64)."""
+    dtype = torch.float64
+    params = _params(spec, opts != "nobias", dtype, 0)
+    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    mask = h0 = c0 = None
+    if opts == "mask-states":
+        mask = torch.arange(T).unsqueeze(1) < torch.tensor([T, 4, 1])
+        h0 = torch.randn(2, B, H, dtype=dtype, requires_grad=True)
+        c0 = torch.randn(2, B, H, dtype=dtype, requires_grad=True) if spec.kind == "lstm" else None
+    got = F.bidirectional_layer(x, params, h0, c0, spec=spec, mask=mask, backend="torch")
+    parts = [F.recurrence(x, *params[d], None if h0 is None else h0[d], None if c0 is None else c0[d], spec=spec,
+                          mask=mask, reverse=bool(d), backend="torch") for d in (0, 1)]
+    want = (torch.cat((parts[0][0], parts[1][0]), -1), torch.stack((parts[0][1], parts[1][1])),
+            torch.stack((parts[0][2], parts[1][2])) if spec.kind == "lstm" else None)
+    leaves = [t for t in [x, h0, c0, *params[0], *params[1]] if t is not None]
+    ups = [torch.randn_like(w) for w in want if w is not None]
+
+    def grads(outs):
+        return torch.autograd.grad(sum((o * u).sum() for o, u in zip([o for o in outs if o is not None], ups)),
+                                   leaves)
+
+    for label, a, b in zip(("out", "hT", "cT"), got, want):
+        assert (a is None) == (b is None), label
+        if b is not None:
+            assert_close(f"{name} {label}", a, b, dtype)
+    for k, (a, b) in enumerate(zip(grads(got), grads(want))):
+        assert_close(f"{name} grad[{k}]", a, b, dtype)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_triton_drop_in_launches_both_directions_together(kind, monkeypatch):
+    """A two-layer bidirectional drop-in on the Triton backend: one forward_both and one
+    backward_both per layer, no single-direction launch, results as torch.nn's."""
+    pytest.importorskip("triton")
+    from kernels.triton import TritonBackend
+
+    calls = []
+    for method in ("forward", "backward", "forward_both", "backward_both"):
+        real = getattr(TritonBackend, method)
+
+        def spy(self, *args, _real=real, _name=method, **kwargs):
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(TritonBackend, method, spy)
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(I, H, num_layers=2, bidirectional=True)
+    ours = getattr(rnn, kind)(I, H, num_layers=2, bidirectional=True, backend="triton")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I)
+    results = []
+    for m in (ours, ref):
+        xx = x.clone().requires_grad_()
+        out, _ = m(xx)
+        out.square().sum().backward()
+        results.append([out, xx.grad] + [p.grad for p in m.parameters()])
+    assert calls == ["forward_both"] * 2 + ["backward_both"] * 2
+    for k, (a, b) in enumerate(zip(*results)):
+        assert_rel_close(f"{kind} [{k}]", a, b, DROP_IN_RTOL[torch.float32])
+
+
+def test_bidirectional_layer_errors():
+    spec = rnn.cells.lstm()
+    params = _params(spec, True, torch.float32, 1)
+    x = torch.randn(T, B, I)
+    with pytest.raises(ValueError, match="two tuples"):
+        F.bidirectional_layer(x, params[:1], spec=spec)
+    with pytest.raises(ValueError, match="biases, or neither"):
+        F.bidirectional_layer(x, [params[0], params[1][:2] + (None, None)], spec=spec)
+    with pytest.raises(ValueError, match=r"h0 must be \(2, B, H\)"):
+        F.bidirectional_layer(x, params, torch.zeros(B, H), spec=spec)
+    with pytest.raises(ValueError, match="h0 must have shape"):
+        F.bidirectional_layer(x, params, torch.zeros(2, B, H + 1), spec=spec)
+    with pytest.raises(TypeError, match=r"params\[1\]\[0\] must be a torch.Tensor"):
+        F.bidirectional_layer(x, [params[0], ([1.0],) + params[1][1:]], spec=spec)
