@@ -553,3 +553,33 @@ def test_both_directions_get_half_of_the_sms_each(monkeypatch):
     assert seen == [132, 66]
     assert one.grid[0] * one.grid[1] <= 132 and two.grid[0] * two.grid[1] <= 66
     assert two.persistent
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("size", [(100, 16, 768), (200, 48, 256)], ids=["100x16x768", "200x48x256"])
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_gpu_both_directions_in_one_launch(name, spec, size):
+    """Both directions in one launch on a GPU (two groups of programs on half of the SMs each, each
+    meeting at its own grid barrier): every output of each direction against the torch backend in
+    float64, as one direction alone is checked."""
+    T_, B_, H_ = size
+    cases = [_gpu_case(spec, torch.bfloat16, T_, B_, H_, seed=d) for d in (0, 1)]
+    for d, (k, f) in enumerate(cases):
+        k["reverse"] = f["reverse"] = bool(d)
+        k["mask"] = f["mask"] = cases[0][0]["mask"]  # one mask for both directions
+
+    def both(name, src=0):
+        a, b = cases[0][src][name], cases[1][src][name]
+        return None if a is None else torch.stack((a, b))
+
+    backend = TritonBackend()
+    saved = backend.forward_both(spec, both("xg"), both("w_hh"), both("b_hh"), both("h0"), both("c0"),
+                                 cases[0][0]["mask"], both("rec_mask"))
+    grads = backend.backward_both(spec, both("w_hh"), both("b_hh"), both("h0"), both("c0"), cases[0][0]["mask"],
+                                  both("rec_mask"), saved,
+                                  *(None if g[0] is None else torch.stack(g)
+                                    for g in zip(cases[0][0]["grads"], cases[1][0]["grads"])))
+    for d in (0, 1):
+        one = type(saved)(*(None if t is None else t[d] for t in saved))
+        _check_vs_torch64(f"{name}/both/{size}/direction {d}", spec, one, [None if g is None else g[d] for g in grads],
+                          cases[d][1], torch.bfloat16)
