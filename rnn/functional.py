@@ -299,7 +299,7 @@ def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, backend
     if torch.compiler.is_compiling():
         name = "auto" if backend is None else backend
     else:
-        name = backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype).name
+        name = backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype, both=True).name
     w_ih, w_hh, b_ih, b_hh = (None if p[0] is None else torch.stack(p) for p in zip(*params))
     if h0 is None:
         h0 = x.new_zeros(2, B, H)

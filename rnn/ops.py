@@ -146,7 +146,7 @@ def recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
         cT = c0.clone() if spec.kind == "lstm" else x.new_empty((0,))
         return out, h0.clone(), cT, gates, extra
     H = w_hh.shape[-1]
-    impl = backends.choose(backend, x.device, spec, H, B, x.dtype).backend
+    impl = backends.choose(backend, x.device, spec, H, B, x.dtype, both(w_hh)).backend
     if both(w_hh):  # one GEMM projects x for both directions: (T, B, 2*G*H) -> (2, T, B, G*H)
         GH = spec.n_gates * H
         xg = project(x, w_ih.flatten(0, 1), None if b_ih is None else b_ih.flatten(), None, 2 * spec.n_gates, H)
@@ -188,7 +188,7 @@ def recurrence_backward(w_hh, b_hh, h0, c0, mask, rec_mask, out, gates, extra, d
         dc0 = dcT.to(c0.dtype).clone() if lstm else h0.new_empty((0,))
         return gates.new_zeros(gates.shape), dhT.to(h0.dtype).clone(), dc0
     saved = backends.Saved(out, None, None, gates, _none(extra))
-    impl = backends.choose(backend, out.device, spec, w_hh.shape[-1], B, out.dtype).backend
+    impl = backends.choose(backend, out.device, spec, w_hh.shape[-1], B, out.dtype, both(w_hh)).backend
     if both(w_hh):
         dxg, dh0, dc0 = _backward_both(impl, spec, w_hh, b_hh, h0, c0, mask, rec_mask, saved,
                                        dout, dhT, _none(dcT) if lstm else None)

@@ -80,3 +80,17 @@ def test_spec_errors():
         CellSpec("lstm", activation="swish")
     with pytest.raises(ValueError, match="cell kind must be one of"):
         CellSpec("transformer")
+
+
+def test_auto_prefers_the_one_launch_backend_for_both_directions(monkeypatch):
+    """On CUDA "auto" takes cupy first for one direction, triton first for both directions of a
+    bidirectional layer (one launch for the two); the other where the first cannot run."""
+    ready = {"cupy": None, "triton": None}
+    monkeypatch.setattr(backends, "_unavailable", lambda name, *a: (name, ready.get(name, "not here")))
+    spec = CellSpec("lstm")
+    assert backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16).name == "cupy"
+    both = backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16, both=True)
+    assert both.name == "triton" and "both directions in one launch" in both.reason
+    ready["triton"] = "no triton"
+    assert backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16, both=True).name == "cupy"
+    assert backends.choose("auto", "cpu", spec, 768, 16, torch.float32, both=True).name == "torch"
