@@ -218,7 +218,8 @@ def static_estimate(rows, path, cell, dtype, batch, hidden, mode):
             kernel = str(r.get("kernel", "")).lower()
             if (r.get("backend") == path.backend and r.get("cell") == cell and r.get("dtype") == dtype
                     and r.get("batch") == batch and r.get("hidden") == hidden and r.get("direction") == direction
-                    and any(s in kernel for s in path.static_kernel) and r.get("us_per_step_est") is not None):
+                    and any(s in kernel for s in path.static_kernel) and "both directions" not in kernel
+                    and r.get("us_per_step_est") is not None):  # the paths time one direction
                 return float(r["us_per_step_est"])
         return None
 

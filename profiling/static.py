@@ -40,6 +40,7 @@ import base64
 import concurrent.futures as cf
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import io
 import itertools
@@ -193,17 +194,20 @@ def _triton_scalars():
     return out
 
 
-def triton_launches(cell, dtype, batch, hidden, direction, tf32=False):
+def triton_launches(cell, dtype, batch, hidden, direction, tf32=False, both=False):
+    """The launches of one direction, or (both) of both directions of a bidirectional layer in one
+    launch (REVERSE=BOTH: each direction planned on half of the SMs, grid axis 2 the direction)."""
     from kernels.triton import backend as TB
     from kernels.triton import recurrence as R
 
     G = GATES[cell]
-    plan = TB.make_plan(hidden, batch, G, ITEMSIZE[dtype], SM_COUNT, False, False, direction=direction)
+    plan = TB.make_plan(hidden, batch, G, ITEMSIZE[dtype], SM_COUNT // (2 if both else 1), False, False,
+                        direction=direction)
     two = False  # torch.nn GRU is reset_after=True: one phase per step
     consts = dict(KIND=R.KIND_CODES[cell], NG=G, ACT=R.ACTIVATION_CODES["tanh"],
                   RACT=R.ACTIVATION_CODES["sigmoid"], RESET_AFTER=True, HAS_MASK=False, HAS_RMASK=False,
                   TWO_PHASE=two, PREC="tf32" if (dtype == "fp32" and tf32) else "ieee",
-                  REVERSE=False, **TB.plan_constexprs(plan, direction))
+                  REVERSE=R.BOTH_DIRECTIONS if both else False, **TB.plan_constexprs(plan, direction))
     sync = plan.persistent and plan.grid != (1, 1)
     if direction == "forward":
         consts["HAS_BIAS"] = True
@@ -223,8 +227,10 @@ def triton_launches(cell, dtype, batch, hidden, direction, tf32=False):
             steps = (2, 3)  # a representative step: neither 1 nor a multiple of 16 (JIT specialization)
         spec = ("triton", fn_name, dtype, tuple(sorted(c.items())), plan.num_warps, plan.num_stages,
                 _spec_class(batch), _spec_class(hidden), steps)
-        out.append(Launch("triton", f"triton.{fn_name}[{'persistent' if plan.persistent else 'per_step'}]",
-                          "persistent" if plan.persistent else "per-step", spec, plan.grid, 32 * plan.num_warps,
+        label = ("persistent" if plan.persistent else "per_step") + (", both directions" if both else "")
+        out.append(Launch("triton", f"triton.{fn_name}[{label}]",
+                          "persistent" if plan.persistent else "per-step", spec,
+                          plan.grid + ((2,) if both else ()), 32 * plan.num_warps,
                           None, (("B", batch), ("H", hidden), ("T", SEQ_LEN), ("steps", steps)),
                           plan.persistent, barriers if plan.persistent else 0))
     return out
@@ -454,6 +460,9 @@ FAMILIES = {
     "triton": Family("triton", triton_launches, compile_triton),
     "cupy": Family("cupy", cupy_launches, compile_cupy),
     "cupy_grid": Family("cupy", cupy_grid_launches, compile_cupy, alternative_of="cupy"),
+    # both directions of a bidirectional layer in one launch: one row for the two directions' step
+    "triton_both": Family("triton", functools.partial(triton_launches, both=True), compile_triton,
+                          alternative_of="triton"),
 }
 AUTO_ORDER = ("cupy", "triton")  # rnn.backends.choose: cupy first on CUDA, then triton
 
@@ -802,10 +811,13 @@ def make_rows(item, results, index):
     base = {k: None for k in ROW_KEYS}
     base.update(backend=backend, cell=cell, dtype=dtype, batch=batch, hidden=hidden, direction=direction,
                 auto=auto)
-    cud = CUDNN_PUBLISHED_US.get((cell, dtype, batch, hidden), {}).get(direction)
+    # the published and measured figures are of one direction: not beside a both-directions row
+    one = isinstance(launches, str) or "both directions" not in launches[0].kernel
+    cud = CUDNN_PUBLISHED_US.get((cell, dtype, batch, hidden), {}).get(direction) if one else None
     base.update(us_per_step_cudnn=cud, cudnn_source=CUDNN_SOURCE if cud is not None else None)
     path = None if isinstance(launches, str) else launches[0].path
-    meas, meas_cudnn, src = _measured(index, backend, cell, dtype, batch, hidden, direction, auto, path)
+    meas, meas_cudnn, src = (_measured(index, backend, cell, dtype, batch, hidden, direction, auto, path) if one
+                             else (None, None, None))
     base.update(us_per_step_measured=meas, us_per_step_cudnn_measured=meas_cudnn, measured_source=src)
     if isinstance(launches, str):
         kernel = f"{backend}.{name[len(backend) + 1:]} (none)" if name != backend else f"{backend} (none)"

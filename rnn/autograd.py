@@ -38,7 +38,7 @@ def differentiable(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask, s
     directions stacked where ops.both says so)."""
     if ops.both(w_hh):
         od = ops.of_direction
-        o = [differentiable(x, w_ih[d], w_hh[d], od(b_ih, d), od(b_hh, d), h0[d], od(c0, d), mask, None,
+        o = [differentiable(x, w_ih[d], w_hh[d], od(b_ih, d), od(b_hh, d), h0[d], od(c0, d), mask, od(in_mask, d),
                             od(rec_mask, d), spec, bool(d)) for d in (0, 1)]
         return tuple(None if a is None else torch.stack((a, b)) for a, b in zip(*o))
     xg = ops.project(x, w_ih, b_ih, in_mask, spec.n_gates, w_hh.shape[1])
@@ -93,8 +93,9 @@ def backward(ctx, dout, dhT, dcT, _dgates=None, _dextra=None):
     grads = [None] * _N_ARGS
     need = ctx.needs_input_grad
     if ops.both(w_hh):  # the GEMMs per direction; x feeds both, so its gradients add up
-        per = [_layer_grads(spec, bool(d), need, ctx.has, x, w_ih[d], w_hh[d], h0[d], mask, None,
-                            ops.of_direction(rec_mask, d), out[d], gates[d], dxg[d]) for d in (0, 1)]
+        od = ops.of_direction
+        per = [_layer_grads(spec, bool(d), need, ctx.has, x, w_ih[d], w_hh[d], h0[d], mask, od(in_mask, d),
+                            od(rec_mask, d), out[d], gates[d], dxg[d]) for d in (0, 1)]
         for k in (_W_IH, _W_HH, _B_IH, _B_HH):
             if per[0][k] is not None:
                 grads[k] = torch.stack((per[0][k], per[1][k]))

@@ -268,20 +268,22 @@ def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask
     return out, hT, (cT if spec.kind == "lstm" else None)
 
 
-def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, backend="auto"):
+def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, in_mask=None, rec_mask=None,
+                        backend="auto"):
     """Both directions of one bidirectional layer as ONE operator call (rnn.ops: both directions),
     so that a backend that can (Triton) runs the two recurrences in one launch, each on half of
     the GPU. x (T, B, I) time-major; params ((w_ih, w_hh, b_ih, b_hh) of the forward direction,
     the same of the reverse one), torch.nn layout, biases None in both or in neither; h0 / c0
-    (2, B, H) or None; mask (T, B) bool or None. Returns (out (T, B, 2H) = [forward | reverse],
-    hT (2, B, H), cT (2, B, H) or None): what two `recurrence` calls give, concatenated."""
+    (2, B, H) or None; mask (T, B) bool or None; in_mask / rec_mask the Keras dropout masks of the
+    two directions stacked ((2, ...), each as `recurrence` takes it) or None. Returns (out (T, B, 2H)
+    = [forward | reverse], hT (2, B, H), cT (2, B, H) or None): what two `recurrence` calls give."""
     if len(params) != 2 or any(len(p) != 4 for p in params):
         raise ValueError("params must be two tuples (w_ih, w_hh, b_ih, b_hh), the forward direction's then "
                          f"the reverse one's; got {len(params)} entries")
     if (params[0][2] is None) != (params[1][2] is None) or (params[0][3] is None) != (params[1][3] is None):
         raise ValueError("both directions must have biases, or neither")
-    _check_types(x=x, h0=h0, c0=c0, mask=mask, **{f"params[{d}][{k}]": t for d in (0, 1)
-                                                  for k, t in enumerate(params[d])})
+    weights = {f"params[{d}][{k}]": t for d in (0, 1) for k, t in enumerate(params[d])}
+    _check_types(x=x, h0=h0, c0=c0, mask=mask, in_mask=in_mask, rec_mask=rec_mask, **weights)
     cast = _autocast_dtype(spec, x)
     if cast is not None:  # as in _time_major: torch.nn's dtype under this autocast, no autocast inside
         def to(t):
@@ -289,13 +291,14 @@ def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, backend
 
         with torch.autocast(x.device.type, enabled=False):
             return bidirectional_layer(to(x), [tuple(to(t) for t in p) for p in params], to(h0), to(c0), spec=spec,
-                                       mask=mask, backend=backend)
-    for name, s in (("h0", h0), ("c0", c0)):
+                                       mask=mask, in_mask=to(in_mask), rec_mask=to(rec_mask), backend=backend)
+    for name, s in (("h0", h0), ("c0", c0), ("in_mask", in_mask), ("rec_mask", rec_mask)):
         if s is not None and (s.dim() < 1 or s.shape[0] != 2):
-            raise ValueError(f"{name} must be (2, B, H) (one state per direction), got {tuple(s.shape)}")
+            raise ValueError(f"{name} must have a leading dimension of 2 (one per direction), got shape "
+                             f"{tuple(s.shape)}")
     for d in (0, 1):
-        T, B, _, H, _ = validate(x, *params[d], None if h0 is None else h0[d], None if c0 is None else c0[d],
-                                 spec, mask, None, None)
+        od = ops.of_direction
+        T, B, _, H, _ = validate(x, *params[d], od(h0, d), od(c0, d), spec, mask, od(in_mask, d), od(rec_mask, d))
     if torch.compiler.is_compiling():
         name = "auto" if backend is None else backend
     else:
@@ -306,7 +309,7 @@ def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, backend
     if spec.kind == "lstm" and c0 is None:
         c0 = x.new_zeros(2, B, H)
     mask = None if mask is None else mask.contiguous()
-    out, hT, cT, _, _ = _recurrence_op(x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, mask, None, None,
+    out, hT, cT, _, _ = _recurrence_op(x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
                                        *ops.spec_args(spec), False, name)
     return torch.cat((out[0], out[1]), -1), hT, (cT if spec.kind == "lstm" else None)
 

@@ -25,8 +25,9 @@ contract in rnn.backends.
 
 Both directions of a bidirectional layer: w_hh of shape (2, G*H, H) says so (`both`). Then every
 per-direction tensor (w_ih, w_hh, biases, h0, c0, rec_mask, and every output) has a leading
-dimension of 2, direction 0 forward in time and 1 reversed (`reverse` is False); x and mask are
-shared and in_mask must be None. The input projection of both directions is one GEMM, and a backend
+dimension of 2, direction 0 forward in time and 1 reversed (`reverse` is False), in_mask too when
+given; x and mask are shared. The input projection of both directions is one GEMM (without input
+dropout masks), and a backend
 with `forward_both` / `backward_both` (Triton) runs both recurrences in one launch; others run them
 one after the other.
 """
@@ -147,10 +148,12 @@ def recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
         return out, h0.clone(), cT, gates, extra
     H = w_hh.shape[-1]
     impl = backends.choose(backend, x.device, spec, H, B, x.dtype, both(w_hh)).backend
-    if both(w_hh):  # one GEMM projects x for both directions: (T, B, 2*G*H) -> (2, T, B, G*H)
-        GH = spec.n_gates * H
-        xg = project(x, w_ih.flatten(0, 1), None if b_ih is None else b_ih.flatten(), None, 2 * spec.n_gates, H)
-        xg = xg.unflatten(-1, (2, GH)).movedim(2, 0).contiguous()
+    if both(w_hh):
+        if in_mask is None:  # one GEMM projects x for both: (T, B, 2*G*H) -> (2, T, B, G*H)
+            xg = project(x, w_ih.flatten(0, 1), None if b_ih is None else b_ih.flatten(), None, 2 * spec.n_gates, H)
+            xg = xg.unflatten(-1, (2, spec.n_gates * H)).movedim(2, 0).contiguous()
+        else:  # each direction its own input dropout masks
+            xg = torch.stack([project(x, w_ih[d], of_direction(b_ih, d), in_mask[d], spec.n_gates, H) for d in (0, 1)])
         s = _forward_both(impl, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask)
     else:
         xg = project(x, w_ih, b_ih, in_mask, spec.n_gates, H)

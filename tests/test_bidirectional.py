@@ -95,9 +95,76 @@ def test_bidirectional_layer_errors():
         F.bidirectional_layer(x, params[:1], spec=spec)
     with pytest.raises(ValueError, match="biases, or neither"):
         F.bidirectional_layer(x, [params[0], params[1][:2] + (None, None)], spec=spec)
-    with pytest.raises(ValueError, match=r"h0 must be \(2, B, H\)"):
+    with pytest.raises(ValueError, match="h0 must have a leading dimension of 2"):
         F.bidirectional_layer(x, params, torch.zeros(B, H), spec=spec)
     with pytest.raises(ValueError, match="h0 must have shape"):
         F.bidirectional_layer(x, params, torch.zeros(2, B, H + 1), spec=spec)
     with pytest.raises(TypeError, match=r"params\[1\]\[0\] must be a torch.Tensor"):
         F.bidirectional_layer(x, [params[0], ([1.0],) + params[1][1:]], spec=spec)
+
+
+# ---- rnn.keras.Bidirectional: one call for both directions where the two layers allow it --------
+@pytest.mark.parametrize("opts", ["sequences-mask", "states-dropout", "last-output"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "SimpleRNN"])
+def test_keras_bidirectional_one_call_is_the_two_layers(kind, opts, monkeypatch):
+    """The one-call path gives what the two layers give one after the other: outputs, states and
+    every gradient, with masks, initial states and training-mode dropout (the same masks are drawn,
+    forward layer first)."""
+    import rnn.keras as rk
+
+    kw = dict(return_sequences=opts != "last-output", return_state=opts == "states-dropout")
+    if opts == "states-dropout":
+        kw.update(dropout=0.3, recurrent_dropout=0.2)  # drawn from torch's global generator, seeded below
+    bi = rk.Bidirectional(getattr(rk, kind)(H, backend="torch", dtype=torch.float64, **kw))
+    bi.build(I)  # built here: building draws the initial weights from the generator the masks use
+    x = torch.randn(B, T, I, dtype=torch.float64, requires_grad=True)
+    mask = torch.arange(T) < torch.tensor([[T], [4], [2]]) if opts == "sequences-mask" else None
+    n = 2 if kind == "LSTM" else 1
+    states = [torch.randn(B, H, dtype=torch.float64) for _ in range(2 * n)] if opts == "states-dropout" else None
+    assert bi._one_call()
+    runs = []
+    for one in (True, False):
+        monkeypatch.setattr(rk.Bidirectional, "_one_call", lambda self, _v=one: _v)
+        for c in (bi.forward_layer._cells()[0], bi.backward_layer._cells()[0]):
+            c.reset_dropout_mask()
+        torch.manual_seed(3)
+        outs = bi(x, mask=mask, initial_state=states, training=opts == "states-dropout")
+        outs = outs if isinstance(outs, list) else [outs]
+        params = list(bi.parameters())
+        g = torch.autograd.grad(sum((o * (k + 1)).sum() for k, o in enumerate(outs)), [x] + params)
+        runs.append(outs + list(g))
+    for k, (a, b) in enumerate(zip(*runs)):
+        assert_close(f"{kind} {opts} [{k}]", a, b, torch.float64)
+
+
+def test_keras_bidirectional_takes_one_call_only_where_it_can():
+    import rnn.keras as rk
+
+    assert rk.Bidirectional(rk.LSTM(H))._one_call()
+    assert not rk.Bidirectional(rk.LSTM(H), backward_layer=rk.GRU(H, go_backwards=True))._one_call()
+    assert not rk.Bidirectional(rk.LSTM(H, dropout=0.1), backward_layer=rk.LSTM(H, go_backwards=True))._one_call()
+    assert not rk.Bidirectional(rk.LSTM(H), backward_layer=rk.LSTM(H + 1, go_backwards=True))._one_call()
+    assert not rk.Bidirectional(rk.GRU(H, stateful=True))._one_call()
+    assert not rk.Bidirectional(rk.RNN([rk.LSTMCell(H), rk.LSTMCell(H)]))._one_call()
+
+
+def test_keras_bidirectional_triton_runs_one_launch(monkeypatch):
+    """On the Triton backend the Keras tutorials' Bidirectional(LSTM) runs forward_both /
+    backward_both, once each."""
+    pytest.importorskip("triton")
+    import rnn.keras as rk
+    from kernels.triton import TritonBackend
+
+    calls = []
+    for method in ("forward", "backward", "forward_both", "backward_both"):
+        real = getattr(TritonBackend, method)
+
+        def spy(self, *args, _real=real, _name=method, **kwargs):
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(TritonBackend, method, spy)
+    bi = rk.Bidirectional(rk.LSTM(H, return_sequences=True, backend="triton"))
+    x = torch.randn(B, T, I, requires_grad=True)
+    bi(x).square().sum().backward()
+    assert calls == ["forward_both", "backward_both"]

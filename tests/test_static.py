@@ -266,8 +266,11 @@ def _run_static(tmp_path, *args):
     return record, (out / "static_sm90.md").read_text()
 
 
-def _row(record, backend, direction):
-    rows = [r for r in record["rows"] if r["backend"] == backend and r["direction"] == direction]
+def _row(record, backend, direction, both=False):
+    """The one row of a backend and direction: of one direction's launch, or (both) of the launch
+    of both directions of a bidirectional layer."""
+    rows = [r for r in record["rows"] if r["backend"] == backend and r["direction"] == direction
+            and ("both directions" in r["kernel"]) == both]
     assert len(rows) == 1, rows
     return rows[0]
 
@@ -293,6 +296,11 @@ def test_triton_family_bf16(tmp_path):
         assert row["kernel"].startswith("triton.") and row["grid_barriers_per_step"] >= 1
         # a program's tile is 16 rows x 16 units x 64 deep: the m16n8k16 MMAs of its warps cover it
         assert row["mma_per_warp"] > 0 and row["mma_per_step"] * 16 * 8 * 16 >= 16 * 16 * 64, row
+        # both directions in one launch: a third grid axis of 2, each direction on half of the SMs
+        both = _row(record, "triton", direction, both=True)
+        _check_compiled(both)
+        assert both["grid"][2] == 2 and both["grid"][0] * both["grid"][1] <= 132 // 2, both
+        assert both["co_resident"] and both["grid_barriers_per_step"] >= 1
     assert "compiled for sm_90, estimated, not measured" in md
 
 

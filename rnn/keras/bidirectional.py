@@ -17,6 +17,9 @@ initial_state: one flat list, the forward layer's states first, then the backwar
 splits it in half; with two layers of one kind that is the same split, and it also works for an
 LSTM forward with a GRU backward).
 Keras weights (get/set_keras_weights): the forward layer's arrays, then the backward layer's.
+Where the two layers are one cell each of the same kind, size, dropout rates and backend (the
+default backward layer always is), and not stateful, both directions run as ONE recurrence call
+(rnn.functional.bidirectional_layer: one launch on the Triton backend), with the same results.
 """
 from __future__ import annotations
 
@@ -92,8 +95,11 @@ class Bidirectional(nn.Module):
                 raise ValueError(f"initial_state must be a flat list of {nf} forward + {nb} backward "
                                  f"states, got {len(initial_state)}")
             fwd_state, bwd_state = initial_state[:nf], initial_state[nf:]
-        y = self.forward_layer(inputs, mask=mask, initial_state=fwd_state, training=training)
-        y_rev = self.backward_layer(inputs, mask=mask, initial_state=bwd_state, training=training)
+        if self._one_call():
+            y, y_rev = self._both(inputs, mask, fwd_state, bwd_state, training)
+        else:
+            y = self.forward_layer(inputs, mask=mask, initial_state=fwd_state, training=training)
+            y_rev = self.backward_layer(inputs, mask=mask, initial_state=bwd_state, training=training)
         states = []
         if self.return_state:
             states = list(y[1:]) + list(y_rev[1:])
@@ -113,6 +119,41 @@ class Bidirectional(nn.Module):
         if self.return_state or self.merge_mode is None:
             return out + states
         return out[0]
+
+    def _one_call(self):
+        """Whether both directions can run as one recurrence call (rnn.functional.bidirectional_layer:
+        one launch on the Triton backend): one cell each, of the same kind, size, dropout rates and
+        backend, the forward layer reading forward in time, and not stateful."""
+        f, b = self.forward_layer, self.backward_layer
+        if f.stacked or b.stacked or f.stateful or f.go_backwards or not b.go_backwards:
+            return False
+        cf, cb = f._cells()[0], b._cells()[0]
+        return (cf.spec == cb.spec and cf.units == cb.units and cf.use_bias == cb.use_bias
+                and cf.dropout == cb.dropout and cf.recurrent_dropout == cb.recurrent_dropout
+                and cf.backend == cb.backend and cf.kernel.dtype == cb.kernel.dtype)
+
+    def _both(self, inputs, mask, fwd_state, bwd_state, training):
+        """What the two layers return, from one bidirectional_layer call (see _one_call)."""
+        from .. import functional as F
+
+        f, b = self.forward_layer, self.backward_layer
+        x, mask, (start_f,), training = f._prepare(inputs, mask, fwd_state, training)
+        _, _, (start_b,), _ = b._prepare(inputs, mask, bwd_state, training)
+        cf, cb = f._cells()[0], b._cells()[0]
+        B = x.shape[0]
+        drops = [c.draw_dropout_masks(B, x.dtype, x.device) if training else (None, None) for c in (cf, cb)]
+        in_mask, rec_mask = (None if m[0] is None else torch.stack(m) for m in zip(*drops))
+        h0, c0 = (None if s[0] is None and s[1] is None else
+                  torch.stack([torch.zeros(B, cf.units, dtype=x.dtype, device=x.device) if t is None else t for t in s])
+                  for s in zip(start_f, start_b))
+        seq, hT, cT = F.bidirectional_layer(
+            x.transpose(0, 1), [cf.torch_weights(), cb.torch_weights()], h0, c0, spec=cf.spec,
+            mask=None if mask is None else mask.transpose(0, 1), in_mask=in_mask, rec_mask=rec_mask,
+            backend=cf.backend)
+        seq = seq.transpose(0, 1)
+        H = cf.units
+        finals = [[hT[d], cT[d]] if cf.n_states > 1 else [hT[d]] for d in (0, 1)]
+        return f._finish(seq[..., :H], [finals[0]], mask), b._finish(seq[..., H:], [finals[1]], mask)
 
     # -- weights and states -------------------------------------------------------------------
     @property

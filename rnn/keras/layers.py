@@ -172,6 +172,22 @@ class RNN(nn.Module):
     def forward(self, inputs, mask=None, initial_state=None, training=None):
         from .. import functional as F
 
+        x, mask, starts, training = self._prepare(inputs, mask, initial_state, training)
+        B = x.shape[0]
+        seq, finals = x, []
+        for c, (h0, c0) in zip(self._cells(), starts):
+            in_mask = rec_mask = None
+            if training:
+                in_mask, rec_mask = c.draw_dropout_masks(B, x.dtype, x.device)
+            w_ih, w_hh, b_ih, b_hh = c.torch_weights()
+            seq, hT, cT = F.recurrence(seq, w_ih, w_hh, b_ih, b_hh, h0, c0, spec=c.spec, mask=mask,
+                                       in_mask=in_mask, rec_mask=rec_mask, reverse=self.go_backwards,
+                                       backend=c.backend, batch_first=True)
+            finals.append([hT, cT] if c.n_states > 1 else [hT])
+        return self._finish(seq, finals, mask)
+
+    def _prepare(self, inputs, mask, initial_state, training):
+        """The checked call arguments: (x (B, T, I), mask (B, T) or None, per cell (h0, c0), training)."""
         cells = self._cells()
         first = cells[0]
         x = as_input(inputs, "inputs", 3, first.kernel.dtype, first.kernel.device)
@@ -190,16 +206,13 @@ class RNN(nn.Module):
                                  f"batch size {expected}, got inputs of shape {tuple(x.shape)}")
         starts = self._initial_states(initial_state, B, x.dtype, x.device)
         training = self.training if training is None else check_bool("training", training)
-        seq, finals = x, []
-        for c, (h0, c0) in zip(cells, starts):
-            in_mask = rec_mask = None
-            if training:
-                in_mask, rec_mask = c.draw_dropout_masks(B, x.dtype, x.device)
-            w_ih, w_hh, b_ih, b_hh = c.torch_weights()
-            seq, hT, cT = F.recurrence(seq, w_ih, w_hh, b_ih, b_hh, h0, c0, spec=c.spec, mask=mask,
-                                       in_mask=in_mask, rec_mask=rec_mask, reverse=self.go_backwards,
-                                       backend=c.backend, batch_first=True)
-            finals.append([hT, cT] if c.n_states > 1 else [hT])
+        return x, mask, starts, training
+
+    def _finish(self, seq, finals, mask):
+        """Keras's outputs from the last cell's sequence (B, T, H), aligned with the input, and every
+        cell's final states."""
+        from .. import functional as F
+
         # seq[:, t] is aligned with x[:, t]; Keras returns go_backwards outputs in processing order.
         out, step_mask = seq, mask
         if self.go_backwards:
