@@ -12,6 +12,24 @@ from tolerances import DROP_IN_RTOL, assert_close, assert_rel_close
 T, B, I, H = 6, 3, 5, 7
 
 
+@pytest.fixture
+def triton_calls(monkeypatch):
+    """The TritonBackend methods called, in order (one-direction and both-directions ones)."""
+    pytest.importorskip("triton")
+    from kernels.triton import TritonBackend
+
+    calls = []
+    for method in ("forward", "backward", "forward_both", "backward_both"):
+        real = getattr(TritonBackend, method)
+
+        def spy(self, *args, _real=real, _name=method, **kwargs):
+            calls.append(_name)
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(TritonBackend, method, spy)
+    return calls
+
+
 def _params(spec, bias, dtype, seed):
     g = torch.Generator().manual_seed(seed)
     G = spec.n_gates
@@ -56,21 +74,10 @@ def test_bidirectional_layer_is_two_recurrence_calls(name, spec, opts):
 
 
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-def test_triton_drop_in_launches_both_directions_together(kind, monkeypatch):
+def test_triton_drop_in_launches_both_directions_together(kind, triton_calls):
     """A two-layer bidirectional drop-in on the Triton backend: one forward_both and one
     backward_both per layer, no single-direction launch, results as torch.nn's."""
-    pytest.importorskip("triton")
-    from kernels.triton import TritonBackend
-
-    calls = []
-    for method in ("forward", "backward", "forward_both", "backward_both"):
-        real = getattr(TritonBackend, method)
-
-        def spy(self, *args, _real=real, _name=method, **kwargs):
-            calls.append(_name)
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(TritonBackend, method, spy)
+    calls = triton_calls
     torch.manual_seed(0)
     ref = getattr(torch.nn, kind)(I, H, num_layers=2, bidirectional=True)
     ours = getattr(rnn, kind)(I, H, num_layers=2, bidirectional=True, backend="triton")
@@ -148,22 +155,12 @@ def test_keras_bidirectional_takes_one_call_only_where_it_can():
     assert not rk.Bidirectional(rk.RNN([rk.LSTMCell(H), rk.LSTMCell(H)]))._one_call()
 
 
-def test_keras_bidirectional_triton_runs_one_launch(monkeypatch):
+def test_keras_bidirectional_triton_runs_one_launch(triton_calls):
     """On the Triton backend the Keras tutorials' Bidirectional(LSTM) runs forward_both /
     backward_both, once each."""
-    pytest.importorskip("triton")
     import rnn.keras as rk
-    from kernels.triton import TritonBackend
 
-    calls = []
-    for method in ("forward", "backward", "forward_both", "backward_both"):
-        real = getattr(TritonBackend, method)
-
-        def spy(self, *args, _real=real, _name=method, **kwargs):
-            calls.append(_name)
-            return _real(self, *args, **kwargs)
-
-        monkeypatch.setattr(TritonBackend, method, spy)
+    calls = triton_calls
     bi = rk.Bidirectional(rk.LSTM(H, return_sequences=True, backend="triton"))
     x = torch.randn(B, T, I, requires_grad=True)
     bi(x).square().sum().backward()

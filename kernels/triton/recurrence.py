@@ -205,6 +205,15 @@ def _direction(ptr, elems):
 
 
 @triton.jit
+def _directions(w_ptr, h0_ptr, c0_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, sync_ptr, T, B, H,
+                NG: tl.constexpr):
+    """_direction of the buffers both kernels have."""
+    return (_direction(w_ptr, NG * H * H), _direction(h0_ptr, B * H), _direction(c0_ptr, B * H),
+            _direction(rmask_ptr, NG * B * H), _direction(out_ptr, T * B * H), _direction(gates_ptr, T * B * NG * H),
+            _direction(extra_ptr, T * B * H), _direction(scratch_ptr, B * H), _direction(sync_ptr, _STATUS_WORDS))
+
+
+@triton.jit
 def _fwd_rec(g, wg, src_ptr, scale_ptr, acc, w_ptr, bias_ptr, b, b_ok, j, j_ok, H,
              HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, W_RESIDENT: tl.constexpr,
              BLOCK_K: tl.constexpr, K_PAD: tl.constexpr, PREC: tl.constexpr):
@@ -516,16 +525,9 @@ def forward_kernel(
     CDT: tl.constexpr = gates_ptr.dtype.element_ty
     if REVERSE == BOTH:
         xg_ptr = _direction(xg_ptr, T * B * NG * H)
-        w_ptr = _direction(w_ptr, NG * H * H)
         bias_ptr = _direction(bias_ptr, NG * H)
-        h0_ptr = _direction(h0_ptr, B * H)
-        c0_ptr = _direction(c0_ptr, B * H)
-        rmask_ptr = _direction(rmask_ptr, NG * B * H)
-        out_ptr = _direction(out_ptr, T * B * H)
-        gates_ptr = _direction(gates_ptr, T * B * NG * H)
-        extra_ptr = _direction(extra_ptr, T * B * H)
-        scratch_ptr = _direction(scratch_ptr, B * H)
-        sync_ptr = _direction(sync_ptr, _STATUS_WORDS)
+        w_ptr, h0_ptr, c0_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, sync_ptr = _directions(
+            w_ptr, h0_ptr, c0_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, sync_ptr, T, B, H, NG)
     n_prog = tl.num_programs(0) * tl.num_programs(1)
     j0 = tl.program_id(0) * BLOCK_H
     j = j0 + tl.arange(0, BLOCK_H)
@@ -868,20 +870,13 @@ def backward_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
 ):
     if REVERSE == BOTH:
-        w_ptr = _direction(w_ptr, NG * H * H)
-        h0_ptr = _direction(h0_ptr, B * H)
-        c0_ptr = _direction(c0_ptr, B * H)
-        rmask_ptr = _direction(rmask_ptr, NG * B * H)
-        out_ptr = _direction(out_ptr, T * B * H)
-        gates_ptr = _direction(gates_ptr, T * B * NG * H)
-        extra_ptr = _direction(extra_ptr, T * B * H)
+        w_ptr, h0_ptr, c0_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, sync_ptr = _directions(
+            w_ptr, h0_ptr, c0_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, sync_ptr, T, B, H, NG)
         dout_ptr = _direction(dout_ptr, T * B * H)
         dxg_ptr = _direction(dxg_ptr, T * B * NG * H)
         dh_ptr = _direction(dh_ptr, B * H)
         dc_ptr = _direction(dc_ptr, B * H)
-        scratch_ptr = _direction(scratch_ptr, B * H)
         xchg_ptr = _direction(xchg_ptr, 2 * B * NG * H)
-        sync_ptr = _direction(sync_ptr, _STATUS_WORDS)
     if W_RESIDENT:
         _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, dout_ptr, dxg_ptr,
                         dh_ptr, dc_ptr, xchg_ptr, sync_ptr, spin_cap, T, B, H, step_begin, step_end, KIND, NG, ACT,
