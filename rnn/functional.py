@@ -284,6 +284,12 @@ def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, in_mask
         raise ValueError("both directions must have biases, or neither")
     weights = {f"params[{d}][{k}]": t for d in (0, 1) for k, t in enumerate(params[d])}
     _check_types(x=x, h0=h0, c0=c0, mask=mask, in_mask=in_mask, rec_mask=rec_mask, **weights)
+    if torch.onnx.is_in_onnx_export():  # ONNX has a node per direction (rnn.onnx_export), not this operator
+        od = ops.of_direction
+        parts = [_time_major(x, *params[d], od(h0, d), od(c0, d), spec, mask, od(in_mask, d), od(rec_mask, d),
+                             bool(d), backend) for d in (0, 1)]
+        return (torch.cat((parts[0][0], parts[1][0]), -1), torch.stack((parts[0][1], parts[1][1])),
+                torch.stack((parts[0][2], parts[1][2])) if spec.kind == "lstm" else None)
     cast = _autocast_dtype(spec, x)
     if cast is not None:  # as in _time_major: torch.nn's dtype under this autocast, no autocast inside
         def to(t):

@@ -106,8 +106,8 @@ class _Fused:
         hn, cn = [], []
         layer_in = x
         # both directions of a layer in one operator call (one launch on the Triton backend);
-        # projections and ONNX export go one direction at a time
-        both = D == 2 and not self.proj_size and not torch.onnx.is_in_onnx_export()
+        # projections go one direction at a time
+        both = D == 2 and not self.proj_size
         for layer in range(self.num_layers):
             outs = []
             if both:

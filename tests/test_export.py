@@ -134,6 +134,17 @@ KERAS = [
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_onnx_keras_bidirectional_round_trip(dynamo, tmp_path):
+    """Both directions run as one call in eager (rnn.functional.bidirectional_layer); exported, they
+    are one ONNX node per direction."""
+    layer = K.Bidirectional(K.GRU(H, return_sequences=True))
+    layer(torch.randn(2, 3, I))  # built
+    assert layer._one_call()
+    ops = _round_trip(layer.eval(), tmp_path / "bi.onnx", dynamo, f"Bidirectional (dynamo={dynamo})")
+    assert ops.count("GRU") == 2, ops
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name,op,make", KERAS, ids=[k[0] for k in KERAS])
 def test_onnx_keras_layer_round_trip(name, op, make, dynamo, tmp_path):
     """Keras semantics ONNX can express: HardSigmoid / Affine activations, GRU linear_before_reset=0."""
