@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", type=_csv("backend", OUR_BACKENDS + BASELINES),
                    help="comma list of our backends (auto,torch,triton,cupy) and baselines "
                    "(compile,flashrnn); torch.nn always runs as the reference")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="one bidirectional layer per case (torch.nn bidirectional=True; our drop-ins run both "
+                   "directions as one call, one launch on Triton); times are of the two directions")
     p.add_argument("--modes", type=_csv("mode", MODES), default=list(MODES),
                    help="comma list of forward,forward_backward")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -230,6 +233,7 @@ def resolve(args) -> dict:
         "hiddens": grid["hiddens"],
         "input_size": args.input_size,
         "seq_len": grid["seq_len"],
+        "bidirectional": args.bidirectional,
         "backends": backends,
         "backends_explicit": args.backends is not None,
         "modes": args.modes,
@@ -278,7 +282,7 @@ def _describe(exc):
 
 
 def _reference_name(case, x):
-    name = f"torch.nn.{case.cell.upper()}"
+    name = f"torch.nn.{case.cell.upper()}" + ("(bidirectional=True)" if case.directions == 2 else "")
     if x.device.type != "cuda":
         return f"{name} (CPU, native kernels)"
     if torch.backends.cudnn.is_acceptable(x):
@@ -407,7 +411,8 @@ def run(cfg, extra_impls=None) -> dict:
     need_grad = "forward_backward" in cfg["modes"]
     rows = []
     for index, (cell, dtype, batch, hidden, seq_len) in enumerate(configs):
-        case = impls.Case(cell, dtype, batch, hidden, cfg["input_size"] or hidden, seq_len, str(device))
+        case = impls.Case(cell, dtype, batch, hidden, cfg["input_size"] or hidden, seq_len, str(device),
+                          2 if cfg.get("bidirectional") else 1)
         base = {"cell": cell, "dtype": dtype, "batch": batch, "hidden": hidden,
                 "input_size": case.input_size, "seq_len": case.seq_len}
         seed = cfg["seed"] * 100003 + index
@@ -424,6 +429,8 @@ def run(cfg, extra_impls=None) -> dict:
             ref_name = None
         for mode in cfg["modes"]:
             est = floor.estimate(cell, mode, batch, hidden, case.input_size, case.seq_len, dtype, rates)
+            if case.directions != 1:  # the floor model is of one direction
+                est = dict(est, floor_ms=None, bound=None)
             mode_rows, to_time = {}, {}
             baseline_err = None
             for name, factory in factories.items():  # check all, then time the good ones together

@@ -2,9 +2,9 @@
 a torch.compile'd step loop and FlashRNN, all behind one small interface, plus the float64
 oracle every implementation is checked against before it is timed.
 
-Shapes follow torch.nn (batch_first=False, one layer, one direction):
-    x (T, B, I); state (h0, c0) for LSTM or h0 for GRU, each (1, B, H);
-    an implementation returns (out (T, B, H), h_n (1, B, H)[, c_n (1, B, H)]).
+Shapes follow torch.nn (batch_first=False, one layer, D = 1 direction, or 2 with Case.directions):
+    x (T, B, I); state (h0, c0) for LSTM or h0 for GRU, each (D, B, H);
+    an implementation returns (out (T, B, D*H), h_n (D, B, H)[, c_n (D, B, H)]).
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ class Case:
     input_size: int
     seq_len: int
     device: str
+    directions: int = 1  # 2: one bidirectional layer (our drop-ins run both directions as one call)
 
     @property
     def torch_dtype(self):
@@ -63,7 +64,8 @@ def reference_module(case: Case, seed: int) -> torch.nn.Module:
     """torch.nn.LSTM / GRU with torch's default initialisation from `seed`."""
     torch.manual_seed(seed)
     return NN_CLASSES[case.cell](
-        case.input_size, case.hidden, device=case.device, dtype=case.torch_dtype
+        case.input_size, case.hidden, device=case.device, dtype=case.torch_dtype,
+        bidirectional=case.directions == 2,
     )
 
 
@@ -75,11 +77,12 @@ def make_inputs(case: Case, seed: int) -> Inputs:
     def rand(*shape, scale=1.0):
         return (scale * torch.randn(*shape, generator=g, device=case.device)).to(case.torch_dtype)
 
+    D = case.directions
     x = rand(T, B, I)
-    h0 = rand(1, B, H, scale=0.5)
-    state = (h0, rand(1, B, H, scale=0.5)) if case.cell == "lstm" else h0
+    h0 = rand(D, B, H, scale=0.5)
+    state = (h0, rand(D, B, H, scale=0.5)) if case.cell == "lstm" else h0
     n_out = 3 if case.cell == "lstm" else 2
-    grads = (rand(T, B, H),) + tuple(rand(1, B, H) for _ in range(n_out - 1))
+    grads = (rand(T, B, D * H),) + tuple(rand(D, B, H) for _ in range(n_out - 1))
     return Inputs(x, state, grads)
 
 
@@ -155,7 +158,8 @@ def ours(backend):
         except backends.BackendUnavailable as exc:
             raise Skip(str(exc)) from exc
         module = getattr(modules, case.cell.upper())(
-            case.input_size, case.hidden, device=case.device, dtype=case.torch_dtype, backend=backend
+            case.input_size, case.hidden, device=case.device, dtype=case.torch_dtype, backend=backend,
+            bidirectional=case.directions == 2,
         )
         module.load_state_dict(ref.state_dict())
         notes = [f"auto chose {choice.name}: {choice.reason}"] if backend == "auto" else []
@@ -206,6 +210,8 @@ def compiled(case: Case, ref) -> Impl:
     the input projection is one GEMM over all steps, as in our drop-ins."""
     if not hasattr(torch, "compile"):
         raise Skip("torch.compile is not available in this torch")
+    if case.directions != 1:
+        raise Skip("the torch.compile'd step loop runs one direction")
     step = _compiled_step(case.cell)
     w_ih, w_hh, b_ih, b_hh = (
         p.detach().clone().requires_grad_(True)
@@ -250,6 +256,8 @@ def flashrnn_impl(case: Case, ref) -> Impl:
         raise Skip(why)
     if not str(case.device).startswith("cuda"):
         raise Skip("flashrnn needs a CUDA device")
+    if case.directions != 1:
+        raise Skip("flashrnn is timed on one direction")
     if case.cell != "lstm":
         raise Skip("flashrnn's GRU uses a different parameterisation than torch.nn.GRU")
     from flashrnn.flashrnn import flashrnn as fr

@@ -513,3 +513,21 @@ def test_dockerfile_is_pinned_and_runs_the_benchmark():
     assert args.out == "/results"
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ".git" in ignore
+
+
+def test_bidirectional_cases_time_both_directions_checked_against_torch_nn():
+    """--bidirectional: torch.nn(bidirectional=True) and our drop-ins (both directions as one call),
+    every row checked against the float64 oracle before it is timed; the one-direction baselines
+    (compiled step loop) refuse with a reason, and no one-direction floor sits beside the rows."""
+    cfg = bench.resolve(bench.build_parser().parse_args(TINY + ["--backends", "torch", "--compile",
+                                                               "--bidirectional"]))
+    assert cfg["bidirectional"] is True
+    rec = bench.run(cfg)
+    rows = {(r["cell"], r["mode"], r["backend"]): r for r in rec["rows"]}
+    for cell in ("lstm", "gru"):
+        for mode in ("forward", "forward_backward"):
+            ours, ref = rows[(cell, mode, "torch")], rows[(cell, mode, "torch.nn")]
+            assert ours["status"] in ("ok", "unstable") and ours["max_err"] < 1e-4, ours
+            assert "bidirectional=True" in ref["reference_impl"] and ours["floor_ms"] is None
+            assert rows[(cell, mode, "compile")]["status"] == "skipped"
+            assert "one direction" in rows[(cell, mode, "compile")]["note"]
