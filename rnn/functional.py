@@ -143,12 +143,14 @@ def _native(op, x, w_ih, w_hh, b_ih, b_hh, h0, c0, reverse, w_hr=None):
     return out, res[1][0], (res[2][0] if op is torch.lstm else None)
 
 
-# Largest B * H at which our torch loop trains (forward + backward) faster on a CPU than torch's
-# native op for the same call: torch's CPU GRU and RNN are unfused per-step ops under autograd, our
-# loop has a hand-written backward. Measured on the 2-core CPU of the README's table (torch 2.13,
-# ours / torch.nn, training): GRU 0.37-0.93x up to B*H = 8192, 1.09x at 16384; SimpleRNN 0.55-0.95x
-# up to 16384, 1.02x at 32768. LSTM is absent: torch's CPU LSTM is oneDNN's fused kernel, faster.
-LOOP_TRAINS_FASTER = {"gru": 8192, "rnn": 16384}
+# (largest B * H, fewest steps T) at which our torch loop trains (forward + backward) faster on a CPU
+# than torch's native op for the same call: torch's CPU GRU and RNN are unfused per-step ops under
+# autograd, our loop has a hand-written backward but a fixed cost per call (a few tenths of a ms)
+# that short sequences do not repay. Measured on the 2-core CPU of the README's table (torch 2.13,
+# ours / torch.nn, training): GRU 0.37-0.93x up to B*H = 8192, 1.09x at 16384, 1.3-1.5x at T = 5-8;
+# SimpleRNN 0.55-0.95x up to 16384, 1.02x at 32768, 1.2-2.1x at T <= 24. LSTM is absent: torch's
+# CPU LSTM is oneDNN's fused kernel, faster.
+LOOP_TRAINS_FASTER = {"gru": (8192, 20), "rnn": (16384, 32)}
 
 
 def _records_grad(*tensors):
@@ -166,7 +168,8 @@ def _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H, grad, name=No
             or mask is not None or in_mask is not None or rec_mask is not None or not T or not B
             or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
         return None
-    if grad and x.device.type == "cpu" and B * H <= LOOP_TRAINS_FASTER.get(spec.kind, 0):
+    most, fewest = LOOP_TRAINS_FASTER.get(spec.kind, (0, 0))
+    if grad and x.device.type == "cpu" and B * H <= most and T >= fewest:
         return None
     if name is None:  # "auto" has kernel backends only on CUDA: elsewhere it is the torch backend
         name = backends.choose(backend, x.device, spec, H, B, x.dtype).name if x.is_cuda else "torch"

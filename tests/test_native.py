@@ -33,6 +33,13 @@ def native_calls(monkeypatch):
 
 
 @pytest.fixture
+def loop_at_any_length(monkeypatch):
+    """The loop's training sizes of LOOP_TRAINS_FASTER at every T (the tests' sequences are short)."""
+    for kind, (most, _) in list(F.LOOP_TRAINS_FASTER.items()):
+        monkeypatch.setitem(F.LOOP_TRAINS_FASTER, kind, (most, 1))
+
+
+@pytest.fixture
 def native_training(monkeypatch):
     """Training calls take torch's op at every size (the bitwise tests' small sizes included)."""
     monkeypatch.setattr(F, "LOOP_TRAINS_FASTER", {})
@@ -133,7 +140,7 @@ def _train(m, x, hx=None, packed_lengths=None):
 @pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, bidirectional=True), dict(nonlinearity="relu"),
                                 dict(packed=True)])
 @pytest.mark.parametrize("kind", ["GRU", "RNN"])
-def test_auto_trains_gru_and_rnn_in_our_loop_at_small_sizes(kind, kw, dtype, native_calls):
+def test_auto_trains_gru_and_rnn_in_our_loop_at_small_sizes(kind, kw, dtype, native_calls, loop_at_any_length):
     """CPU training at B*H within LOOP_TRAINS_FASTER: our loop (faster there), matching torch.nn; the
     same module without gradients (inference) and above the size limit: torch's op, bitwise."""
     kw = dict(kw)
@@ -160,12 +167,16 @@ def test_auto_trains_gru_and_rnn_in_our_loop_at_small_sizes(kind, kw, dtype, nat
 
 @pytest.mark.parametrize("kind", ["GRU", "RNN"])
 def test_loop_trains_faster_is_a_size_limit(kind, native_calls, monkeypatch):
-    """B*H at the limit runs our loop, one more unit torch's op; LSTM (oneDNN on a CPU) never the loop."""
+    """B*H at the limit and T at its floor run our loop, one more unit or one step fewer torch's op;
+    LSTM (oneDNN on a CPU) never the loop."""
     assert set(F.LOOP_TRAINS_FASTER) == {"gru", "rnn"}
-    monkeypatch.setitem(F.LOOP_TRAINS_FASTER, kind.lower(), 3 * 7)
+    monkeypatch.setitem(F.LOOP_TRAINS_FASTER, kind.lower(), (3 * 7, 2))
     x = torch.randn(2, 3, 5, requires_grad=True)
     getattr(rnn, kind)(5, 7)(x)
     assert native_calls == []
+    getattr(rnn, kind)(5, 7)(x[:1])
+    assert len(native_calls) == 1
+    native_calls.clear()
     getattr(rnn, kind)(5, 8)(x)
     assert len(native_calls) == 1
     G = 3 if kind == "GRU" else 1
