@@ -230,14 +230,27 @@ def recurrence(x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, spec, m
     return (out.transpose(0, 1) if batch_first else out), hT, cT
 
 
+def _autocast_to(cast, *tensors):
+    """The floating tensors autocast would lower, in `cast` (float64 and None left alone)."""
+    return tuple(None if t is None else (t.to(cast) if t.dtype in _AUTOCAST_FROM else t) for t in tensors)
+
+
+def _op_backend(backend, x, spec, H, B, both=False):
+    """The backend name handed to the operator."""
+    if torch.compiler.is_compiling():
+        # Traced once for many shapes: the operator resolves "auto" at run time, when B is known.
+        return "auto" if backend is None else backend
+    # resolved here: an explicit backend that cannot run raises now
+    return backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype, both).name
+
+
 def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse, backend,
                 w_hr=None):
     """`recurrence` for time-major x and mask: (out (T, B, H), hT, cT)."""
     cast = _autocast_dtype(spec, x)
     if cast is not None:  # the dtype torch.nn's own op gives under this autocast, then no autocast inside
-        x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask, w_hr = (
-            None if t is None else (t.to(cast) if t.dtype in _AUTOCAST_FROM else t)
-            for t in (x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask, w_hr))
+        x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask, w_hr = _autocast_to(
+            cast, x, w_ih, w_hh, b_ih, b_hh, h0, c0, in_mask, rec_mask, w_hr)
         with torch.autocast(x.device.type, enabled=False):
             return _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse,
                                backend, w_hr)
@@ -249,11 +262,7 @@ def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask
         from .onnx_export import recurrence as onnx_recurrence  # an ONNX LSTM / GRU / RNN node
 
         return onnx_recurrence(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask, reverse)
-    if torch.compiler.is_compiling():
-        # Traced once for many shapes: the operator resolves "auto" at run time, when B is known.
-        name = "auto" if backend is None else backend
-    else:  # resolved here: an explicit backend that cannot run raises now
-        name = backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype).name
+    name = _op_backend(backend, x, spec, H, B)
     if h0 is None:
         h0 = x.new_zeros(B, P)
     if spec.kind == "lstm" and c0 is None:
@@ -295,23 +304,18 @@ def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, in_mask
                 torch.stack((parts[0][2], parts[1][2])) if spec.kind == "lstm" else None)
     cast = _autocast_dtype(spec, x)
     if cast is not None:  # as in _time_major: torch.nn's dtype under this autocast, no autocast inside
-        def to(t):
-            return None if t is None else (t.to(cast) if t.dtype in _AUTOCAST_FROM else t)
-
+        x, h0, c0, in_mask, rec_mask = _autocast_to(cast, x, h0, c0, in_mask, rec_mask)
         with torch.autocast(x.device.type, enabled=False):
-            return bidirectional_layer(to(x), [tuple(to(t) for t in p) for p in params], to(h0), to(c0), spec=spec,
-                                       mask=mask, in_mask=to(in_mask), rec_mask=to(rec_mask), backend=backend)
+            return bidirectional_layer(x, [_autocast_to(cast, *p) for p in params], h0, c0, spec=spec, mask=mask,
+                                       in_mask=in_mask, rec_mask=rec_mask, backend=backend)
     for name, s in (("h0", h0), ("c0", c0), ("in_mask", in_mask), ("rec_mask", rec_mask)):
         if s is not None and (s.dim() < 1 or s.shape[0] != 2):
             raise ValueError(f"{name} must have a leading dimension of 2 (one per direction), got shape "
                              f"{tuple(s.shape)}")
+    od = ops.of_direction
     for d in (0, 1):
-        od = ops.of_direction
         T, B, _, H, _ = validate(x, *params[d], od(h0, d), od(c0, d), spec, mask, od(in_mask, d), od(rec_mask, d))
-    if torch.compiler.is_compiling():
-        name = "auto" if backend is None else backend
-    else:
-        name = backends.choose(backend, x.device, spec, H, max(B, 1), x.dtype, both=True).name
+    name = _op_backend(backend, x, spec, H, B, both=True)
     w_ih, w_hh, b_ih, b_hh = (None if p[0] is None else torch.stack(p) for p in zip(*params))
     if h0 is None:
         h0 = x.new_zeros(2, B, H)

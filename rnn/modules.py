@@ -109,7 +109,6 @@ class _Fused:
         # projections go one direction at a time
         both = D == 2 and not self.proj_size
         for layer in range(self.num_layers):
-            outs = []
             if both:
                 k = 2 * layer
                 layer_in, hT, cT = functional.bidirectional_layer(
@@ -118,19 +117,19 @@ class _Fused:
                     spec=spec, mask=mask, backend=self.backend)
                 hn.extend(hT.unbind(0))
                 cn.extend(cT.unbind(0) if lstm else (None, None))
-                if self.dropout and self.training and layer < self.num_layers - 1:
-                    layer_in = torch.nn.functional.dropout(layer_in, self.dropout, True)
-                continue
-            for d in range(D):
-                k = layer * D + d
-                out, hT, cT = recurrence(
-                    layer_in, *self._params(layer, d), None if h0 is None else h0[k], None if c0 is None else c0[k],
-                    spec=spec, mask=mask, reverse=bool(d), backend=self.backend,
-                    w_hr=getattr(self, f"weight_hr_l{layer}" + ("_reverse" if d else "")) if self.proj_size else None)
-                outs.append(out)
-                hn.append(hT)
-                cn.append(cT)
-            layer_in = outs[0] if D == 1 else torch.cat(outs, -1)
+            else:
+                outs = []
+                for d in range(D):
+                    k = layer * D + d
+                    out, hT, cT = recurrence(
+                        layer_in, *self._params(layer, d), None if h0 is None else h0[k],
+                        None if c0 is None else c0[k], spec=spec, mask=mask, reverse=bool(d), backend=self.backend,
+                        w_hr=getattr(self, f"weight_hr_l{layer}" + ("_reverse" if d else "")) if self.proj_size
+                        else None)
+                    outs.append(out)
+                    hn.append(hT)
+                    cn.append(cT)
+                layer_in = outs[0] if D == 1 else torch.cat(outs, -1)
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_in = torch.nn.functional.dropout(layer_in, self.dropout, True)
         return layer_in, torch.stack(hn), (torch.stack(cn) if lstm else None)

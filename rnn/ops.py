@@ -1,7 +1,7 @@
 """The recurrence as registered PyTorch operators: what torch.compile and torch.export see.
 
-    fused_rnn::recurrence           one layer, one direction (or both, stacked), forward: the input projection (one
-                                    GEMM) and the backend's recurrence kernel
+    fused_rnn::recurrence           one layer, one direction (or both, stacked), forward: the input
+                                    projection (one GEMM) and the backend's recurrence kernel
     fused_rnn::recurrence_backward  the backend's reverse-time recurrence: (dxg, dh0, dc0)
 
 Each is ONE opaque node in a traced graph whatever T is, so compiling does not get slower with the
@@ -27,9 +27,8 @@ Both directions of a bidirectional layer: w_hh of shape (2, G*H, H) says so (`bo
 per-direction tensor (w_ih, w_hh, biases, h0, c0, rec_mask, and every output) has a leading
 dimension of 2, direction 0 forward in time and 1 reversed (`reverse` is False), in_mask too when
 given; x and mask are shared. The input projection of both directions is one GEMM (without input
-dropout masks), and a backend
-with `forward_both` / `backward_both` (Triton) runs both recurrences in one launch; others run them
-one after the other.
+dropout masks), and a backend with `forward_both` / `backward_both` (Triton) runs both recurrences
+in one launch; others run them one after the other.
 """
 import torch
 
