@@ -131,16 +131,16 @@ def test_plan_invariants(limits, direction, kind, dtype, hidden, batch):
 def test_plan_known_configurations():
     c = kc.plan("forward", "lstm", 768, 16, torch.float16, kc.H100)
     assert (c.units, c.grid, c.batch_tile, c.blocks_per_sm, c.mma) == (8, 96, 16, 1, True)  # whole 8-unit tiles
-    # MMA layout: rows padded to ld = 768 + 8 halves; 16 staged rows; fp32 results for 8 warps x
-    # 128 (> 16 rows x 4 gates x 8 units); 4 gates x 8 units
-    assert c.smem == 16 * 776 * 2 + 8 * 128 * 4 + 4 * 8 * 776 * 2
+    # MMA layout: rows padded to ld = 768 + 8 halves; 16 staged rows; fp32 results: 8 k splits (one
+    # per warp) of 16 rows x 4 gates x 8 units; 4 gates x 8 units
+    assert c.smem == 16 * 776 * 2 + 8 * 16 * 4 * 8 * 4 + 4 * 8 * 776 * 2
     c = kc.plan("forward", "lstm", 768, 16, torch.float16, kc.H100, mma=False)
     assert (c.units, c.batch_tile, c.mma) == (6, 16, False)
     assert c.smem == 16 * 768 * 4 + 4 * 6 * 768 * 2
     c = kc.plan("backward", "gru", 100, 40, torch.float32, kc.H100, tf32=True, max_batch_tile=20)
     assert c.mma and (c.units, c.grid, c.batch_tile) == (8, 13, 16)  # whole 16-row MMA tiles below the cap
     ld = 104 + 4  # tf32: k = 8, padded to a multiple of 8 plus 4
-    assert c.smem == 3 * 16 * ld * 4 + 8 * 128 * 4 + 3 * 8 * ld * 4
+    assert c.smem == 3 * 16 * ld * 4 + 8 * 16 * 3 * 8 * 4 + 3 * 8 * ld * 4
     c = kc.plan("backward", "gru", 37, 3, torch.float32, kc.H100)
     assert (c.units, c.grid, c.batch_tile) == (1, 37, 3)
     c = kc.plan("forward", "rnn", 1024, 256, torch.float32, kc.H100)
@@ -669,6 +669,13 @@ EMU_CASES = [
     ("lstm", "tanh", "sigmoid", True, torch.float32, 6, 5, 13, False, True, True, 4, None, "mma", "aligned"),
     ("gru", "tanh", "sigmoid", False, torch.float32, 6, 3, 13, True, True, False, 4, None, "mma", "aligned"),
     ("rnn", "relu", "sigmoid", True, torch.float32, 5, 2, 37, False, False, True, 4, None, "mma", "aligned"),
+    # more k tiles than a warp holds in registers (tf32: H=56 has 7 k tiles, an LSTM warp holds 6; H=72
+    # has 9, a GRU warp holds 8; the rest come from shared memory) and more 8-unit tiles than warps
+    # (24 units: 3 items on 2 warps, only each warp's first one held); the backward sums all gates
+    # into one tile (no dropout masks) or keeps one per gate (masks)
+    ("lstm", "tanh", "sigmoid", True, torch.float32, 3, 5, 56, False, True, False, 4, None, "mma", "aligned"),
+    ("gru", "tanh", "sigmoid", True, torch.float32, 3, 3, 72, True, False, True, 4, None, "mma", "aligned"),
+    ("gru", "tanh", "sigmoid", False, torch.float16, 3, 3, 60, False, True, False, 4, None, "mma", "aligned"),
     # staging of the exchanged rows (stage_tile): H a multiple of the 16-byte vector (8 x 16-bit, 4 x fp32,
     # 2 x fp64) with aligned rows takes the whole-vector form, odd H or offset buffers the general one
     # (aligned vectors plus single head / tail elements, vectors across the copies of dA); both with and

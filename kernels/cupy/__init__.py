@@ -175,7 +175,7 @@ def _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, batch_tile, mma
     k = 8 * (4 // itemsize)  # mma reduction depth: 16 for 16-bit inputs, 8 for tf32
     ld = _round_up(hidden, k) + k // 2
     ug, bbp = _round_up(units, 8), _round_up(batch_tile, 16)
-    result_floats = max(threads // 32 * 128, bbp * g * ug)
+    result_floats = g * bbp * max(8 * (threads // 32), ug)  # mma_result_floats: ksplit partial sums
     return _align16(copies * bbp * ld * itemsize) + _align16(result_floats * 4) + g * ug * ld * itemsize
 
 

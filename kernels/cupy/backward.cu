@@ -63,6 +63,13 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_backward(
     unsigned epoch = 0;
 
     load_weights<THREADS>(sm, G, nu, H, [&](int g, int kl, int j) { return w_hh[(size_t)(g * H + j) * H + k0 + kl]; });
+    // the weight fragments of the warp's MMA item in registers for dh's matvec (all gates; GRU
+    // reset_after=False: r and z), the rest in shared memory
+    constexpr int NGH = TWO_PHASE ? 2 : G;
+    constexpr int RF = MMA ? FragBudget<NGH>::value : 0;
+    WFrags<T, NGH, RF> frags;
+    __syncthreads();
+    if constexpr (RF > 0) load_frags<T, NGH, RF, THREADS>(frags, sm.w, sm.ug, sm.ld, nu, H);
     for_owned<THREADS>(B, H, k0, nu, [&](int i) {
         dstate_h[i] = dhT ? to_acc(dhT[i]) : A(0);
         if constexpr (KIND == LSTM) dstate_c[i] = dcT ? to_acc(dcT[i]) : A(0);
@@ -243,7 +250,7 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_backward(
                 dA[(size_t)b * GH + k] = from_acc<T>(valid ? d_r : A(0));
                 if (valid) dstate_h[b * H + k] += rmask(in, 2) * r * pre[0];
             };
-            matvec_phase<1, 1, ROWS, THREADS, PF>(sm, sm.gate(2), nu, B, BB, H, stage_n, grad_r);
+            matvec_phase<1, 1, ROWS, THREADS, PF, 1>(sm, sm.gate(2), WFrags<T, 1, 0>{}, nu, B, BB, H, stage_n, grad_r);
             grid_sync(barrier, epoch);
             auto stage_rz = [&](int b0, int nb) {
                 stage_tile<2, false, THREADS>(sm, BB, nb, H, dA + (size_t)b0 * GH, (size_t)GH, 2 * H,
@@ -260,12 +267,15 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_backward(
                 (void)slot;
                 dstate_h[b * H + k] += m0 * pre[0] + m1 * pre[1];
             };
-            matvec_phase<2, 2, ROWS, THREADS, PF>(sm, sm.w, nu, B, BB, H, stage_rz, grad_h);
+            matvec_phase<2, 2, ROWS, THREADS, PF, 2>(sm, sm.w, frags, nu, B, BB, H, stage_rz, grad_h);
         } else {
             auto stage_all = [&](int b0, int nb) {
                 stage_tile<G, false, THREADS>(sm, BB, nb, H, dA + (size_t)b0 * GH, (size_t)GH, GH,
                                               static_cast<const A*>(nullptr), 0);
             };
+            // without dropout masks only the sum over the gates is needed: on the MMA path the
+            // gates accumulate into one tile (a quarter of the LSTM's result traffic)
+            constexpr int NOUT = MMA && !REC_MASK ? 1 : G;
             auto grad_h = [&](int b, int kl, const auto& pre, auto slot) {
                 const int k = k0 + kl;
                 A sum = A(0);
@@ -276,11 +286,11 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_backward(
                 } else {
                     (void)slot;
 #pragma unroll
-                    for (int g = 0; g < G; ++g) sum += pre[g];
+                    for (int o = 0; o < NOUT; ++o) sum += pre[o];
                 }
                 dstate_h[b * H + k] += sum;
             };
-            matvec_phase<G, (G > 1 ? G : 1), ROWS, THREADS, PF>(sm, sm.w, nu, B, BB, H, stage_all, grad_h);
+            matvec_phase<G, (G > 1 ? G : 1), ROWS, THREADS, PF, NOUT>(sm, sm.w, frags, nu, B, BB, H, stage_all, grad_h);
         }
     }
 

@@ -66,6 +66,11 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
 
     // W_hh rows of the owned units, all gates: row (g, jl) = w_hh[g*H + j0 + jl, :]
     load_weights<THREADS>(sm, G, nu, H, [&](int g, int jl, int k) { return w_hh[(size_t)(g * H + j0 + jl) * H + k]; });
+    // the weight fragments of the warp's MMA item in registers (the rest stay in shared memory)
+    constexpr int RF = MMA ? FragBudget<NG1>::value : 0;
+    WFrags<T, NG1, RF> frags;
+    __syncthreads();
+    if constexpr (RF > 0) load_frags<T, NG1, RF, THREADS>(frags, sm.w, sm.ug, sm.ld, nu, H);
     for_owned<THREADS>(B, H, j0, nu, [&](int i) {
         state_h[i] = h0 ? to_acc(h0[i]) : A(0);
         if constexpr (KIND == LSTM) state_c[i] = c0 ? to_acc(c0[i]) : A(0);
@@ -116,6 +121,37 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
         }
     };
     if (steps > 0) prefetch(0);
+    // The same first PF epilogue items every step: their b_hh values and carried h (and c) stay in
+    // registers for the whole sequence instead of being re-read each step (`state` is still
+    // written: the other items and the final hT / cT read it there).
+    struct Owned {
+        A bias[G];
+        A h, c;
+    };
+    Owned own[PF];
+#pragma unroll
+    for (int q = 0; q < PF; ++q) {
+        int bb, jl;
+        if (epilogue_item<ROWS, THREADS, MMA>(q, min(BB, B), nu, bb, jl)) {
+            const int j = j0 + jl;
+#pragma unroll
+            for (int g = 0; g < G; ++g) own[q].bias[g] = bias(g, j);
+            own[q].h = h0 ? to_acc(h0[bb * H + j]) : A(0);
+            own[q].c = KIND == LSTM && c0 ? to_acc(c0[bb * H + j]) : A(0);
+        }
+    }
+    auto bias_of = [&](auto slot, int g, int j) {
+        if constexpr (decltype(slot)::value >= 0) return own[decltype(slot)::value].bias[g];
+        return bias(g, j);
+    };
+    auto h_prev_of = [&](auto slot, int b, int j) {
+        if constexpr (decltype(slot)::value >= 0) return own[decltype(slot)::value].h;
+        return state_h[b * H + j];
+    };
+    auto c_prev_of = [&](auto slot, int b, int j) {
+        if constexpr (decltype(slot)::value >= 0) return own[decltype(slot)::value].c;
+        return state_c[b * H + j];
+    };
 
     for (int s = 0; s < steps; ++s) {
         const int t = reverse ? steps - 1 - s : s;
@@ -123,8 +159,9 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
         const T* hprev = s == 0 ? h0 : out + (size_t)tp * B * H;  // nullptr: zeros
         A* gt = gates + (size_t)t * B * GH;
 
-        auto finish = [&](int b, int j, A h, A h_prev, bool valid) {  // carry by selection, publish h
+        auto finish = [&](auto slot, int b, int j, A h, A h_prev, bool valid) {  // carry by selection, publish h
             const A h_keep = valid ? h : h_prev;
+            if constexpr (decltype(slot)::value >= 0) own[decltype(slot)::value].h = h_keep;
             state_h[b * H + j] = h_keep;
             out[((size_t)t * B + b) * H + j] = from_acc<T>(h_keep);
         };
@@ -136,6 +173,7 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
             const int j = j0 + jl;
             const Ahead in = ahead(slot, t, b, j);
             auto x = [&](int g) { return to_acc(in.x[g]); };
+            auto bias = [&](int g, int jj) { return bias_of(slot, g, jj); };
             [[maybe_unused]] const bool valid = in.valid != 0;  // (GRU classic: used in the second phase)
             A* gr = gt + (size_t)b * GH;
             if constexpr (KIND == LSTM) {
@@ -147,13 +185,14 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
                 gr[H + j] = f;
                 gr[2 * H + j] = g;
                 gr[3 * H + j] = o;
-                const A c_prev = state_c[b * H + j];
+                const A c_prev = c_prev_of(slot, b, j);
                 A c = f * c_prev + i * g;
                 const A h = o * activate<ACT>(c);
                 c = valid ? c : c_prev;
+                if constexpr (decltype(slot)::value >= 0) own[decltype(slot)::value].c = c;
                 state_c[b * H + j] = c;
                 extra[((size_t)t * B + b) * H + j] = c;
-                finish(b, j, h, state_h[b * H + j], valid);
+                finish(slot, b, j, h, h_prev_of(slot, b, j), valid);
             } else if constexpr (KIND == GRU && RESET_AFTER) {
                 const A r = activate<RACT>(x(0) + pre[0] + bias(0, j));
                 const A z = activate<RACT>(x(1) + pre[1] + bias(1, j));
@@ -163,24 +202,24 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
                 gr[H + j] = z;
                 gr[2 * H + j] = n;
                 extra[((size_t)t * B + b) * H + j] = hn;
-                const A h_prev = state_h[b * H + j];
-                finish(b, j, (A(1) - z) * n + z * h_prev, h_prev, valid);
+                const A h_prev = h_prev_of(slot, b, j);
+                finish(slot, b, j, (A(1) - z) * n + z * h_prev, h_prev, valid);
             } else if constexpr (KIND == GRU) {  // classic form, first half: r, z and r*h
                 const A r = activate<RACT>(x(0) + pre[0] + bias(0, j));
                 const A z = activate<RACT>(x(1) + pre[1] + bias(1, j));
                 gr[j] = r;
                 gr[H + j] = z;
                 if constexpr (decltype(slot)::value >= 0) pf[decltype(slot)::value].z = z;  // for the second phase
-                A hm = to_acc(from_acc<T>(state_h[b * H + j]));  // = out[tp] (h0 at s = 0): h_{t-1} as exchanged
+                A hm = to_acc(from_acc<T>(h_prev_of(slot, b, j)));  // = out[tp] (h0 at s = 0): h_{t-1} as exchanged
                 if constexpr (REC_MASK) hm *= in.m;
                 scratch[b * H + j] = r * hm;
             } else {
                 const A h = activate<ACT>(x(0) + pre[0] + bias(0, j));
                 gr[j] = h;
-                finish(b, j, h, state_h[b * H + j], valid);
+                finish(slot, b, j, h, h_prev_of(slot, b, j), valid);
             }
         };
-        matvec_phase<NG1, NST, ROWS, THREADS, PF>(sm, sm.w, nu, B, BB, H, stage_h, cell);
+        matvec_phase<NG1, NST, ROWS, THREADS, PF, NG1>(sm, sm.w, frags, nu, B, BB, H, stage_h, cell);
 
         if constexpr (TWO_PHASE) {
             grid_sync(barrier, epoch);
@@ -199,12 +238,12 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
                 } else {
                     z = load_cg(gr + H + j);
                 }
-                const A n = activate<ACT>(to_acc(in.x[2]) + pre[0] + bias(2, j));
+                const A n = activate<ACT>(to_acc(in.x[2]) + pre[0] + bias_of(slot, 2, j));
                 gr[2 * H + j] = n;
-                const A h_prev = state_h[b * H + j];
-                finish(b, j, (A(1) - z) * n + z * h_prev, h_prev, in.valid != 0);
+                const A h_prev = h_prev_of(slot, b, j);
+                finish(slot, b, j, (A(1) - z) * n + z * h_prev, h_prev, in.valid != 0);
             };
-            matvec_phase<1, 1, ROWS, THREADS, PF>(sm, sm.gate(2), nu, B, BB, H, stage_rh, cell_n);
+            matvec_phase<1, 1, ROWS, THREADS, PF, 1>(sm, sm.gate(2), WFrags<T, 1, 0>{}, nu, B, BB, H, stage_rh, cell_n);
         }
         if (s + 1 < steps) prefetch(s + 1);  // before the barrier: off the critical path
         grid_sync(barrier, epoch);

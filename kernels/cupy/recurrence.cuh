@@ -475,22 +475,110 @@ __device__ __forceinline__ unsigned word_at(const T* p) {  // 4-byte aligned by 
     return *reinterpret_cast<const unsigned*>(p);
 }
 
-// One warp: d += A B over the k tiles kt0, kt0 + kstep, ... < nk, with A = 16 staged rows and
-// B^T = 8 weight rows, both stored row by row with stride ld (k contiguous).
-template <typename T>
-__device__ __forceinline__ void mma_tile(float (&d)[4], const T* rows_a, const T* rows_b, int ld, int kt0,
-                                         int nk, int kstep, int lane) {
+// The MMA schedule of a matvec phase: warp item (nt, ks) = 8-unit tile nt of every gate, k tiles
+// ks, ks + ksplit, ... of the reduction; its warp loops over the batch's 16-row tiles itself, so
+// a warp keeps one weight slice for the whole phase (and the whole sequence: WFrags). Items are
+// warp, warp + NWARPS, ...: with ntg <= NWARPS each warp has at most one.
+struct MmaSplit {
+    int ntg, nk, ksplit;
+    __device__ __forceinline__ int items() const { return ntg * ksplit; }
+};
+template <typename T, int NWARPS>
+__device__ __forceinline__ MmaSplit mma_split(int nu, int H) {
+    MmaSplit s;
+    s.ntg = (nu + 7) / 8;
+    s.nk = (H + MmaShape<T>::K - 1) / MmaShape<T>::K;
+    s.ksplit = max(1, min(NWARPS / max(s.ntg, 1), s.nk));
+    return s;
+}
+
+// The weight fragments of a warp's first MMA item held in registers for the whole sequence: the B
+// fragments (2 words per gate and k tile) of its first RF k tiles; the rest are read from shared
+// memory. RF = 0: none.
+template <typename T, int NG, int RF>
+struct WFrags {
+    unsigned b[RF > 0 ? RF : 1][NG][2];
+};
+
+// The register budget for the weight fragments of one matvec (48 words a thread): LSTM 6 k tiles,
+// GRU 8, SimpleRNN 24 (at H = 768 bf16 and 8 warps a warp's item has 6 k tiles: all of them).
+template <int NG>
+struct FragBudget {
+    static constexpr int value = 48 / (2 * NG);
+};
+
+// Fill the warp's fragments from the weight rows in shared memory (after load_weights).
+template <typename T, int NG, int RF, int THREADS>
+__device__ __forceinline__ void load_frags(WFrags<T, NG, RF>& f, const T* w, int ug, int ld, int nu, int H) {
     constexpr int E = MmaShape<T>::E, K = MmaShape<T>::K;
-    const int g = lane >> 2, q = lane & 3;
-    const T* a_lo = rows_a + g * ld + E * q;
-    const T* a_hi = a_lo + 8 * ld;
-    const T* b_p = rows_b + g * ld + E * q;
-    for (int kt = kt0; kt < nk; kt += kstep) {
-        const int k = kt * K;
-        const unsigned a[4] = {word_at(a_lo + k), word_at(a_hi + k), word_at(a_lo + k + 4 * E), word_at(a_hi + k + 4 * E)};
-        const unsigned b[2] = {word_at(b_p + k), word_at(b_p + k + 4 * E)};
-        mma_16x8<T>(d, a, b);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const MmaSplit sp = mma_split<T, THREADS / 32>(nu, H);
+    if (warp >= sp.items()) return;
+    const int nt = warp % sp.ntg, ks = warp / sp.ntg;
+    const T* b_p = w + (nt * 8 + (lane >> 2)) * ld + E * (lane & 3);
+#pragma unroll
+    for (int i = 0; i < RF; ++i) {
+        const int kt = ks + i * sp.ksplit;
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+            const T* p = b_p + (size_t)g * ug * ld + kt * K;
+            f.b[i][g][0] = kt < sp.nk ? word_at(p) : 0u;
+            f.b[i][g][1] = kt < sp.nk ? word_at(p + 4 * E) : 0u;
+        }
     }
+}
+
+// One warp, one 16-row batch tile: d[o] += sum over the k tiles kt0, kt0 + kstep, ... < nk of
+// A_g B_g, o = g (NOUT = NG) or o = 0 (NOUT = 1: the sum over the gates). A_g: 16 staged rows
+// (copy g at rows_a + g * astride when PER_GATE, else one copy for every gate, whose fragment is
+// loaded once per k tile); B_g^T: the 8 weight rows of gate g at rows_b + g * bstride; rows
+// stride ld. `held`: the first RF k tiles' B fragments are f's (the warp's first item).
+template <int NG, int NOUT, bool PER_GATE, int RF, typename T>
+__device__ __forceinline__ void mma_gates(float (&d)[NOUT][4], const T* rows_a, size_t astride, const T* rows_b,
+                                          size_t bstride, int ld, int kt0, int nk, int kstep, int lane,
+                                          const WFrags<T, NG, RF>& f, bool held) {
+    constexpr int E = MmaShape<T>::E, K = MmaShape<T>::K;
+    const T* a_lo = rows_a + (lane >> 2) * ld + E * (lane & 3);
+    const T* b_p = rows_b + (lane >> 2) * ld + E * (lane & 3);
+    auto step = [&](int kt, auto&& bfrag) {
+        const int k = kt * K;
+        unsigned a[4];
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
+            if (g == 0 || PER_GATE) {
+                const T* lo = a_lo + (PER_GATE ? g * astride : 0) + k;
+                const T* hi = lo + 8 * ld;
+                a[0] = word_at(lo);
+                a[1] = word_at(hi);
+                a[2] = word_at(lo + 4 * E);
+                a[3] = word_at(hi + 4 * E);
+            }
+            unsigned b[2];
+            bfrag(g, k, b);
+            mma_16x8<T>(d[NOUT == 1 ? 0 : g], a, b);
+        }
+    };
+    auto from_smem = [&](int g, int k, unsigned (&b)[2]) {
+        const T* p = b_p + g * bstride + k;
+        b[0] = word_at(p);
+        b[1] = word_at(p + 4 * E);
+    };
+    int kt = kt0;
+    if constexpr (RF > 0) {
+        if (held) {
+#pragma unroll
+            for (int i = 0; i < RF; ++i) {
+                if (kt < nk) {
+                    step(kt, [&](int g, int, unsigned (&b)[2]) {
+                        b[0] = f.b[i][g][0];
+                        b[1] = f.b[i][g][1];
+                    });
+                }
+                kt += kstep;
+            }
+        }
+    }
+    for (; kt < nk; kt += kstep) step(kt, from_smem);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,8 +589,9 @@ __device__ __forceinline__ void mma_tile(float (&d)[4], const T* rows_a, const T
 // kernels/cupy/__init__.py (_smem_bytes) mirrors these sizes.
 __host__ __device__ constexpr unsigned long long align16(unsigned long long n) { return (n + 15ull) & ~15ull; }
 __host__ __device__ constexpr int round_up(int n, int m) { return (n + m - 1) / m * m; }
+// MMA results: ksplit partial sums of bbp x g x ug floats, ksplit <= max(1, nwarps / (ug / 8))
 __host__ __device__ constexpr int mma_result_floats(int nwarps, int bbp, int g, int ug) {
-    return nwarps * 128 > bbp * g * ug ? nwarps * 128 : bbp * g * ug;
+    return g * bbp * (8 * nwarps > ug ? 8 * nwarps : ug);
 }
 
 template <typename T, bool MMA>
@@ -813,19 +902,24 @@ __device__ __forceinline__ bool epilogue_item(int slot, int nb, int nu, int& bb,
 }
 
 // A whole matvec phase for the block: for every batch tile, stage(b0, nb) stages its rows (all
-// threads; stage_tile), then each (batch row b, owned unit jl) gets its NG sums: epilogue(b, jl,
-// pre, slot) runs on exactly one thread per (b, jl). slot is Int<q> for the thread's call number
-// q < PF in the first batch tile (the items of epilogue_item, whose inputs the kernels load ahead),
-// Int<-1> for every other call: compile-time, so that the values loaded ahead are dead once the
-// first PF calls are done. `w` is the first gate's rows. (Declare the epilogue's `pre` as `const
-// auto&`: cicc 13.0 crashes on a generic lambda with a parameter `const A (&)[N]` whose bound is a
-// constant of the enclosing function template.)
-template <int NG, int NST, int ROWS, int THREADS, int PF, bool MMA, typename T, typename S, typename E>
-__device__ __forceinline__ void matvec_phase(const Smem<T, MMA>& sm, const T* w, int nu, int B, int BB, int H,
-                                             S&& stage, E&& epilogue) {
+// threads; stage_tile), then each (batch row b, owned unit jl) gets its NOUT sums: epilogue(b, jl,
+// pre, slot) runs on exactly one thread per (b, jl); pre[g] is gate g's sum (NOUT = NG), or pre[0]
+// the sum over the gates (NOUT = 1, MMA only: the gates accumulate into one tile). slot is Int<q>
+// for the thread's call number q < PF in the first batch tile (the items of epilogue_item, whose
+// inputs the kernels load ahead), Int<-1> for every other call: compile-time, so that the values
+// loaded ahead are dead once the first PF calls are done. `w` is the first gate's rows; `frags`
+// the warp's register-held weight fragments of them (load_frags; RF = 0: none). (Declare the
+// epilogue's `pre` as `const auto&`: cicc 13.0 crashes on a generic lambda with a parameter
+// `const A (&)[N]` whose bound is a constant of the enclosing function template.)
+template <int NG, int NST, int ROWS, int THREADS, int PF, int NOUT, bool MMA, typename T, int RF, typename S,
+          typename E>
+__device__ __forceinline__ void matvec_phase(const Smem<T, MMA>& sm, const T* w, const WFrags<T, NG, RF>& frags,
+                                             int nu, int B, int BB, int H, S&& stage, E&& epilogue) {
     using A = acc_t<T>;
     constexpr bool PER_GATE = NST > 1;
     static_assert(NST == 1 || NST == NG, "one staged copy, or one per gate");
+    static_assert(NOUT == NG || (NOUT == 1 && MMA), "per-gate sums, or their total on the MMA path");
+    static_assert(RF == 0 || MMA, "register-held fragments are MMA operands");
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     constexpr int NWARPS = THREADS / 32;
@@ -836,42 +930,40 @@ __device__ __forceinline__ void matvec_phase(const Smem<T, MMA>& sm, const T* w,
         stage(b0, nb);
         __syncthreads();
         if constexpr (MMA) {
-            constexpr int K = MmaShape<T>::K;
-            const int nk = (H + K - 1) / K;
             const T* st = reinterpret_cast<const T*>(sm.stage);
-            // work items: (16-row batch tile, gate, 8-unit tile) x k split (idle warps share the reduction)
+            const MmaSplit sp = mma_split<T, NWARPS>(nu, H);
             const int mt = (nb + 15) / 16;
-            const int ntg = (nu + 7) / 8;
-            const int ntiles = mt * NG * ntg;
-            const int ksplit = max(1, min(NWARPS / ntiles, nk));
-            const int rstride = NG * ntg * 8;   // result row: the block's units of every gate
+            const int rstride = NOUT * sp.ntg * 8;  // result row: the block's units of every output
             const int kstride = mt * 16 * rstride;  // one k split's partial sums
-            for (int item = warp; item < ntiles * ksplit; item += NWARPS) {
-                const int tl = item % ntiles;
-                const int ks = item / ntiles;
-                const int m = tl % mt;
-                const int nt = (tl / mt) % ntg;
-                const int g = tl / (mt * ntg);
-                float d[4] = {0.f, 0.f, 0.f, 0.f};
-                mma_tile(d, st + ((PER_GATE ? g : 0) * sm.bbp + m * 16) * sm.ld,
-                         w + (g * sm.ug + nt * 8) * sm.ld, sm.ld, ks, nk, ksplit, lane);
+            for (int item = warp; item < sp.items(); item += NWARPS) {
+                const int nt = item % sp.ntg;
+                const int ks = item / sp.ntg;
+                for (int m = 0; m < mt; ++m) {
+                    float d[NOUT][4] = {};
+                    mma_gates<NG, NOUT, PER_GATE>(d, st + m * 16 * sm.ld, (size_t)sm.bbp * sm.ld, w + nt * 8 * sm.ld,
+                                                  (size_t)sm.ug * sm.ld, sm.ld, ks, sp.nk, sp.ksplit, lane, frags,
+                                                  item == warp);
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const int row = m * 16 + (lane >> 2) + 8 * (i >> 1);
-                    const int col = (g * ntg + nt) * 8 + 2 * (lane & 3) + (i & 1);
-                    sm.res[ks * kstride + row * rstride + col] = d[i];
+                    for (int o = 0; o < NOUT; ++o) {
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            const int row = m * 16 + (lane >> 2) + 8 * (i >> 1);
+                            const int col = (o * sp.ntg + nt) * 8 + 2 * (lane & 3) + (i & 1);
+                            sm.res[ks * kstride + row * rstride + col] = d[o][i];
+                        }
+                    }
                 }
             }
             __syncthreads();
             auto one = [&](int idx, auto slot) {
                 const int bb = idx / nu;
                 const int jl = idx % nu;
-                A pre[NG];
+                A pre[NOUT];
 #pragma unroll
-                for (int g = 0; g < NG; ++g) {
+                for (int o = 0; o < NOUT; ++o) {
                     float s = 0.f;
-                    for (int ks = 0; ks < ksplit; ++ks) s += sm.res[ks * kstride + bb * rstride + g * ntg * 8 + jl];
-                    pre[g] = s;
+                    for (int ks = 0; ks < sp.ksplit; ++ks) s += sm.res[ks * kstride + bb * rstride + o * sp.ntg * 8 + jl];
+                    pre[o] = s;
                 }
                 epilogue(b0 + bb, jl, pre, slot);
             };
