@@ -14,10 +14,13 @@
 // shuffle reduction). The exchange itself goes through global memory (L2) and a grid barrier.
 //
 // MMA (tensor cores, sm_80+; bf16 / fp16, and fp32 as tf32 when the caller allows it): the same
-// phases, but the staged rows are kept in the storage type and each warp computes a 16 x 8 tile
-// (16 batch rows x 8 weight rows) with mma.sync and fp32 accumulation; the tiles go through a
-// shared result buffer to the same per-(row, unit) epilogue. Rows are padded so that every
-// fragment load is one aligned 32-bit word and the 8 row groups of a warp hit 32 distinct banks.
+// phases, but the staged rows are kept in the storage type and each warp computes, for one 8-unit
+// tile and one k split, the 16 x 8 tiles (16 batch rows x 8 weight rows) of every gate with
+// mma.sync and fp32 accumulation (MmaSplit, mma_gates: a staged fragment serves all gates), its
+// weight fragments held in registers for the whole sequence (WFrags); the tiles' k-split partial
+// sums go through a shared result buffer to the same per-(row, unit) epilogue. Rows are padded so
+// that every fragment load is one aligned 32-bit word and the 8 row groups of a warp hit 32
+// distinct banks.
 //
 // No CUDA headers beyond cooperative_groups.h are needed, so the sources compile under NVRTC
 // (CuPy) without the toolkit's fp16/bf16 headers: 16-bit floats are handled as raw bits.
