@@ -65,11 +65,7 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_backward(
     load_weights<THREADS>(sm, G, nu, H, [&](int g, int kl, int j) { return w_hh[(size_t)(g * H + j) * H + k0 + kl]; });
     // the weight fragments of the warp's MMA item in registers for dh's matvec (all gates; GRU
     // reset_after=False: r and z), the rest in shared memory
-    constexpr int NGH = TWO_PHASE ? 2 : G;
-    constexpr int RF = MMA ? FragBudget<NGH>::value : 0;
-    WFrags<T, NGH, RF> frags;
-    __syncthreads();
-    if constexpr (RF > 0) load_frags<T, NGH, RF, THREADS>(frags, sm.w, sm.ug, sm.ld, nu, H);
+    const auto frags = held_frags<TWO_PHASE ? 2 : G, THREADS>(sm, nu, H);
     for_owned<THREADS>(B, H, k0, nu, [&](int i) {
         dstate_h[i] = dhT ? to_acc(dhT[i]) : A(0);
         if constexpr (KIND == LSTM) dstate_c[i] = dcT ? to_acc(dcT[i]) : A(0);

@@ -67,10 +67,7 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
     // W_hh rows of the owned units, all gates: row (g, jl) = w_hh[g*H + j0 + jl, :]
     load_weights<THREADS>(sm, G, nu, H, [&](int g, int jl, int k) { return w_hh[(size_t)(g * H + j0 + jl) * H + k]; });
     // the weight fragments of the warp's MMA item in registers (the rest stay in shared memory)
-    constexpr int RF = MMA ? FragBudget<NG1>::value : 0;
-    WFrags<T, NG1, RF> frags;
-    __syncthreads();
-    if constexpr (RF > 0) load_frags<T, NG1, RF, THREADS>(frags, sm.w, sm.ug, sm.ld, nu, H);
+    const auto frags = held_frags<NG1, THREADS>(sm, nu, H);
     for_owned<THREADS>(B, H, j0, nu, [&](int i) {
         state_h[i] = h0 ? to_acc(h0[i]) : A(0);
         if constexpr (KIND == LSTM) state_c[i] = c0 ? to_acc(c0[i]) : A(0);
@@ -173,14 +170,13 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
             const int j = j0 + jl;
             const Ahead in = ahead(slot, t, b, j);
             auto x = [&](int g) { return to_acc(in.x[g]); };
-            auto bias = [&](int g, int jj) { return bias_of(slot, g, jj); };
             [[maybe_unused]] const bool valid = in.valid != 0;  // (GRU classic: used in the second phase)
             A* gr = gt + (size_t)b * GH;
             if constexpr (KIND == LSTM) {
-                const A i = activate<RACT>(x(0) + pre[0] + bias(0, j));
-                const A f = activate<RACT>(x(1) + pre[1] + bias(1, j));
-                const A g = activate<ACT>(x(2) + pre[2] + bias(2, j));
-                const A o = activate<RACT>(x(3) + pre[3] + bias(3, j));
+                const A i = activate<RACT>(x(0) + pre[0] + bias_of(slot, 0, j));
+                const A f = activate<RACT>(x(1) + pre[1] + bias_of(slot, 1, j));
+                const A g = activate<ACT>(x(2) + pre[2] + bias_of(slot, 2, j));
+                const A o = activate<RACT>(x(3) + pre[3] + bias_of(slot, 3, j));
                 gr[j] = i;
                 gr[H + j] = f;
                 gr[2 * H + j] = g;
@@ -194,9 +190,9 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
                 extra[((size_t)t * B + b) * H + j] = c;
                 finish(slot, b, j, h, h_prev_of(slot, b, j), valid);
             } else if constexpr (KIND == GRU && RESET_AFTER) {
-                const A r = activate<RACT>(x(0) + pre[0] + bias(0, j));
-                const A z = activate<RACT>(x(1) + pre[1] + bias(1, j));
-                const A hn = pre[2] + bias(2, j);
+                const A r = activate<RACT>(x(0) + pre[0] + bias_of(slot, 0, j));
+                const A z = activate<RACT>(x(1) + pre[1] + bias_of(slot, 1, j));
+                const A hn = pre[2] + bias_of(slot, 2, j);
                 const A n = activate<ACT>(x(2) + r * hn);
                 gr[j] = r;
                 gr[H + j] = z;
@@ -205,8 +201,8 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
                 const A h_prev = h_prev_of(slot, b, j);
                 finish(slot, b, j, (A(1) - z) * n + z * h_prev, h_prev, valid);
             } else if constexpr (KIND == GRU) {  // classic form, first half: r, z and r*h
-                const A r = activate<RACT>(x(0) + pre[0] + bias(0, j));
-                const A z = activate<RACT>(x(1) + pre[1] + bias(1, j));
+                const A r = activate<RACT>(x(0) + pre[0] + bias_of(slot, 0, j));
+                const A z = activate<RACT>(x(1) + pre[1] + bias_of(slot, 1, j));
                 gr[j] = r;
                 gr[H + j] = z;
                 if constexpr (decltype(slot)::value >= 0) pf[decltype(slot)::value].z = z;  // for the second phase
@@ -214,7 +210,7 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
                 if constexpr (REC_MASK) hm *= in.m;
                 scratch[b * H + j] = r * hm;
             } else {
-                const A h = activate<ACT>(x(0) + pre[0] + bias(0, j));
+                const A h = activate<ACT>(x(0) + pre[0] + bias_of(slot, 0, j));
                 gr[j] = h;
                 finish(slot, b, j, h, h_prev_of(slot, b, j), valid);
             }

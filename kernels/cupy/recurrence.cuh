@@ -904,6 +904,18 @@ __device__ __forceinline__ bool epilogue_item(int slot, int nb, int nu, int& bb,
     }
 }
 
+// The fragments a kernel holds for one matvec whose first gate's rows are sm.w (all threads call
+// it after load_weights; the FMA path holds none).
+template <int NG, int THREADS, typename T, bool MMA>
+__device__ __forceinline__ WFrags<T, NG, MMA ? FragBudget<NG>::value : 0> held_frags(const Smem<T, MMA>& sm, int nu,
+                                                                                    int H) {
+    constexpr int RF = MMA ? FragBudget<NG>::value : 0;
+    WFrags<T, NG, RF> f{};  // zeros where the warp has no item (never read there)
+    __syncthreads();  // the weight rows were stored by other threads
+    if constexpr (RF > 0) load_frags<T, NG, RF, THREADS>(f, sm.w, sm.ug, sm.ld, nu, H);
+    return f;
+}
+
 // A whole matvec phase for the block: for every batch tile, stage(b0, nb) stages its rows (all
 // threads; stage_tile), then each (batch row b, owned unit jl) gets its NOUT sums: epilogue(b, jl,
 // pre, slot) runs on exactly one thread per (b, jl); pre[g] is gate g's sum (NOUT = NG), or pre[0]
