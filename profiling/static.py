@@ -320,26 +320,32 @@ def compile_triton(spec) -> dict:
 # Two kernel families (kernels/cupy: FAMILIES): "cluster" (cluster.cu, one thread-block cluster,
 # sm_90) and "grid" (forward.cu / backward.cu, a cooperative grid). The "cupy" rows are what
 # kernels.cupy.choose(kernel="auto") launches; the "cupy_grid" rows (FAMILIES below) add the
-# grid-wide kernel where auto launches the cluster kernel, the alternative auto did not take.
+# grid-wide kernel where auto launches the cluster kernel, the alternative auto did not take; the
+# "cupy_both" / "cupy_grid_both" rows the same for both directions of a bidirectional layer in
+# one launch.
 _CUPY_NULL = {"mask", "rec_mask"}  # the benchmark passes no mask and no recurrent dropout
 # Config fields the compiled code depends on (sizes are run-time arguments; the cluster kernel
 # has its cluster size, register-held fragments and batch tiles as template arguments)
 _CUPY_COMPILE_FIELDS = ("kind", "activation", "recurrent_activation", "reset_after", "dtype", "rec_mask", "mma",
-                        "threads", "rows")
+                        "threads", "rows", "directions")
 _CUPY_CLUSTER_FIELDS = ("grid", "reg_frags", "ntiles")
 # the cluster kernels use sm_90a (cp.async.bulk into distributed shared memory, mbarrier tx counts)
 _CUPY_ARCH = {"grid": f"sm_{ARCH}", "cluster": f"sm_{ARCH}a"}
 
 
-def cupy_launches(cell, dtype, batch, hidden, direction, tf32=False, kernel="auto"):
-    """The launch kernels.cupy.choose picks on an H100 (kernel: "auto", "cluster" or "grid")."""
+def cupy_launches(cell, dtype, batch, hidden, direction, tf32=False, kernel="auto", directions=1):
+    """The launch kernels.cupy.choose picks on an H100 (kernel: "auto", "cluster" or "grid"); with
+    directions=2 the one launch of both directions of a bidirectional layer (two groups of blocks on
+    half of the SMs each, or two clusters)."""
     import kernels.cupy as kc
 
     try:
-        c = kc.choose(direction, cell, hidden, batch, _torch_dtype(dtype), kc.H100, kernel=kernel, tf32=tf32)
+        c = kc.choose(direction, cell, hidden, batch, _torch_dtype(dtype), kc.H100, kernel=kernel, tf32=tf32,
+                      directions=directions)
     except kc.SizeLimitError as exc:
         raise Unavailable(str(exc)) from None
     matvec = ("tf32 mma" if dtype == "fp32" else "mma") if c.mma else "fma"
+    matvec += ", both directions" if directions == 2 else ""
     two = cell == "gru" and not c.reset_after  # GRU reset_after=False: a second phase per step
     fields = _CUPY_COMPILE_FIELDS + (_CUPY_CLUSTER_FIELDS if c.kernel == "cluster" else ())
     spec = ("cupy", direction, c.kernel, c.template_args, tuple((f, getattr(c, f)) for f in fields))
@@ -347,14 +353,10 @@ def cupy_launches(cell, dtype, batch, hidden, direction, tf32=False, kernel="aut
             ("cell", cell))
     if c.kernel == "cluster":
         # one cluster; each phase of a step ends in a DSMEM exchange instead of a grid barrier
-        return [Launch("cupy", f"cupy.rnn_cluster_{direction}[{matvec}]", "cluster", spec, (c.grid, 1), c.threads,
-                       c.smem, args, True, 0, cluster=c.grid, exchanges_per_step=1 + two)]
-    return [Launch("cupy", f"cupy.rnn_{direction}[{matvec}]", matvec, spec, (c.grid, 1), c.threads, c.smem, args,
-                   True, 1 + two)]
-
-
-def cupy_grid_launches(cell, dtype, batch, hidden, direction, tf32=False):
-    return cupy_launches(cell, dtype, batch, hidden, direction, tf32, kernel="grid")
+        return [Launch("cupy", f"cupy.rnn_cluster_{direction}[{matvec}]", "cluster", spec, (directions * c.grid, 1),
+                       c.threads, c.smem, args, True, 0, cluster=c.grid, exchanges_per_step=1 + two)]
+    return [Launch("cupy", f"cupy.rnn_{direction}[{matvec}]", matvec.split(",")[0], spec, (directions * c.grid, 1),
+                   c.threads, c.smem, args, True, 1 + two)]
 
 
 def _cupy_config(spec):
@@ -452,17 +454,21 @@ class Family:
     launches: object     # (cell, dtype, batch, hidden, direction, tf32) -> [Launch]; raises Unavailable
     compile: object      # compile_spec -> {"ptx", "cubin", "ptxas", "dynamic_shared", ...}
     # an alternative of another family: reported with that family's rows (as the same backend),
-    # never chosen by auto, and left out where it launches what that family launches anyway
+    # never chosen by auto, and left out where it launches what that family (or `same_as`) launches
     alternative_of: str | None = None
+    same_as: str | None = None
 
 
 FAMILIES = {
     "triton": Family("triton", triton_launches, compile_triton),
     "cupy": Family("cupy", cupy_launches, compile_cupy),
-    "cupy_grid": Family("cupy", cupy_grid_launches, compile_cupy, alternative_of="cupy"),
+    "cupy_grid": Family("cupy", functools.partial(cupy_launches, kernel="grid"), compile_cupy, alternative_of="cupy"),
     # both directions of a bidirectional layer in one launch: one row for the two directions' step
     "triton_both": Family("triton", functools.partial(triton_launches, both=True), compile_triton,
                           alternative_of="triton"),
+    "cupy_both": Family("cupy", functools.partial(cupy_launches, directions=2), compile_cupy, alternative_of="cupy"),
+    "cupy_grid_both": Family("cupy", functools.partial(cupy_launches, directions=2, kernel="grid"), compile_cupy,
+                             alternative_of="cupy", same_as="cupy_both"),
 }
 AUTO_ORDER = ("cupy", "triton")  # rnn.backends.choose: cupy first on CUDA, then triton
 
@@ -742,7 +748,7 @@ def plan_grid(cfg):
             parent = fam.alternative_of
             if parent is not None:
                 wanted = parent in cfg["backends"] or (parent == auto_pick and "auto" in cfg["backends"])
-                if wanted and launches[name] != launches[parent]:
+                if wanted and launches[name] != launches[fam.same_as or parent]:
                     items.append(((cell, dtype, batch, hidden, direction), name, launches[name], False))
             elif name in cfg["backends"] or (auto and "auto" in cfg["backends"]):
                 items.append(((cell, dtype, batch, hidden, direction), name, launches[name], auto))

@@ -113,10 +113,11 @@ def choose(name, device, spec, hidden, batch, dtype, both=False) -> Choice:
 
     An explicit name either works or raises BackendUnavailable; "auto" tries cupy, then triton on
     CUDA devices, and torch everywhere else. For both directions of a bidirectional layer (`both`)
-    "auto" tries triton first: it runs the two directions in ONE launch on half of the SMs each,
-    where the others run them one after the other (sm_90 estimate, profiling.static, B16 H768 bf16
-    LSTM: 3.7 us per step forward for both directions at once, against 2 x 3.4 for cupy's
-    grid-wide kernel; not yet measured on a GPU).
+    "auto" tries triton first. Both run the two directions in ONE launch, but cupy's own "auto"
+    takes its cluster kernel on sm_90 where W_hh fits, which is estimated slower there (sm_90
+    estimates, profiling.static, B16 H768 bf16 LSTM forward, both directions at once: triton 3.75
+    us per step, cupy's cluster kernel 4.35, its grid-wide kernel 2.98 with
+    FUSED_RNN_CUPY_KERNEL=grid; not yet measured on a GPU, which will settle both orders).
     """
     name = validate(name)
     device = torch.device(device)

@@ -27,7 +27,7 @@ Both directions of a bidirectional layer: w_hh of shape (2, G*H, H) says so (`bo
 per-direction tensor (w_ih, w_hh, biases, h0, c0, rec_mask, and every output) has a leading
 dimension of 2, direction 0 forward in time and 1 reversed (`reverse` is False), in_mask too when
 given; x and mask are shared. The input projection of both directions is one GEMM (without input
-dropout masks), and a backend with `forward_both` / `backward_both` (Triton) runs both recurrences
+dropout masks), and a backend with `forward_both` / `backward_both` (Triton, CuPy) runs both recurrences
 in one launch; others run them one after the other.
 """
 import torch

@@ -251,7 +251,7 @@ def test_kernel_source_options():
     config = kc.plan("forward", "gru", 64, 2, torch.float32, kc.H100, reset_after=False)
     _, options, name = kc.kernel_source(config)
     assert "-DFRNN_NO_DEFAULT_INSTANTIATIONS" in options and "-DFRNN_ATOMIC_BARRIER" not in options
-    assert name == "frnn::rnn_forward<1, 0, 2, false, float, false, false, 4, 256>"
+    assert name == "frnn::rnn_forward<1, 0, 2, false, float, false, false, 4, 256, 1>"
     _, options, _ = kc.kernel_source(config, "atomic")
     assert "-DFRNN_ATOMIC_BARRIER" in options
     with pytest.raises(ValueError, match="barrier"):
@@ -854,3 +854,163 @@ def test_kernels_under_host_emulation(rng, case, emu_build):
     else:
         assert loads["single"] > 0, loads
         assert loads["vector"] > 0 or H < 2 * vs - 1, loads  # a row of H holds an aligned vector
+
+
+# ------------------------------------------------------------------------------------------------
+# both directions of a bidirectional layer in one launch, through the backend itself: the loader's
+# argument marshalling (stacked tensors, pointers, the doubled grid) and the kernels' direction
+# groups, on CPU tensors whose launch runs the real kernel code under the emulation
+
+def backend_on_cpu(monkeypatch, limits, run, pins=None, family="auto"):
+    """A CupyBackend that believes an H100-like GPU with `limits` and CuPy are present and takes
+    CPU tensors (the CUDA-device check is skipped); `pins` are fixed planner options (threads, ...);
+    every launch goes to run(config, args). Returns (backend, the configurations launched)."""
+    backend = _fake_gpu_backend(monkeypatch, limits)
+    backend._family = family
+    monkeypatch.setattr(kc, "_check_common", lambda spec, x, name, w_hh, gates_tensor=True: (
+        x.shape[0], x.shape[1], w_hh.shape[1], x.device, x.dtype, kc.DTYPES[x.dtype][2]))
+    choose = kc.choose
+    monkeypatch.setattr(kc, "choose", lambda *a, **k: choose(*a, **{**(pins or {}), **k}))
+    launched = []
+
+    def launch(device, config, args):
+        launched.append(config)
+        run(config, args)
+
+    monkeypatch.setattr(backend, "_launch", launch)
+    return backend, launched
+
+
+def emulated_launch(lib_of):
+    """run(config, args) for backend_on_cpu: the launch's pointers and six ints handed to the
+    emulation library lib_of(config) built from the same kernel sources."""
+    import ctypes
+
+    def run(config, args):
+        lib = lib_of(config)
+        ptrs = (ctypes.c_void_p * (len(args) - 6))(*[int(a) or None for a in args[:-6]])
+        ints = (ctypes.c_int * 6)(*[int(a) for a in args[-6:]])
+        fn = lib.run_forward if config.direction == "forward" else lib.run_backward
+        if config.kernel == "cluster":
+            bad = fn(ptrs, ints, config.directions, config.grid, config.threads, ctypes.c_long(config.smem))
+        else:
+            bad = fn(ptrs, ints, config.directions * config.grid, config.threads, ctypes.c_long(config.smem))
+        assert bad == 0, f"{config.name}: emulation status {bad}"
+
+    return run
+
+
+def check_both_directions(rng, backend, launched, case, tol):
+    """forward_both / backward_both of the backend against the NumPy reference of each direction,
+    each as ONE launch of both directions, and bitwise against one-direction calls where those run
+    the same configuration."""
+    ref = pytest.importorskip("rnn.reference")
+    from rnn.cells import CellSpec
+
+    kind, act, ract, reset_after, dtype, T, B, H, use_mask, use_rec_mask = case
+    cell, g = CellSpec(kind, act, ract, reset_after), kc.N_GATES[kind]
+    acc = kc.DTYPES[dtype][2]
+    ps, refs = [], []
+    for d in (0, 1):
+        p, mask, rec_mask = _inputs(rng, kind, dtype, T, B, H, 5, use_mask, use_rec_mask)
+        if d:
+            p["x"], mask = ps[0][0]["x"], ps[0][1]  # both directions read the same x and mask
+        out, hT, cT, cache = ref.forward(cell, p["x"], p["w_ih"], p["w_hh"], p["b_ih"], p["b_hh"], p["h0"], p["c0"],
+                                         mask, None, rec_mask, bool(d))
+        dout, dhT = rng.standard_normal(out.shape), rng.standard_normal(hT.shape)
+        dcT = rng.standard_normal(cT.shape) if cT is not None else None
+        ps.append((p, mask, rec_mask, dout, dhT, dcT))
+        refs.append(((out, hT, cT), ref.backward(cache, dout, dhT, dcT)))
+
+    def stacked(f, dt=dtype):
+        vals = [f(*ps[d]) for d in (0, 1)]
+        return None if vals[0] is None else torch.stack([torch.tensor(v).to(dt) for v in vals])
+
+    xg = stacked(lambda p, *_: p["x"] @ p["w_ih"].T + p["b_ih"])
+    w_hh, b_hh, h0 = (stacked(lambda p, *_, k=k: p[k]) for k in ("w_hh", "b_hh", "h0"))
+    c0 = stacked(lambda p, *_: p["c0"])
+    mask = None if ps[0][1] is None else torch.tensor(ps[0][1])
+    rec = stacked(lambda p, m, r, *_: r, acc)
+    dout, dhT = stacked(lambda *a: a[3]), stacked(lambda *a: a[4])
+    dcT = stacked(lambda *a: a[5])
+    spec_ = spec(kind, act, ract, reset_after)
+
+    saved = backend.forward_both(spec_, xg, w_hh, b_hh, h0, c0, mask, rec)
+    assert [(c.direction, c.directions) for c in launched] == [("forward", 2)]
+    grads = backend.backward_both(spec_, w_hh, b_hh, h0, c0, mask, rec, saved, dout, dhT, dcT)
+    assert [(c.direction, c.directions) for c in launched[1:]] == [("backward", 2)]
+    both = list(launched)
+    for d in (0, 1):
+        p = ps[d][0]
+        (out, hT, cT), rg = refs[d]
+        assert_close(f"out[{d}]", saved.out[d].double().numpy(), out, tol)
+        assert_close(f"hT[{d}]", saved.hT[d].double().numpy(), hT, tol)
+        if cT is not None:
+            assert_close(f"cT[{d}]", saved.cT[d].double().numpy(), cT, tol)
+        dxg = grads[0][d].double().numpy()
+        assert_close(f"dx[{d}]", dxg.reshape(T * B, -1) @ p["w_ih"], rg["x"].reshape(T * B, -1), tol)
+        assert_close(f"db_ih[{d}]", dxg.sum(axis=(0, 1)), rg["b_ih"], tol)
+        assert_close(f"dh0[{d}]", grads[1][d].double().numpy(), rg["h0"], tol)
+        if kind == "lstm":
+            assert_close(f"dc0[{d}]", grads[2][d].double().numpy(), rg["c0"], tol)
+
+    # one direction per call: the same numbers bit for bit where the configuration is the same
+    of = lambda t, d: None if t is None else t[d]  # noqa: E731
+    same = 0
+    for d in (0, 1):
+        del launched[:]
+        one = backend.forward(spec_, xg[d], w_hh[d], b_hh[d], h0[d], of(c0, d), mask, of(rec, d), bool(d))
+        g1 = backend.backward(spec_, w_hh[d], b_hh[d], h0[d], of(c0, d), mask, of(rec, d), bool(d), one, dout[d],
+                              dhT[d], of(dcT, d))
+        if [c.grid for c in launched] != [c.grid for c in both]:
+            continue
+        same += 1
+        for name, a, b in zip(("out", "hT", "cT", "gates", "extra"), one, saved):
+            assert a is None or torch.equal(a, b[d]), (name, d)
+        for name, a, b in zip(("dxg", "dh0", "dc0"), g1, grads):
+            assert a is None or torch.equal(a, b[d]), (name, d)
+    return same
+
+
+# emulated device with 6 SMs: both directions get 3 each; every case here has the template
+# arguments of an EMU_CASES case (threads 64, rows 4), so the emulation libraries are shared
+BOTH_LIMITS = kc.DeviceLimits("emulated", 6, 48 * 1024, 64 * 1024)
+BOTH_CASES = [
+    # kind, act, ract, reset_after, dtype, T, B, H, mask, rec_mask
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 5, 4, 13, True, False),   # mma, 2 blocks a direction either way
+    ("gru", "tanh", "hard_sigmoid", False, torch.bfloat16, 4, 5, 20, True, True),
+    ("lstm", "tanh", "sigmoid", True, torch.float64, 4, 3, 13, True, True),    # fma: 3 blocks each, not 6
+]
+
+
+@pytest.mark.skipif(GXX is None, reason="g++ not on PATH")
+@pytest.mark.parametrize("case", BOTH_CASES, ids=_case_id)
+def test_both_directions_in_one_launch_under_emulation(rng, monkeypatch, case, emu_build):
+    backend, launched = backend_on_cpu(monkeypatch, BOTH_LIMITS, emulated_launch(lambda c: emu_build(c.template_args)),
+                                       pins={"threads": 64}, family="grid")
+    dtype = case[4]
+    same = check_both_directions(rng, backend, launched, case, dtype)
+    # the planner gave each direction half of the SMs: at most 3 blocks (the FMA plan of one
+    # direction alone takes 5 of 6; the MMA plan 2 either way: its results are bitwise the same)
+    config = backend._plan("forward", spec(case[0]), case[7], case[6], dtype, torch.device("cuda"), case[9], 2)
+    assert config.grid <= 3 and config.directions == 2
+    assert same == (2 if dtype == torch.bfloat16 else 0)
+
+
+def test_both_directions_fall_back_to_two_launches_where_they_do_not_fit(monkeypatch):
+    """Half of the SMs cannot hold W_hh's slices, all of them can: forward_both / backward_both run
+    the two directions one launch after the other (same backend, same kernels), never refuse."""
+    T, B, H = 3, 2, 64
+    limits = kc.DeviceLimits("small", 4, 20 * 1024, 24 * 1024)
+    with pytest.raises(kc.SizeLimitError):
+        kc.choose("forward", "lstm", H, B, torch.float32, limits, directions=2)
+    assert kc.choose("forward", "lstm", H, B, torch.float32, limits).grid == 4
+    backend, launched = backend_on_cpu(monkeypatch, limits, lambda config, args: None)
+    xg = torch.zeros(2, T, B, 4 * H)
+    w_hh, h0 = torch.zeros(2, 4 * H, H), torch.zeros(2, B, H)
+    saved = backend.forward_both(spec("lstm"), xg, w_hh, None, h0, None, None, None)
+    assert saved.out.shape == (2, T, B, H) and saved.cT.shape == (2, B, H)
+    backend.backward_both(spec("lstm"), w_hh, None, h0, None, None, None, saved, None, None, None)
+    assert [(c.direction, c.directions) for c in launched] == [("forward", 1)] * 2 + [("backward", 1)] * 2
+    with pytest.raises(ValueError, match="both directions: xg must have a leading dimension of 2"):
+        backend.forward_both(spec("lstm"), xg[0], w_hh, None, h0, None, None, None)

@@ -134,15 +134,15 @@ template <class F> int emu_cluster_launch(int clusters, int nc, int threads, siz
 """
 
 CLUSTER_ENTRY = r"""
-extern "C" int run_forward(void** p, const int* n, int nc, int threads, long smem) {
-    return emu_cluster_launch(1, nc, threads, smem, [&] {
+extern "C" int run_forward(void** p, const int* n, int clusters, int nc, int threads, long smem) {
+    return emu_cluster_launch(clusters, nc, threads, smem, [&] {
         frnn::rnn_cluster_forward<ARGS>(AnyPtr{p[0]}, AnyPtr{p[1]}, AnyPtr{p[2]}, AnyPtr{p[3]}, AnyPtr{p[4]},
                                         AnyPtr{p[5]}, AnyPtr{p[6]}, AnyPtr{p[7]}, AnyPtr{p[8]}, AnyPtr{p[9]},
                                         AnyPtr{p[10]}, AnyPtr{p[11]}, AnyPtr{p[12]}, n[0], n[1], n[2], n[3], n[4], n[5]);
     });
 }
-extern "C" int run_backward(void** p, const int* n, int nc, int threads, long smem) {
-    return emu_cluster_launch(1, nc, threads, smem, [&] {
+extern "C" int run_backward(void** p, const int* n, int clusters, int nc, int threads, long smem) {
+    return emu_cluster_launch(clusters, nc, threads, smem, [&] {
         frnn::rnn_cluster_backward<ARGS>(AnyPtr{p[0]}, AnyPtr{p[1]}, AnyPtr{p[2]}, AnyPtr{p[3]}, AnyPtr{p[4]},
                                          AnyPtr{p[5]}, AnyPtr{p[6]}, AnyPtr{p[7]}, AnyPtr{p[8]}, AnyPtr{p[9]},
                                          AnyPtr{p[10]}, AnyPtr{p[11]}, AnyPtr{p[12]}, AnyPtr{p[13]}, AnyPtr{p[14]},
@@ -226,7 +226,7 @@ def test_cluster_kernels_under_emulation(rng, case, cluster_build):
         ptrs = (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
         ints = (ctypes.c_int * 6)(T, B, H, config.units, config.ks, int(reverse))
         fn = lib.run_forward if direction == "forward" else lib.run_backward
-        bad = fn(ptrs, ints, config.grid, config.threads, ctypes.c_long(config.smem))
+        bad = fn(ptrs, ints, 1, config.grid, config.threads, ctypes.c_long(config.smem))
         assert bad == 0, f"{direction}: cluster emulation found {bad & 0xff} rule violations, overrun {bad >> 8}"
 
     xg = _np_storage(p["x"] @ p["w_ih"].T + p["b_ih"], dtype)
@@ -261,6 +261,24 @@ def test_cluster_kernels_under_emulation(rng, case, cluster_build):
         assert np.all(d[~mask] == 0.0)
 
 
+@pytest.mark.skipif(GXX is None, reason="g++ not on PATH")
+@pytest.mark.parametrize("case,pins", [
+    # the template arguments of CASES' first and fourth cases: their emulation libraries are shared
+    (("lstm", "tanh", "sigmoid", True, torch.bfloat16, 5, 3, 37, True, False), dict(threads=64, reg_frags=2, ks=2)),
+    (("gru", "tanh", "sigmoid", True, torch.bfloat16, 4, 3, 37, True, True), dict(threads=64, reg_frags=4, ks=1)),
+], ids=lambda v: _case_id(v) if isinstance(v, tuple) else "")
+def test_both_directions_one_cluster_each_under_emulation(rng, monkeypatch, case, pins, cluster_build):
+    """forward_both / backward_both through the backend: ONE launch of two clusters, cluster d
+    running direction d; against the reference, and bit for bit against one-direction calls (the
+    cluster plan does not depend on how many SMs the other direction takes)."""
+    from tests.test_cupy import backend_on_cpu, check_both_directions, emulated_launch
+
+    backend, launched = backend_on_cpu(monkeypatch, EMU_LIMITS, emulated_launch(lambda c: cluster_build(c.template_args)),
+                                       pins=pins, family="cluster")
+    assert check_both_directions(rng, backend, launched, case, case[4]) == 2
+    assert all(c.kernel == "cluster" and c.grid == 5 for c in launched)
+
+
 # ------------------------------------------------------------------------------------------------
 # sm_90a compile (warnings are errors) and the planner
 
@@ -282,7 +300,7 @@ def test_cluster_source_compiles_standalone(tmp_path):
     """Every default instantiation (each cell, both GRU forms, bf16 / fp16 / tf32 tensor cores with
     register-held weights, FMA fp32 / fp64) through ptxas for sm_90a; none spills."""
     log = _nvcc_cubin("kernels/cupy/cluster.cu", tmp_path / "c.cubin", "-I", "kernels")
-    assert log.count("Compiling entry function") == 14, log
+    assert log.count("Compiling entry function") == 16, log
     assert " 0 bytes spill stores" in log and "bytes spill stores" in log
     spills = [line for line in log.splitlines() if "spill" in line and not line.strip().startswith("0 bytes") and
               " 0 bytes spill stores, 0 bytes spill loads" not in line]
@@ -357,27 +375,19 @@ def test_kernel_family_env_switch(monkeypatch):
 # the status flag: a bounded wait that timed out becomes an error after the launch (no GPU needed)
 
 def _loader_on_cpu(monkeypatch, flag):
-    """The cupy backend driven on CPU tensors: an H100 and CuPy faked (tests/test_cupy.py), the
-    tensors' "must be CUDA" check skipped, and the launch replaced by one that does what a kernel
-    whose wait timed out does: write `flag` into the status word it was handed, by pointer.
-    Returns (backend, the configurations launched)."""
+    """The cupy backend driven on CPU tensors (tests/test_cupy.py: backend_on_cpu, an H100 faked),
+    its launch replaced by one that does what a kernel whose wait timed out does: write `flag` into
+    the status word it was handed, by pointer. Returns (backend, the configurations launched)."""
     from profiling.static import _cupy_param_names
-    from tests.test_cupy import _fake_gpu_backend
+    from tests.test_cupy import backend_on_cpu
 
-    backend = _fake_gpu_backend(monkeypatch)
-    monkeypatch.setattr(kc, "_check_common", lambda spec, x, name, w_hh, gates_tensor=True: (
-        x.shape[0], x.shape[1], w_hh.shape[1], x.device, x.dtype, kc.DTYPES[x.dtype][2]))
-    launched = []
-
-    def launch(device, config, args):
+    def run(config, args):
         source = kc.kernel_source(config)[0]
         names = [n for n, _ in _cupy_param_names(source, f"rnn_cluster_{config.direction}")]
         assert len(args) == len(names), (names, args)  # the loader passes every kernel argument
         ctypes.c_uint32.from_address(int(args[names.index("status")])).value = flag
-        launched.append(config)
 
-    monkeypatch.setattr(backend, "_launch", launch)
-    return backend, launched
+    return backend_on_cpu(monkeypatch, kc.H100, run)
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])

@@ -338,9 +338,9 @@ def test_cupy_grid_family_bf16_and_fp32(tmp_path):
         assert "[fma]" in fma["kernel"] and fma["mma_per_step"] == 0 and fma["ffma_per_warp"] > 0
 
 
-def _row_of(record, dtype, direction, kernel_prefix):
+def _row_of(record, dtype, direction, kernel_prefix, both=False):
     rows = [r for r in record["rows"] if r["dtype"] == dtype and r["direction"] == direction
-            and r["kernel"].startswith(kernel_prefix)]
+            and r["kernel"].startswith(kernel_prefix) and ("both directions" in r["kernel"]) == both]
     assert len(rows) == 1, rows
     return rows[0]
 
@@ -378,6 +378,12 @@ def test_cupy_cluster_family_lstm_bf16(tmp_path):
         # the grid-wide kernel is reported beside it, not taken by auto
         grid = _row_of(record, "bf16", direction, f"cupy.rnn_{direction}[mma]")
         assert grid["auto"] is False and grid["grid_barriers_per_step"] == 1 and grid["bulk_per_step"] == 0
+        # both directions of a bidirectional layer: one launch of two clusters, each CTA's step as above
+        both = _row_of(record, "bf16", direction, f"cupy.rnn_cluster_{direction}[mma, both directions]", both=True)
+        _check_compiled(both)
+        assert both["grid"] == [2 * plan.grid, 1] and both["cluster_size"] == plan.grid
+        assert both["spill_bytes"] == 0 and both["bulk_per_step"] == row["bulk_per_step"]
+        assert both["mma_per_step"] == row["mma_per_step"]
     assert "rnn_cluster_forward[mma]" in md
 
 

@@ -21,6 +21,7 @@ Legend: T steps, B batch, H hidden, G gates (LSTM 4, GRU 3, RNN 1).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -120,6 +121,9 @@ class Config:
     ks: int = 1  # k splits of the MMA schedule
     reg_frags: int = 0  # weight fragment pairs per warp held in registers (RF)
     ntiles: int = 1  # 8-row batch tiles (NT), MMA
+    # directions of a bidirectional layer in the launch: 2 launches 2 x `grid` blocks (grid family,
+    # planned on half of the SMs) or two clusters, group d running direction d (recurrence.cuh)
+    directions: int = 1
 
     @property
     def template_args(self) -> str:
@@ -128,7 +132,7 @@ class Config:
                 "true" if self.mma else "false")
         tail = (self.grid, self.reg_frags, self.ntiles, self.threads) if self.kernel == "cluster" else \
             (self.rows, self.threads)
-        return ", ".join(str(a) for a in head + tail)
+        return ", ".join(str(a) for a in head + tail + (self.directions,))
 
     @property
     def name(self) -> str:
@@ -411,15 +415,24 @@ FAMILIES = {"cluster": plan_cluster, "grid": plan}  # the launch-plan table; "au
 KERNEL_ENV = "FUSED_RNN_CUPY_KERNEL"  # "auto" (default), "cluster" or "grid"
 
 
-def choose(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, kernel="auto", **options) -> Config:
+def choose(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, kernel="auto", directions=1,
+           **options) -> Config:
     """The configuration the backend launches: `kernel` names a family of FAMILIES, or "auto":
-    the first family whose plan fits (the cluster kernel on sm_90 where it fits, else grid-wide)."""
+    the first family whose plan fits (the cluster kernel on sm_90 where it fits, else grid-wide).
+    directions=2: both directions of a bidirectional layer in one launch; the grid-wide family then
+    plans each direction on half of the SMs (all blocks of both must be co-resident), the cluster
+    family runs one cluster per direction (clusters need not be co-resident: they never wait on
+    each other)."""
     if kernel != "auto" and kernel not in FAMILIES:
         raise ValueError(f"kernel must be 'auto' or one of {tuple(FAMILIES)}, got {kernel!r}")
+    if directions not in (1, 2):
+        raise ValueError(f"directions must be 1 or 2, got {directions!r}")
     names = tuple(FAMILIES) if kernel == "auto" else (kernel,)
     for i, name in enumerate(names):
+        share = limits if name == "cluster" else dataclasses.replace(limits, sm_count=max(1, limits.sm_count // directions))
         try:
-            return FAMILIES[name](direction, kind, hidden, batch, dtype, limits, **options)
+            config = FAMILIES[name](direction, kind, hidden, batch, dtype, share, **options)
+            return dataclasses.replace(config, directions=directions)
         except SizeLimitError:
             if i == len(names) - 1:
                 raise
@@ -627,15 +640,18 @@ class CupyBackend:
                 if config.grid > CLUSTER_PORTABLE:  # 16-CTA clusters are opt-in per kernel
                     cupy.cuda.driver.funcSetAttribute(function.ptr, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
                 # the cluster shape is compiled in (__cluster_dims__): an ordinary launch of one cluster
-                function((config.grid, 1, 1), (config.threads, 1, 1), args, shared_mem=config.smem, stream=stream)
+                # per direction
+                function((config.directions * config.grid, 1, 1), (config.threads, 1, 1), args,
+                         shared_mem=config.smem, stream=stream)
                 return
             occupancy = getattr(cupy.cuda.driver, "occupancyMaxActiveBlocksPerMultiprocessor", None)
             resident = None
             if occupancy is not None:
                 resident = occupancy(function.ptr, config.threads, config.smem) * limits.sm_count
-            if resident is not None and config.grid > resident:
+            blocks = config.directions * config.grid
+            if resident is not None and blocks > resident:
                 raise SizeLimitError(
-                    f"the cupy {config.direction} kernel needs {config.grid} co-resident blocks of "
+                    f"the cupy {config.direction} kernel needs {blocks} co-resident blocks of "
                     f"{config.threads} threads and {config.smem / 1024:.1f} KiB shared memory, but "
                     f"{limits.name} holds only {resident} ({kernel.num_regs} registers per thread); "
                     "use backend='triton'"
@@ -644,7 +660,7 @@ class CupyBackend:
                 # CuPy would shrink an oversized cooperative grid; that would drop hidden units
                 warnings.filterwarnings("error", message=".*grid size will be reduced.*")
                 function(
-                    (config.grid, 1, 1),
+                    (blocks, 1, 1),
                     (config.threads, 1, 1),
                     args,
                     shared_mem=config.smem,
@@ -652,8 +668,9 @@ class CupyBackend:
                     enable_cooperative_groups=True,
                 )
 
-    def _plan(self, direction, spec, hidden, batch, dtype, device, rec_mask):
+    def _plan(self, direction, spec, hidden, batch, dtype, device, rec_mask, directions=1):
         return choose(direction, spec.kind, hidden, batch, dtype, self.device_limits(device), kernel=self._family,
+                      directions=directions,
                       activation=spec.activation, recurrent_activation=spec.recurrent_activation,
                       reset_after=spec.reset_after, rec_mask=rec_mask, mma=self._mma,
                       tf32=torch.backends.cuda.matmul.allow_tf32)
@@ -661,88 +678,131 @@ class CupyBackend:
     # ---- the backend interface ---------------------------------------------------------------
     def forward(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse):
         """One layer, one direction; see rnn.backends for the contract."""
-        steps, batch, hidden, device, dtype, acc = _check_common(spec, xg, "xg", w_hh)
+        return self._forward(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, bool(reverse), 1)
+
+    def forward_both(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask):
+        """Both directions of a bidirectional layer in ONE launch (two groups of blocks on half of
+        the SMs each, or two clusters): every tensor but mask has a leading dimension of 2,
+        direction 0 forward in time, 1 reverse. Returns a Saved of such tensors. Where the
+        both-directions plan does not fit (the grid-wide kernel's W_hh slices on half of the SMs),
+        the two directions run one launch after the other, on the same kernels."""
+        try:
+            return self._forward(spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, False, 2)
+        except _NoBothPlan:
+            s = [self.forward(spec, xg[d], w_hh[d], _of(b_hh, d), _of(h0, d), _of(c0, d), mask, _of(rec_mask, d),
+                              bool(d)) for d in (0, 1)]
+            return Saved(*(None if a is None else torch.stack((a, b)) for a, b in zip(*s)))
+
+    def _forward(self, spec, xg, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, directions):
+        lead = (2,) if directions == 2 else ()
+        steps, batch, hidden, device, dtype, acc = _check_lead(spec, lead, xg, "xg", w_hh)
         lstm = spec.kind == "lstm"
         xg = xg.contiguous()
         w_hh, b_hh, h0, c0, mask, rec_mask = _prepare(spec, steps, batch, hidden, device, dtype, acc,
-                                                      w_hh, b_hh, h0, c0, mask, rec_mask)
+                                                      w_hh, b_hh, h0, c0, mask, rec_mask, lead)
         g = N_GATES[spec.kind]
-        out = new_empty((steps, batch, hidden), dtype, device)
-        hT = new_empty((batch, hidden), dtype, device)
-        cT = new_empty((batch, hidden), dtype, device) if lstm else None
-        gates = new_empty((steps, batch, g * hidden), acc, device)
+        config = None
+        if batch > 0:
+            config = self._plan_call("forward", spec, hidden, batch, dtype, device, rec_mask is not None, directions)
+        out = new_empty((*lead, steps, batch, hidden), dtype, device)
+        hT = new_empty((*lead, batch, hidden), dtype, device)
+        cT = new_empty((*lead, batch, hidden), dtype, device) if lstm else None
+        gates = new_empty((*lead, steps, batch, g * hidden), acc, device)
         has_extra = lstm or (spec.kind == "gru" and spec.reset_after)
-        extra = new_empty((steps, batch, hidden), acc, device) if has_extra else None
-        if batch == 0:
+        extra = new_empty((*lead, steps, batch, hidden), acc, device) if has_extra else None
+        if config is None:
             return Saved(out, hT, cT, gates, extra)
-        config = self._plan("forward", spec, hidden, batch, dtype, device, rec_mask is not None)
+        tensors = (_ptr(xg), _ptr(w_hh), _ptr(b_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask),
+                   _ptr(out), _ptr(hT), _ptr(cT), _ptr(gates), _ptr(extra))
         if config.kernel == "cluster":
             status = torch.zeros(1, dtype=torch.int32, device=device)
-            args = (
-                _ptr(xg), _ptr(w_hh), _ptr(b_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask),
-                _ptr(out), _ptr(hT), _ptr(cT), _ptr(gates), _ptr(extra), _ptr(status),
-                _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.ks), _i32(bool(reverse)),
-            )
+            args = tensors + (_ptr(status), _i32(steps), _i32(batch), _i32(hidden), _i32(config.units),
+                              _i32(config.ks), _i32(reverse))
             self._launch(device, config, args)
             _raise_on_timeout(status, config, device)
             return Saved(out, hT, cT, gates, extra)
-        state = torch.empty((2, batch, hidden), dtype=acc, device=device)
+        state = torch.empty((*lead, 2, batch, hidden), dtype=acc, device=device)
         two_phase = spec.kind == "gru" and not spec.reset_after
-        scratch = torch.empty((batch, hidden), dtype=acc, device=device) if two_phase else None
+        scratch = torch.empty((*lead, batch, hidden), dtype=acc, device=device) if two_phase else None
         barrier = torch.zeros(1, dtype=torch.int32, device=device)
-        args = (
-            _ptr(xg), _ptr(w_hh), _ptr(b_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask),
-            _ptr(out), _ptr(hT), _ptr(cT), _ptr(gates), _ptr(extra), _ptr(state), _ptr(scratch),
-            _ptr(barrier),
-            _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.batch_tile),
-            _i32(bool(reverse)),
-        )
+        args = tensors + (_ptr(state), _ptr(scratch), _ptr(barrier), _i32(steps), _i32(batch), _i32(hidden),
+                          _i32(config.units), _i32(config.batch_tile), _i32(reverse))
         self._launch(device, config, args)
         return Saved(out, hT, cT, gates, extra)
 
     def backward(self, spec, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, saved, dout, dhT, dcT):
         """Reverse-time recurrence: (dxg, dh0, dc0); see rnn.backends for the contract."""
-        steps, batch, hidden, device, dtype, acc = _check_common(spec, saved.out, "saved.out", w_hh, gates_tensor=False)
+        return self._backward(spec, w_hh, b_hh, h0, c0, mask, rec_mask, bool(reverse), saved, dout, dhT, dcT, 1)
+
+    def backward_both(self, spec, w_hh, b_hh, h0, c0, mask, rec_mask, saved, dout, dhT, dcT):
+        """The backward of forward_both in ONE launch (or two, as there): every tensor but mask with
+        a leading dimension of 2; returns (dxg, dh0, dc0) stacked the same way."""
+        try:
+            return self._backward(spec, w_hh, b_hh, h0, c0, mask, rec_mask, False, saved, dout, dhT, dcT, 2)
+        except _NoBothPlan:
+            g = [self.backward(spec, w_hh[d], _of(b_hh, d), _of(h0, d), _of(c0, d), mask, _of(rec_mask, d), bool(d),
+                               Saved(*(_of(t, d) for t in saved)), _of(dout, d), _of(dhT, d), _of(dcT, d))
+                 for d in (0, 1)]
+            return tuple(None if a is None else torch.stack((a, b)) for a, b in zip(*g))
+
+    def _backward(self, spec, w_hh, b_hh, h0, c0, mask, rec_mask, reverse, saved, dout, dhT, dcT, directions):
+        lead = (2,) if directions == 2 else ()
+        steps, batch, hidden, device, dtype, acc = _check_lead(spec, lead, saved.out, "saved.out", w_hh,
+                                                               gates_tensor=False)
         lstm = spec.kind == "lstm"
         g = N_GATES[spec.kind]
         w_hh, b_hh, h0, c0, mask, rec_mask = _prepare(spec, steps, batch, hidden, device, dtype, acc,
-                                                      w_hh, b_hh, h0, c0, mask, rec_mask)
-        gates = _expect(saved.gates, "saved.gates", (steps, batch, g * hidden), acc, device)
+                                                      w_hh, b_hh, h0, c0, mask, rec_mask, lead)
+        gates = _expect(saved.gates, "saved.gates", (*lead, steps, batch, g * hidden), acc, device)
         has_extra = lstm or (spec.kind == "gru" and spec.reset_after)
-        extra = _expect(saved.extra, "saved.extra", (steps, batch, hidden), acc, device) if has_extra else None
+        extra = _expect(saved.extra, "saved.extra", (*lead, steps, batch, hidden), acc, device) if has_extra else None
         out = saved.out.contiguous()
-        dout = _optional(dout, "dout", (steps, batch, hidden), dtype, device)
-        dhT = _optional(dhT, "dhT", (batch, hidden), dtype, device)
-        dcT = _optional(dcT, "dcT", (batch, hidden), dtype, device) if lstm else None
-        dxg = new_empty((steps, batch, g * hidden), dtype, device)
-        dh0 = new_empty((batch, hidden), dtype, device)
-        dc0 = new_empty((batch, hidden), dtype, device) if lstm else None
-        if batch == 0:
+        dout = _optional(dout, "dout", (*lead, steps, batch, hidden), dtype, device)
+        dhT = _optional(dhT, "dhT", (*lead, batch, hidden), dtype, device)
+        dcT = _optional(dcT, "dcT", (*lead, batch, hidden), dtype, device) if lstm else None
+        config = None
+        if batch > 0:
+            config = self._plan_call("backward", spec, hidden, batch, dtype, device, rec_mask is not None, directions)
+        dxg = new_empty((*lead, steps, batch, g * hidden), dtype, device)
+        dh0 = new_empty((*lead, batch, hidden), dtype, device)
+        dc0 = new_empty((*lead, batch, hidden), dtype, device) if lstm else None
+        if config is None:
             return dxg, dh0, dc0
-        config = self._plan("backward", spec, hidden, batch, dtype, device, rec_mask is not None)
+        tensors = (_ptr(w_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask), _ptr(out), _ptr(gates), _ptr(extra),
+                   _ptr(dout), _ptr(dhT), _ptr(dcT), _ptr(dxg), _ptr(dh0), _ptr(dc0))
         if config.kernel == "cluster":
             status = torch.zeros(1, dtype=torch.int32, device=device)
-            args = (
-                _ptr(w_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask), _ptr(out), _ptr(gates), _ptr(extra),
-                _ptr(dout), _ptr(dhT), _ptr(dcT), _ptr(dxg), _ptr(dh0), _ptr(dc0), _ptr(status),
-                _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.ks), _i32(bool(reverse)),
-            )
+            args = tensors + (_ptr(status), _i32(steps), _i32(batch), _i32(hidden), _i32(config.units),
+                              _i32(config.ks), _i32(reverse))
             self._launch(device, config, args)
             _raise_on_timeout(status, config, device)
             return dxg, dh0, dc0
-        state = torch.empty((2, batch, hidden), dtype=acc, device=device)
+        state = torch.empty((*lead, 2, batch, hidden), dtype=acc, device=device)
         # dA, exchanged between blocks each step in the storage type (half the bytes of fp32 for bf16 / fp16)
-        scratch = torch.empty((2, batch, g * hidden), dtype=dtype, device=device)
+        scratch = torch.empty((*lead, 2, batch, g * hidden), dtype=dtype, device=device)
         barrier = torch.zeros(1, dtype=torch.int32, device=device)
-        args = (
-            _ptr(w_hh), _ptr(h0), _ptr(c0), _ptr(mask), _ptr(rec_mask), _ptr(out), _ptr(gates), _ptr(extra),
-            _ptr(dout), _ptr(dhT), _ptr(dcT), _ptr(dxg), _ptr(dh0), _ptr(dc0), _ptr(state), _ptr(scratch),
-            _ptr(barrier),
-            _i32(steps), _i32(batch), _i32(hidden), _i32(config.units), _i32(config.batch_tile),
-            _i32(bool(reverse)),
-        )
+        args = tensors + (_ptr(state), _ptr(scratch), _ptr(barrier), _i32(steps), _i32(batch), _i32(hidden),
+                          _i32(config.units), _i32(config.batch_tile), _i32(reverse))
         self._launch(device, config, args)
         return dxg, dh0, dc0
+
+    def _plan_call(self, direction, spec, hidden, batch, dtype, device, rec_mask, directions):
+        """The configuration of one call; _NoBothPlan where both directions do not fit one launch."""
+        try:
+            return self._plan(direction, spec, hidden, batch, dtype, device, rec_mask, directions)
+        except SizeLimitError:
+            if directions == 1:
+                raise
+            self._plan(direction, spec, hidden, batch, dtype, device, rec_mask)  # one direction fits, or raise
+            raise _NoBothPlan from None
+
+
+class _NoBothPlan(Exception):
+    """Both directions fit one launch each but not one launch together (forward_both runs two)."""
+
+
+def _of(t, d):
+    return None if t is None else t[d]
 
 
 def _raise_on_timeout(status, config: Config, device):
@@ -808,6 +868,17 @@ def _check_common(spec, x, name, w_hh, gates_tensor=True):
     return steps, batch, hidden, x.device, x.dtype, DTYPES[x.dtype][2]
 
 
+def _check_lead(spec, lead, x, name, w_hh, gates_tensor=True):
+    """_check_common of one direction; with lead (2,) of both, stacked on a leading dimension of 2."""
+    if not lead:
+        return _check_common(spec, x, name, w_hh, gates_tensor)
+    for what, t in ((name, x), ("w_hh", w_hh)):
+        if not isinstance(t, torch.Tensor) or t.dim() < 1 or t.shape[0] != 2:
+            raise ValueError(f"both directions: {what} must have a leading dimension of 2, got "
+                             f"{_shape(t) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    return _check_common(spec, x[0], name, w_hh[0], gates_tensor)
+
+
 def _expect(t, name, shape, dtype, device):
     if not isinstance(t, torch.Tensor) or _shape(t) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {_shape(t) if isinstance(t, torch.Tensor) else t!r}")
@@ -820,15 +891,16 @@ def _optional(t, name, shape, dtype, device):
     return None if t is None else _expect(t, name, shape, dtype, device)
 
 
-def _prepare(spec, steps, batch, hidden, device, dtype, acc, w_hh, b_hh, h0, c0, mask, rec_mask):
+def _prepare(spec, steps, batch, hidden, device, dtype, acc, w_hh, b_hh, h0, c0, mask, rec_mask, lead=()):
+    """Every tensor checked and contiguous; `lead` (2,): both directions stacked (all but mask)."""
     g = N_GATES[spec.kind]
-    w_hh = _expect(w_hh, "w_hh", (g * hidden, hidden), dtype, device)
-    b_hh = _optional(b_hh, "b_hh", (g * hidden,), dtype, device)
-    h0 = _optional(h0, "h0", (batch, hidden), dtype, device)
-    c0 = _optional(c0, "c0", (batch, hidden), dtype, device) if spec.kind == "lstm" else None
+    w_hh = _expect(w_hh, "w_hh", (*lead, g * hidden, hidden), dtype, device)
+    b_hh = _optional(b_hh, "b_hh", (*lead, g * hidden), dtype, device)
+    h0 = _optional(h0, "h0", (*lead, batch, hidden), dtype, device)
+    c0 = _optional(c0, "c0", (*lead, batch, hidden), dtype, device) if spec.kind == "lstm" else None
     if mask is not None:
         if _shape(mask) != (steps, batch):
             raise ValueError(f"mask must have shape (T, B) = {(steps, batch)}, got {_shape(mask)}")
         mask = mask.to(device=device, dtype=torch.bool).contiguous()  # bool is one byte: 0 / 1
-    rec_mask = _optional(rec_mask, "rec_mask", (g, batch, hidden), acc, device)
+    rec_mask = _optional(rec_mask, "rec_mask", (*lead, g, batch, hidden), acc, device)
     return w_hh, b_hh, h0, c0, mask, rec_mask

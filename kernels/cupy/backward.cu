@@ -23,7 +23,8 @@
 namespace frnn {
 
 // __launch_bounds__(THREADS, 1): one block per SM, as in forward.cu.
-template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int ROWS, int THREADS>
+template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int ROWS, int THREADS,
+          int DIRS>
 __global__ void __launch_bounds__(THREADS, 1) rnn_backward(
     const T* __restrict__ w_hh,                    // (GH, H)
     const T* __restrict__ h0,                      // (B, H) or nullptr (zeros)
@@ -43,9 +44,9 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_backward(
     T* scratch,                                    // (2, B, GH) scratch: dA (storage type), double-buffered
     unsigned* barrier,                             // zeroed counter (FRNN_ATOMIC_BARRIER only)
     int steps, int B, int H,
-    int U,                                         // hidden units per block
+    int U,                                         // hidden units per block (ceil(H / U) blocks a direction)
     int BB,                                        // batch rows per staged tile
-    int reverse) {
+    int reverse) {                                 // direction 0 reversed; with two groups, 1 the other way
     using A = acc_t<T>;
     constexpr int G = Gates<KIND>::value;
     constexpr bool TWO_PHASE = KIND == GRU && !RESET_AFTER;
@@ -56,7 +57,17 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_backward(
     const Smem<T, MMA> sm = carve_smem<T, MMA, THREADS>(dynamic_smem(), G, BB, G, U, H);
 
     const int GH = G * H;
-    const int k0 = blockIdx.x * U;
+    int blk = blockIdx.x;
+    if constexpr (DIRS == 2) {  // both directions in one launch (recurrence.cuh)
+        const int nblk = (H + U - 1) / U, dir = blk / nblk;
+        backward_direction<G>(dir, steps, B, H, w_hh, h0, c0, rec_mask, out, gates, extra, dout, dhT, dcT, dxg, dh0,
+                              dc0);
+        shift(state, dir, (size_t)2 * B * H);
+        shift(scratch, dir, (size_t)2 * B * GH);
+        reverse ^= dir;
+        blk -= dir * nblk;
+    }
+    const int k0 = blk * U;
     const int nu = max(0, min(U, H - k0));
     A* dstate_h = state;
     A* dstate_c = state + (size_t)B * H;
@@ -299,8 +310,8 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_backward(
 
 }  // namespace frnn
 
-#define FRNN_INSTANTIATE_BACKWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS)                \
-    template __global__ void frnn::rnn_backward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS>( \
+#define FRNN_INSTANTIATE_BACKWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS, DIRS)                \
+    template __global__ void frnn::rnn_backward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS, DIRS>( \
         const T*, const T*, const T*, const unsigned char*, const frnn::acc_t<T>*, const T*,                \
         const frnn::acc_t<T>*, const frnn::acc_t<T>*, const T*, const T*, const T*, T*, T*, T*,             \
         frnn::acc_t<T>*, T*, unsigned*, int, int, int, int, int, int);

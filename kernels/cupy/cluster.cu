@@ -1,5 +1,6 @@
 // Hopper (sm_90) thread-block-cluster recurrence: ONE cluster of NC CTAs runs all T steps of one
-// layer / direction, forward (rnn_cluster_forward) or backward (rnn_cluster_backward).
+// layer / direction, forward (rnn_cluster_forward) or backward (rnn_cluster_backward); a launch of
+// two clusters runs both directions of a bidirectional layer (recurrence.cuh: direction groups).
 //
 // Legend: T steps, B batch, H hidden, G gates, U units per CTA (a multiple of 8; the last CTA
 // may own fewer: nu = min(U, H - rank*U)), NC CTAs per cluster = ceil(H / U).
@@ -425,7 +426,7 @@ __device__ __forceinline__ T exch(acc_t<T> v) {
 // Forward. Template parameters as in forward.cu, plus NC (CTAs in the cluster), RF (weight
 // fragment pairs per warp kept in registers, MMA), NT (8-row batch tiles, MMA: B <= 8 * NT).
 template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int NC, int RF, int NT,
-          int THREADS>
+          int THREADS, int DIRS>
 __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_forward(
     const T* __restrict__ xg,                      // (T, B, GH) input projection incl. b_ih
     const T* __restrict__ w_hh,                    // (GH, H)
@@ -443,7 +444,7 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
     int steps, int B, int H,
     int U,                                         // units per CTA (multiple of 8)
     int KS,                                        // k splits of the MMA schedule
-    int reverse) {
+    int reverse) {                                 // cluster 0 reversed; with two clusters, 1 the other way
     using A = acc_t<T>;
     constexpr int G = Gates<KIND>::value;
     constexpr bool TWO_PHASE = KIND == GRU && !RESET_AFTER;
@@ -455,6 +456,11 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
     static_assert(!MMA || sizeof(T) <= 4, "no tensor-core path for double");
     static_assert(NC >= 1 && NC <= 16, "a cluster has 1 to 16 CTAs");
 
+    if constexpr (DIRS == 2) {  // both directions in one launch: one cluster each (recurrence.cuh)
+        const int dir = blockIdx.x / NC;
+        forward_direction<G>(dir, steps, B, H, xg, w_hh, b_hh, h0, c0, rec_mask, out, hT, cT, gates, extra);
+        reverse ^= dir;
+    }
     const int me = (int)cl::rank();
     const cl::Geometry g = cl::geometry<T, MMA>(G, H, B, U, NT, KS, NW, RF, SLOTS, me);
     const cl::Smem<T, MMA> s = cl::carve<T, MMA, REC_MASK>(dynamic_smem(), g, B, G, sizeof(T), NW);
@@ -613,7 +619,7 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
 // its W slice is rows (g, kl) = W_g[:, k0 + kl]; exchange 0 carries dA of the gates that phase A
 // knows, exchange 1 (GRU classic) the reset gate's dA found after d(r*h) = dA_n W_n.
 template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int NC, int RF, int NT,
-          int THREADS>
+          int THREADS, int DIRS>
 __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_backward(
     const T* __restrict__ w_hh,                    // (GH, H)
     const T* __restrict__ h0,                      // (B, H) or nullptr
@@ -640,6 +646,12 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
     static_assert(!MMA || sizeof(T) <= 4, "no tensor-core path for double");
     static_assert(NC >= 1 && NC <= 16, "a cluster has 1 to 16 CTAs");
 
+    if constexpr (DIRS == 2) {  // both directions in one launch: one cluster each (recurrence.cuh)
+        const int dir = blockIdx.x / NC;
+        backward_direction<G>(dir, steps, B, H, w_hh, h0, c0, rec_mask, out, gates, extra, dout, dhT, dcT, dxg, dh0,
+                              dc0);
+        reverse ^= dir;
+    }
     const int me = (int)cl::rank();
     const cl::Geometry g = cl::geometry<T, MMA>(G, H, B, U, NT, KS, NW, RF, G, me);
     const cl::Smem<T, MMA> s = cl::carve<T, MMA, REC_MASK>(dynamic_smem(), g, B, NPIN, sizeof(A), NW);
@@ -795,25 +807,27 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
 
 }  // namespace frnn
 
-#define FRNN_INSTANTIATE_CLUSTER_FORWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS)            \
-    template __global__ void frnn::rnn_cluster_forward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS>( \
+#define FRNN_INSTANTIATE_CLUSTER_FORWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS, DIRS)            \
+    template __global__ void frnn::rnn_cluster_forward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS, DIRS>( \
         const T*, const T*, const T*, const T*, const T*, const unsigned char*, const frnn::acc_t<T>*, T*, T*, T*,         \
         frnn::acc_t<T>*, frnn::acc_t<T>*, unsigned*, int, int, int, int, int, int);
-#define FRNN_INSTANTIATE_CLUSTER_BACKWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS)            \
-    template __global__ void frnn::rnn_cluster_backward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS>( \
+#define FRNN_INSTANTIATE_CLUSTER_BACKWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS, DIRS)            \
+    template __global__ void frnn::rnn_cluster_backward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS, DIRS>( \
         const T*, const T*, const T*, const unsigned char*, const frnn::acc_t<T>*, const T*, const frnn::acc_t<T>*,         \
         const frnn::acc_t<T>*, const T*, const T*, const T*, T*, T*, T*, unsigned*, int, int, int, int, int, int);
 
 // Standalone compilation (CI: nvcc -arch=sm_90a) builds every code path: each cell, both GRU
-// forms, tensor cores (bf16 / fp16 / tf32, weights partly in registers) and FMA (fp32, fp64).
-#define FRNN_CLUSTER_DEFAULT_CONFIGS(X)                        \
-    X(0, 0, 2, true, frnn::bf16, false, true, 16, 16, 2, 384) \
-    X(0, 0, 2, true, frnn::f16, true, true, 8, 0, 1, 256)     \
-    X(1, 0, 2, true, frnn::bf16, true, true, 8, 4, 2, 256)    \
-    X(1, 0, 2, false, float, true, true, 8, 4, 2, 256)        \
-    X(1, 4, 3, false, float, false, false, 4, 0, 1, 256)      \
-    X(2, 0, 2, true, double, true, false, 4, 0, 1, 256)       \
-    X(2, 1, 2, true, frnn::bf16, false, true, 2, 8, 1, 128)
+// forms, tensor cores (bf16 / fp16 / tf32, weights partly in registers) and FMA (fp32, fp64), one
+// direction and both.
+#define FRNN_CLUSTER_DEFAULT_CONFIGS(X)                           \
+    X(0, 0, 2, true, frnn::bf16, false, true, 16, 16, 2, 384, 1) \
+    X(0, 0, 2, true, frnn::bf16, false, true, 16, 16, 2, 384, 2) \
+    X(0, 0, 2, true, frnn::f16, true, true, 8, 0, 1, 256, 1)     \
+    X(1, 0, 2, true, frnn::bf16, true, true, 8, 4, 2, 256, 2)    \
+    X(1, 0, 2, false, float, true, true, 8, 4, 2, 256, 1)        \
+    X(1, 4, 3, false, float, false, false, 4, 0, 1, 256, 1)      \
+    X(2, 0, 2, true, double, true, false, 4, 0, 1, 256, 2)       \
+    X(2, 1, 2, true, frnn::bf16, false, true, 2, 8, 1, 128, 1)
 
 #ifndef FRNN_NO_DEFAULT_INSTANTIATIONS
 FRNN_CLUSTER_DEFAULT_CONFIGS(FRNN_INSTANTIATE_CLUSTER_FORWARD)

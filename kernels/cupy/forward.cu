@@ -8,6 +8,7 @@
 //   REC_MASK    per-gate recurrent dropout masks are given
 //   MMA         tensor-core matvec (bf16 / fp16, fp32 as tf32; sm_80+) instead of FMA dot products
 //   ROWS        batch rows per warp tile (FMA path), THREADS threads per block
+//   DIRS        directions in the launch: 1, or 2 (both of a bidirectional layer: recurrence.cuh)
 //
 // Per step (processing index s, time t = reverse ? T-1-s : s, previous time tp):
 //   stage h_{t-1} (= out[tp], or h0) for a batch tile (16-byte loads, all of a thread's in flight
@@ -25,7 +26,8 @@ namespace frnn {
 // __launch_bounds__(THREADS, 1): one block per SM, as every plan launches it (kernels/cupy/__init__.py
 // plan), so that ptxas keeps the values loaded ahead of the barrier in registers instead of
 // spilling them to reach a higher occupancy that the launch does not use.
-template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int ROWS, int THREADS>
+template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int ROWS, int THREADS,
+          int DIRS>
 __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
     const T* __restrict__ xg,                      // (T, B, GH) input projection incl. b_ih
     const T* __restrict__ w_hh,                    // (GH, H)
@@ -43,9 +45,9 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
     acc_t<T>* scratch,                             // (B, H) scratch: r*h (GRU reset_after=False)
     unsigned* barrier,                             // zeroed counter (FRNN_ATOMIC_BARRIER only)
     int steps, int B, int H,
-    int U,                                         // hidden units per block
+    int U,                                         // hidden units per block (ceil(H / U) blocks a direction)
     int BB,                                        // batch rows per staged tile
-    int reverse) {
+    int reverse) {                                 // direction 0 reversed; with two groups, 1 the other way
     using A = acc_t<T>;
     constexpr int G = Gates<KIND>::value;
     constexpr bool TWO_PHASE = KIND == GRU && !RESET_AFTER;
@@ -58,7 +60,16 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
     const Smem<T, MMA> sm = carve_smem<T, MMA, THREADS>(dynamic_smem(), stage_copies, BB, G, U, H);
 
     const int GH = G * H;
-    const int j0 = blockIdx.x * U;
+    int blk = blockIdx.x;
+    if constexpr (DIRS == 2) {  // both directions in one launch (recurrence.cuh)
+        const int nblk = (H + U - 1) / U, dir = blk / nblk;
+        forward_direction<G>(dir, steps, B, H, xg, w_hh, b_hh, h0, c0, rec_mask, out, hT, cT, gates, extra);
+        shift(state, dir, (size_t)2 * B * H);
+        shift(scratch, dir, (size_t)B * H);
+        reverse ^= dir;
+        blk -= dir * nblk;
+    }
+    const int j0 = blk * U;
     const int nu = max(0, min(U, H - j0));
     A* state_h = state;
     A* state_c = state + (size_t)B * H;
@@ -256,8 +267,8 @@ __global__ void __launch_bounds__(THREADS, 1) rnn_forward(
 
 // Explicit instantiation of one configuration; the loader appends one for the configuration it
 // compiles (and asks NVRTC for its mangled name).
-#define FRNN_INSTANTIATE_FORWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS)                \
-    template __global__ void frnn::rnn_forward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS>( \
+#define FRNN_INSTANTIATE_FORWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS, DIRS)                \
+    template __global__ void frnn::rnn_forward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS, DIRS>( \
         const T*, const T*, const T*, const T*, const T*, const unsigned char*, const frnn::acc_t<T>*, T*, \
         T*, T*, frnn::acc_t<T>*, frnn::acc_t<T>*, frnn::acc_t<T>*, frnn::acc_t<T>*, unsigned*, int, int,   \
         int, int, int, int);

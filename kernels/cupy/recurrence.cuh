@@ -372,6 +372,39 @@ __device__ __forceinline__ void grid_sync(unsigned* counter, unsigned& epoch) {
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------
+// Both directions of a bidirectional layer in ONE launch: the grid is D (1 or 2) groups of blocks
+// (cluster kernels: clusters), group d running direction d on its own tensors, which the host
+// stacks on a leading dimension of D: every tensor but mask (T, B), which both read. Direction 1
+// runs reversed relative to the launch's `reverse`. The groups never read each other's data (a
+// grid barrier spans both: they step together). A kernel moves its tensor pointers to its group's
+// direction with forward_direction / backward_direction (the same list for the grid-wide and the
+// cluster kernel of a direction). Only kernels built for two (template DIRS = 2) do: the shifted
+// pointers live in registers (about 20 more a thread), where a one-direction kernel reads its
+// kernel parameters straight from the constant bank.
+template <typename P>
+__device__ __forceinline__ void shift(P& p, int d, size_t stride) {  // P keeps the parameter's __restrict__
+    if (p) p += (size_t)d * stride;
+}
+// xg, w_hh, b_hh, h0, c0, rec_mask, out, hT, cT, gates, extra
+template <int G, typename... P>
+__device__ __forceinline__ void forward_direction(int d, int steps, int B, int H, P&... p) {
+    static_assert(sizeof...(P) == 11, "the forward kernels' 11 direction tensors");
+    const size_t BH = (size_t)B * H, TBH = (size_t)steps * BH;
+    const size_t n[] = {G * TBH, (size_t)G * H * H, (size_t)G * H, BH, BH, G * BH, TBH, BH, BH, G * TBH, TBH};
+    int i = 0;
+    (shift(p, d, n[i++]), ...);
+}
+// w_hh, h0, c0, rec_mask, out, gates, extra, dout, dhT, dcT, dxg, dh0, dc0
+template <int G, typename... P>
+__device__ __forceinline__ void backward_direction(int d, int steps, int B, int H, P&... p) {
+    static_assert(sizeof...(P) == 13, "the backward kernels' 13 direction tensors");
+    const size_t BH = (size_t)B * H, TBH = (size_t)steps * BH;
+    const size_t n[] = {(size_t)G * H * H, BH, BH, G * BH, TBH, G * TBH, TBH, TBH, BH, BH, G * TBH, BH, BH};
+    int i = 0;
+    (shift(p, d, n[i++]), ...);
+}
+
 template <typename A>
 __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
@@ -1034,16 +1067,18 @@ __device__ __forceinline__ unsigned char* dynamic_smem() {
 }  // namespace frnn
 
 // The configurations a standalone compilation (`nvcc --ptx -I kernels kernels/cupy/forward.cu`)
-// instantiates, as an X-macro over (KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS):
-// each cell kind, both GRU forms, every storage type, with and without dropout masks, FMA and
-// tensor-core (bf16, fp16, tf32) matvecs. The loader switches them off and instantiates its own.
+// instantiates, as an X-macro over (KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, ROWS, THREADS,
+// DIRS): each cell kind, both GRU forms, every storage type, with and without dropout masks, FMA and
+// tensor-core (bf16, fp16, tf32) matvecs, one direction and both. The loader switches them off and
+// instantiates its own.
 #define FRNN_DEFAULT_CONFIGS(X) \
-    X(0, 0, 2, true, float, false, false, 4, 256) \
-    X(0, 1, 3, true, frnn::bf16, true, false, 4, 256) \
-    X(0, 0, 2, true, frnn::bf16, true, true, 4, 256) \
-    X(1, 0, 2, true, frnn::f16, true, true, 4, 256) \
-    X(1, 4, 2, false, float, true, false, 4, 256) \
-    X(1, 0, 3, false, frnn::bf16, false, true, 4, 256) \
-    X(1, 0, 2, false, float, true, true, 4, 256) \
-    X(2, 0, 2, true, double, false, false, 4, 256) \
-    X(2, 2, 2, true, frnn::f16, true, false, 2, 128)
+    X(0, 0, 2, true, float, false, false, 4, 256, 1) \
+    X(0, 1, 3, true, frnn::bf16, true, false, 4, 256, 1) \
+    X(0, 0, 2, true, frnn::bf16, true, true, 4, 256, 1) \
+    X(0, 0, 2, true, frnn::bf16, false, true, 4, 256, 2) \
+    X(1, 0, 2, true, frnn::f16, true, true, 4, 256, 1) \
+    X(1, 4, 2, false, float, true, false, 4, 256, 1) \
+    X(1, 0, 3, false, frnn::bf16, false, true, 4, 256, 2) \
+    X(1, 0, 2, false, float, true, true, 4, 256, 1) \
+    X(2, 0, 2, true, double, false, false, 4, 256, 2) \
+    X(2, 2, 2, true, frnn::f16, true, false, 2, 128, 1)
