@@ -900,10 +900,10 @@ def emulated_launch(lib_of):
     return run
 
 
-def check_both_directions(rng, backend, launched, case, tol):
+def check_both_directions(rng, backend, launched, case, tol, device="cpu"):
     """forward_both / backward_both of the backend against the NumPy reference of each direction,
     each as ONE launch of both directions, and bitwise against one-direction calls where those run
-    the same configuration."""
+    the same configuration. Returns how many directions were compared bitwise."""
     ref = pytest.importorskip("rnn.reference")
     from rnn.cells import CellSpec
 
@@ -924,12 +924,12 @@ def check_both_directions(rng, backend, launched, case, tol):
 
     def stacked(f, dt=dtype):
         vals = [f(*ps[d]) for d in (0, 1)]
-        return None if vals[0] is None else torch.stack([torch.tensor(v).to(dt) for v in vals])
+        return None if vals[0] is None else torch.stack([torch.tensor(v).to(dt) for v in vals]).to(device)
 
     xg = stacked(lambda p, *_: p["x"] @ p["w_ih"].T + p["b_ih"])
     w_hh, b_hh, h0 = (stacked(lambda p, *_, k=k: p[k]) for k in ("w_hh", "b_hh", "h0"))
     c0 = stacked(lambda p, *_: p["c0"])
-    mask = None if ps[0][1] is None else torch.tensor(ps[0][1])
+    mask = None if ps[0][1] is None else torch.tensor(ps[0][1], device=device)
     rec = stacked(lambda p, m, r, *_: r, acc)
     dout, dhT = stacked(lambda *a: a[3]), stacked(lambda *a: a[4])
     dcT = stacked(lambda *a: a[5])
@@ -940,19 +940,20 @@ def check_both_directions(rng, backend, launched, case, tol):
     grads = backend.backward_both(spec_, w_hh, b_hh, h0, c0, mask, rec, saved, dout, dhT, dcT)
     assert [(c.direction, c.directions) for c in launched[1:]] == [("backward", 2)]
     both = list(launched)
+    np_ = lambda t: t.double().cpu().numpy()  # noqa: E731
     for d in (0, 1):
         p = ps[d][0]
         (out, hT, cT), rg = refs[d]
-        assert_close(f"out[{d}]", saved.out[d].double().numpy(), out, tol)
-        assert_close(f"hT[{d}]", saved.hT[d].double().numpy(), hT, tol)
+        assert_close(f"out[{d}]", np_(saved.out[d]), out, tol)
+        assert_close(f"hT[{d}]", np_(saved.hT[d]), hT, tol)
         if cT is not None:
-            assert_close(f"cT[{d}]", saved.cT[d].double().numpy(), cT, tol)
-        dxg = grads[0][d].double().numpy()
+            assert_close(f"cT[{d}]", np_(saved.cT[d]), cT, tol)
+        dxg = np_(grads[0][d])
         assert_close(f"dx[{d}]", dxg.reshape(T * B, -1) @ p["w_ih"], rg["x"].reshape(T * B, -1), tol)
         assert_close(f"db_ih[{d}]", dxg.sum(axis=(0, 1)), rg["b_ih"], tol)
-        assert_close(f"dh0[{d}]", grads[1][d].double().numpy(), rg["h0"], tol)
+        assert_close(f"dh0[{d}]", np_(grads[1][d]), rg["h0"], tol)
         if kind == "lstm":
-            assert_close(f"dc0[{d}]", grads[2][d].double().numpy(), rg["c0"], tol)
+            assert_close(f"dc0[{d}]", np_(grads[2][d]), rg["c0"], tol)
 
     # one direction per call: the same numbers bit for bit where the configuration is the same
     of = lambda t, d: None if t is None else t[d]  # noqa: E731
@@ -1014,3 +1015,29 @@ def test_both_directions_fall_back_to_two_launches_where_they_do_not_fit(monkeyp
     assert [(c.direction, c.directions) for c in launched] == [("forward", 1)] * 2 + [("backward", 1)] * 2
     with pytest.raises(ValueError, match="both directions: xg must have a leading dimension of 2"):
         backend.forward_both(spec("lstm"), xg[0], w_hh, None, h0, None, None, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["grid", "cluster"])
+@pytest.mark.parametrize("case", [
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 20, 16, 768, True, False),
+    ("gru", "tanh", "sigmoid", False, torch.float16, 20, 5, 256, True, True),
+], ids=_case_id)
+def test_both_directions_in_one_launch_on_gpu(rng, monkeypatch, case, family):
+    """forward_both / backward_both on the GPU, each kernel family pinned: one launch for both
+    directions, against the reference of each."""
+    monkeypatch.setenv(kc.KERNEL_ENV, family)
+    backend = kc.CupyBackend()
+    kind, dtype, B, H = case[0], case[4], case[6], case[7]
+    why = backend.unavailable_reason(torch.device("cuda"), spec(kind, reset_after=case[3]), H, B, dtype)
+    if why:
+        pytest.skip(why)
+    launched, launch = [], backend._launch
+
+    def spy(device, config, args):
+        launched.append(config)
+        launch(device, config, args)
+
+    monkeypatch.setattr(backend, "_launch", spy)
+    check_both_directions(rng, backend, launched, case, dtype, device="cuda")
+    assert all(c.kernel == family for c in launched)
