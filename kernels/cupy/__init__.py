@@ -10,6 +10,8 @@ On sm_90 "auto" prefers the thread-block-cluster kernels (cluster.cu, one cluste
 direction, h exchanged through distributed shared memory) where W_hh fits one cluster
 (FUSED_RNN_CUPY_KERNEL=grid|cluster pins a family); their waits are bounded, and a wait that
 timed out raises ClusterTimeoutError after the launch instead of returning wrong outputs.
+Both directions of a bidirectional layer run as ONE launch (forward_both / backward_both): two
+groups of blocks on half of the SMs each (grid-wide) or one cluster per direction.
 
 Everything up to the launch is pure Python and runs without a GPU or CuPy: `plan(...)` picks the
 configuration (units per block, grid, batch tile, shared memory) from device limits and says why a
