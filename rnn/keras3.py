@@ -11,7 +11,11 @@ overrides of it) with one `rnn.functional.recurrence` call per layer and directi
 backend (rnn.backends: "auto", "torch", "triton", "cupy"). Everything around the loop stays
 Keras's: `RNN.call` still draws the dropout masks, handles `initial_state` and `stateful`
 (assigning the final states to its state variables), casts, and `Bidirectional` still splits the
-states and merges the two directions. The weights stay Keras variables (saving, loading,
+states and merges the two directions. A `Bidirectional` whose two layers have the same cell (kind,
+activations, GRU form, units) and are not stateful runs both directions as ONE call
+(`rnn.functional.bidirectional_layer`: one launch on Triton / CuPy): the forward layer's loop
+computes both, the backward layer's loop takes its half after checking that it got the inputs
+that were assumed (else it runs alone). The weights stay Keras variables (saving, loading,
 `summary()` and parameter counts are untouched); on the torch backend `variable.value` is the
 torch Parameter itself, so gradients land on it and `fit` / the optimizer see them.
 
@@ -36,7 +40,8 @@ activation, a dropout rate of 1. `explain(model)` gives the reason per layer. Sh
 (symbolic calls while a functional model is built) always runs Keras's own code.
 
 `stats` counts the layer calls (one per direction) that ran fused ("fused") or fell back
-("fallback"), and the fused recurrences per cell kind ("fused_lstm" / "fused_gru" / "fused_rnn");
+("fallback"), the fused recurrences per cell kind ("fused_lstm" / "fused_gru" / "fused_rnn"), and
+the Bidirectional calls whose two directions ran as one call ("bidirectional_one_call");
 `reset_stats()` zeroes it.
 """
 from __future__ import annotations
@@ -67,6 +72,7 @@ _patches: dict = {}
 _config = {"backend": "auto"}
 _warned: set = set()
 _reentry = threading.local()  # ids of layers currently inside Keras's own inner_loop
+_pairing = threading.local()  # the Bidirectional call whose two directions run as one call
 
 
 def reset_stats():
@@ -255,10 +261,7 @@ def fused_inner_loop(layer, specs, sequences, initial_state, mask, training):
     per_cell = list(initial_state) if stacked else [initial_state]
     dtype = _tensor(cells[0].kernel).dtype
     seq = torch.as_tensor(sequences).to(dtype)
-    if isinstance(mask, (list, tuple)):
-        mask = mask[0]
-    if mask is not None:
-        mask = torch.as_tensor(mask, device=seq.device).bool()
+    mask = _bool_mask(mask, seq)
     finals = []
     for cell, spec, start in zip(cells, specs, per_cell):
         # A stateful layer assigns its state variables in place after this call: h0 / c0 must not
@@ -276,7 +279,18 @@ def fused_inner_loop(layer, specs, sequences, initial_state, mask, training):
         # Keras keeps each cell's state structure: a list, or a bare tensor inside a stack
         finals.append(new if isinstance(start, (list, tuple)) or not stacked else hT)
         stats[f"fused_{spec.kind}"] += 1
-    out = seq
+    return _keras_result(layer, seq, mask, finals if stacked else finals[0])
+
+
+def _bool_mask(mask, seq):
+    if isinstance(mask, (list, tuple)):
+        mask = mask[0]
+    return None if mask is None else torch.as_tensor(mask, device=seq.device).bool()
+
+
+def _keras_result(layer, out, mask, states):
+    """(last_output, outputs, states) as Keras's backend.rnn returns them, from the recurrence's
+    output (B, T, H), aligned with the input."""
     if layer.go_backwards:  # Keras returns outputs in processing order
         out = out.flip(1)
         mask = None if mask is None else mask.flip(1)
@@ -285,7 +299,90 @@ def fused_inner_loop(layer, specs, sequences, initial_state, mask, training):
     last = out[:, -1]
     outputs = out if layer.return_sequences else last.unsqueeze(1)
     stats["fused"] += 1
-    return last, outputs, (finals if stacked else finals[0])
+    return last, outputs, states
+
+
+# ----------------------------------------------------------------------------- Bidirectional
+# Keras's Bidirectional calls its forward layer, then its backward layer. Where both run fused
+# with the same cell, the forward layer's inner loop runs BOTH directions as one call
+# (rnn.functional.bidirectional_layer: one launch on Triton / CuPy) and keeps the backward
+# layer's result for that layer's inner loop, which checks that it got the inputs assumed.
+def _pair_of(bi):
+    """(forward layer, backward layer, CellSpec) of a Bidirectional whose two directions can run as
+    one call: single-cell layers with the same cell spec and units, the backward one going
+    backwards, neither stateful. None otherwise (each direction then runs on its own)."""
+    fwd, bwd = bi.forward_layer, bi.backward_layer
+    a, b = plan(fwd)[0], plan(bwd)[0]
+    stacked = _classes()["StackedRNNCells"]
+    if a is None or a != b or len(a) != 1 or stacked in (type(fwd.cell), type(bwd.cell)):
+        return None
+    if fwd.stateful or bwd.stateful or fwd.go_backwards or not bwd.go_backwards:
+        return None
+    return (fwd, bwd, a[0]) if fwd.cell.units == bwd.cell.units else None
+
+
+def _both(a, b):
+    """Two directions' dropout masks stacked; None where neither has one; False where they differ
+    in form (one direction only, or other shapes)."""
+    if a is None and b is None:
+        return None
+    if a is None or b is None or a.shape != b.shape:
+        return False
+    return torch.stack((a, b))
+
+
+def _same(a, b):
+    a, b = _as_list(a), _as_list(b)
+    return len(a) == len(b) and all(
+        x is y or (torch.is_tensor(x) and torch.is_tensor(y) and x.shape == y.shape and torch.equal(x, y))
+        for x, y in zip(a, b))
+
+
+def _paired_inner_loop(layer, pending, sequences, initial_state, mask, training):
+    """The forward layer's call: both directions in one call, the backward layer's result kept;
+    the backward layer's call: that result, if its inputs are the ones assumed. None: run alone."""
+    fwd, bwd = pending["layers"]
+    if layer is bwd:
+        kept, pending["kept"] = pending.get("kept"), None
+        if kept is None:
+            return None
+        (seq, mask0, state, train), result = kept
+        states = [torch.as_tensor(v).to(seq.dtype) for v in _as_list(initial_state)]
+        seq_now = torch.as_tensor(sequences).to(seq.dtype)
+        if train != training or not _same(seq_now, seq) or not _same(states, state) or \
+                not _same(_bool_mask(mask, seq), mask0):
+            return None
+        return result
+    spec = pending["spec"]
+    dtype = _tensor(fwd.cell.kernel).dtype
+    if _tensor(bwd.cell.kernel).dtype != dtype:
+        return None
+    seq = torch.as_tensor(sequences).to(dtype)
+    mask = _bool_mask(mask, seq)
+    states_f = [torch.as_tensor(v).to(dtype) for v in _as_list(initial_state)]
+    half = pending["backward_state"]  # Bidirectional's initial_state, second half, or None: zeros
+    states_b = [torch.zeros_like(v) for v in states_f] if half is None else \
+        [torch.as_tensor(v, device=seq.device).to(dtype) for v in _as_list(half)]
+    drop = [dropout_masks(lay.cell, spec, seq, st[0], training) for lay, st in ((fwd, states_f), (bwd, states_b))]
+    in_mask, rec_mask = _both(drop[0][0], drop[1][0]), _both(drop[0][1], drop[1][1])
+    if in_mask is False or rec_mask is False or len(states_b) != len(states_f):
+        return None
+    lstm = spec.kind == "lstm"
+    params = [torch_weights(spec, _tensor(lay.cell.kernel), _tensor(lay.cell.recurrent_kernel), _tensor(lay.cell.bias))
+              for lay in (fwd, bwd)]
+    out, hT, cT = F.bidirectional_layer(seq.transpose(0, 1), params, torch.stack((states_f[0], states_b[0])),
+                                        torch.stack((states_f[1], states_b[1])) if lstm else None, spec=spec,
+                                        mask=None if mask is None else mask.transpose(0, 1), in_mask=in_mask,
+                                        rec_mask=rec_mask, backend=backend())
+    H = hT.shape[-1]
+    results = []
+    for d, lay in enumerate((fwd, bwd)):
+        stats[f"fused_{spec.kind}"] += 1
+        finals = [hT[d], cT[d]] if lstm else [hT[d]]
+        results.append(_keras_result(lay, out[:, :, d * H:(d + 1) * H].transpose(0, 1), mask, finals))
+    pending["kept"] = ((seq, mask, states_b, training), results[1])
+    stats["bidirectional_one_call"] += 1
+    return results[0]
 
 
 def _symbolic(sequences):
@@ -303,6 +400,11 @@ def _wrap_inner_loop(original):
             return original(self, sequences, initial_state, mask, training=training)
         specs, why = plan(self)
         if specs is not None:
+            pending = getattr(_pairing, "call", None)
+            if pending is not None and any(self is lay for lay in pending["layers"]):
+                result = _paired_inner_loop(self, pending, sequences, initial_state, mask, training)
+                if result is not None:
+                    return result
             return fused_inner_loop(self, specs, sequences, initial_state, mask, training)
         _warn_once(self, why)
         stats["fallback"] += 1
@@ -315,6 +417,24 @@ def _wrap_inner_loop(original):
     inner_loop.__wrapped__ = original
     inner_loop.__doc__ = original.__doc__
     return inner_loop
+
+
+def _wrap_bidirectional_call(original):
+    """Bidirectional.call with its two directions as one recurrence call where they can be."""
+    @functools.wraps(original)
+    def call(self, sequences, initial_state=None, mask=None, training=None):
+        pair = None if _symbolic(sequences) else _pair_of(self)
+        if pair is None:
+            return original(self, sequences, initial_state=initial_state, mask=mask, training=training)
+        half = None if initial_state is None else list(initial_state)[len(initial_state) // 2:]
+        outer = getattr(_pairing, "call", None)
+        _pairing.call = {"layers": pair[:2], "spec": pair[2], "backward_state": half}
+        try:
+            return original(self, sequences, initial_state=initial_state, mask=mask, training=training)
+        finally:
+            _pairing.call = outer
+
+    return call
 
 
 def _wrap_bidirectional_gate(original):
@@ -345,6 +465,7 @@ def install(backend="auto"):
     targets = [(cls[c], "inner_loop", _wrap_inner_loop) for c in ("RNN", "LSTM", "GRU")]
     targets += [(cls["Bidirectional"], attr, _wrap_bidirectional_gate)
                 for attr in ("_can_attempt_fused_lstm", "_can_attempt_fused_gru")]
+    targets.append((cls["Bidirectional"], "call", _wrap_bidirectional_call))
     for klass, attr, wrap in targets:
         original = klass.__dict__.get(attr)
         if original is None:  # an older Keras without Bidirectional's cuDNN attempt

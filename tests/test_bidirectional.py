@@ -165,3 +165,18 @@ def test_keras_bidirectional_triton_runs_one_launch(triton_calls):
     x = torch.randn(B, T, I, requires_grad=True)
     bi(x).square().sum().backward()
     assert calls == ["forward_both", "backward_both"]
+
+
+def test_keras3_bidirectional_triton_runs_one_launch(triton_calls):
+    """Keras 3's own Bidirectional(LSTM) with rnn.keras3 installed on the Triton backend: the two
+    directions run forward_both / backward_both, once each (not forward, backward twice)."""
+    keras = pytest.importorskip("keras")
+    import rnn.keras3 as k3
+
+    with k3.enabled(backend="triton"):
+        k3.reset_stats()
+        bi = keras.layers.Bidirectional(keras.layers.LSTM(H, return_sequences=True))
+        x = torch.randn(B, T, I, requires_grad=True)
+        bi(x).square().sum().backward()
+        assert k3.stats["bidirectional_one_call"] == 1 and k3.stats["fused"] == 2
+    assert triton_calls == ["forward_both", "backward_both"]

@@ -144,6 +144,8 @@ def test_layer_parity(case):
     recurrences = 3 if "stacked" in case else directions  # one per cell and direction
     assert k3.stats["fused"] == directions and k3.stats["fallback"] == 0, dict(k3.stats)
     assert sum(v for k, v in k3.stats.items() if k.startswith("fused_")) == recurrences, dict(k3.stats)
+    # both directions as ONE recurrence call, except where the two layers differ (LSTM fwd, GRU bwd)
+    assert k3.stats["bidirectional_one_call"] == (case in BIDIRECTIONAL and "fwd_gru_bwd" not in case), dict(k3.stats)
     check_same(case, plain, fused)
 
 
@@ -269,7 +271,7 @@ def test_uninstall_restores_keras_exactly():
 
     owners = [(rnn.RNN, "inner_loop"), (lstm.LSTM, "inner_loop"), (gru.GRU, "inner_loop"),
               (bidirectional.Bidirectional, "_can_attempt_fused_lstm"),
-              (bidirectional.Bidirectional, "_can_attempt_fused_gru")]
+              (bidirectional.Bidirectional, "_can_attempt_fused_gru"), (bidirectional.Bidirectional, "call")]
     before = {key: key[0].__dict__[key[1]] for key in owners}
     k3.install()
     k3.install(backend="torch")  # idempotent: changes the backend, patches once
