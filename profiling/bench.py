@@ -414,7 +414,7 @@ def run(cfg, extra_impls=None) -> dict:
         case = impls.Case(cell, dtype, batch, hidden, cfg["input_size"] or hidden, seq_len, str(device),
                           2 if cfg.get("bidirectional") else 1)
         base = {"cell": cell, "dtype": dtype, "batch": batch, "hidden": hidden,
-                "input_size": case.input_size, "seq_len": case.seq_len}
+                "input_size": case.input_size, "seq_len": case.seq_len, "directions": case.directions}
         seed = cfg["seed"] * 100003 + index
         ref = inputs = expected = None
         setup_error = None

@@ -14,7 +14,8 @@ Default mode, in order:
   3. headline  B16 H768 T1024, lstm/gru x bf16/fp16 x forward/forward_backward: torch.nn (cuDNN)
                and every path of PATHS in the same process, each checked against the float64
                oracle first (profiling.bench's check), in us per step, with profiling.static's
-               estimate beside it when that module exists
+               estimate beside it when that module exists; then one bidirectional layer (LSTM
+               bf16: torch.nn bidirectional=True against both directions as one call), last
   4. barrier   grid-barrier latency vs number of programs (16 ... all SMs)
   5. tests     `pytest -m gpu -v --durations` per test file, each with a timeout (a hang names
                its test)
@@ -147,7 +148,8 @@ def all_paths(registry_names=()):
 
 
 # --- shapes -----------------------------------------------------------------------------------
-HEADLINE = dict(cells=["lstm", "gru"], dtypes=["bf16", "fp16"], batches=[16], hiddens=[768], seq_len=1024)
+HEADLINE = dict(cells=["lstm", "gru"], dtypes=["bf16", "fp16"], batches=[16], hiddens=[768], seq_len=1024,
+                bidirectional=[("lstm", "bf16")])  # (cell, dtype) timed as one bidirectional layer too
 GRID = dict(cells=["lstm", "gru"], dtypes=["bf16", "fp16", "fp32"], batches=[1, 16, 64, 256],
             hiddens=[256, 768, 1024], seq_len=1024)
 DRY_HEADLINE = dict(HEADLINE, batches=[2], hiddens=[16], seq_len=8)
@@ -157,26 +159,37 @@ BARRIER_PROGRAMS = (16, 32, 64, 96, 132)
 WARM_SEQ_LEN = 32  # warm-up length: a multiple of 16 like T=1024, so Triton specialises alike
 
 
-def case_key(step, cell, dtype, batch, hidden, seq_len, mode, path):
-    return f"{step}|{cell}|{dtype}|B{batch}|H{hidden}|T{seq_len}|{mode}|{path}"
+def case_key(step, cell, dtype, batch, hidden, seq_len, mode, path, directions=1):
+    both = "|bidirectional" if directions == 2 else ""
+    return f"{step}|{cell}|{dtype}|B{batch}|H{hidden}|T{seq_len}|{mode}|{path}{both}"
 
 
 def bench_cases(step, shapes, paths, modes=MODES):
     """Every case of a step, grouped by configuration (one oracle per configuration), the
-    reference first in each (configuration, mode)."""
+    reference first in each (configuration, mode); the bidirectional configurations of
+    shapes["bidirectional"] last."""
+    configs = [(c, d, b, h, 1) for c, d, b, h in itertools.product(shapes["cells"], shapes["dtypes"],
+                                                                   shapes["batches"], shapes["hiddens"])]
+    configs += [(c, d, b, h, 2) for (c, d), b, h in itertools.product(shapes.get("bidirectional", ()),
+                                                                      shapes["batches"], shapes["hiddens"])]
     out = []
-    for cell, dtype, batch, hidden in itertools.product(shapes["cells"], shapes["dtypes"],
-                                                        shapes["batches"], shapes["hiddens"]):
+    for cell, dtype, batch, hidden, directions in configs:
         for mode in modes:
             for path in (REFERENCE, *paths):
-                out.append(dict(key=case_key(step, cell, dtype, batch, hidden, shapes["seq_len"], mode, path),
+                out.append(dict(key=case_key(step, cell, dtype, batch, hidden, shapes["seq_len"], mode, path,
+                                             directions),
                                 step=step, cell=cell, dtype=dtype, batch=batch, hidden=hidden,
-                                seq_len=shapes["seq_len"], mode=mode, path=path))
+                                seq_len=shapes["seq_len"], mode=mode, path=path, directions=directions))
     return out
 
 
+def _config(case):
+    """What one oracle serves: (cell, dtype, batch, hidden, seq_len, directions)."""
+    return (case["cell"], case["dtype"], case["batch"], case["hidden"], case["seq_len"], case.get("directions", 1))
+
+
 def _group(case):
-    return (case["cell"], case["dtype"], case["batch"], case["hidden"], case["seq_len"], case["mode"])
+    return _config(case) + (case["mode"],)
 
 
 # --- pytest output ------------------------------------------------------------------------------
@@ -207,9 +220,10 @@ def parse_pytest(text):
 
 
 # --- profiling.static's estimates -----------------------------------------------------------------
-def static_estimate(rows, path, cell, dtype, batch, hidden, mode):
+def static_estimate(rows, path, cell, dtype, batch, hidden, mode, directions=1):
     """us per step estimated by profiling.static for this path: forward, or forward + backward
-    for forward_backward; None when no row matches."""
+    for forward_backward; of the launch of both directions for a bidirectional case; None when no
+    row matches."""
     if not path.static_kernel:
         return None
 
@@ -218,8 +232,9 @@ def static_estimate(rows, path, cell, dtype, batch, hidden, mode):
             kernel = str(r.get("kernel", "")).lower()
             if (r.get("backend") == path.backend and r.get("cell") == cell and r.get("dtype") == dtype
                     and r.get("batch") == batch and r.get("hidden") == hidden and r.get("direction") == direction
-                    and any(s in kernel for s in path.static_kernel) and "both directions" not in kernel
-                    and r.get("us_per_step_est") is not None):  # the paths time one direction
+                    and any(s in kernel for s in path.static_kernel)
+                    and ("both directions" in kernel) == (directions == 2)
+                    and r.get("us_per_step_est") is not None):
                 return float(r["us_per_step_est"])
         return None
 
@@ -561,7 +576,8 @@ class Session:
     def bench_spec(self, todo, warm=False):
         recorded = {r["key"]: r for r in self.records if r.get("kind") == "case"}
         no_baseline = sorted({"|".join(map(str, _group(c))) for c in todo
-                              if recorded.get(case_key(c["step"], *_group(c)[:6], REFERENCE), {}).get("status") in
+                              if recorded.get(case_key(c["step"], *_config(c)[:5], c["mode"], REFERENCE,
+                                                       _config(c)[5]), {}).get("status") in
                               ("hang", "crash", "error", "skipped", "wrong")})
         return dict(kind="bench", cases=todo, dry_run=self.dry, warm_seq_len=WARM_SEQ_LEN if warm else None,
                     warmup_ms=1.0 if self.dry else 25.0, rep_ms=5.0 if self.dry else 100.0,
@@ -578,9 +594,9 @@ class Session:
             self.say("warm: nothing to compile" if not todo else "warm: disabled")
             self.end("warm", started, "skipped", "nothing to compile" if not todo else "--warm-jobs 0")
             return set()
-        groups = sorted({_group(c)[:5] for c in todo})
+        groups = sorted({_config(c) for c in todo})
         jobs = max(1, min(self.args.warm_jobs, len(groups)))
-        shares = [[c for c in todo if groups.index(_group(c)[:5]) % jobs == j] for j in range(jobs)]
+        shares = [[c for c in todo if groups.index(_config(c)) % jobs == j] for j in range(jobs)]
         hung, counts = set(), {"warmed": 0}
 
         def on_row(case, row, wall):
@@ -617,6 +633,7 @@ class Session:
 
         def config(case):  # the fields of a row that never ran far enough to fill them
             return dict(step=step, key=case["key"], path=case["path"], backend=case["path"],
+                        directions=case.get("directions", 1),
                         **{k: case[k] for k in ("cell", "dtype", "batch", "hidden", "seq_len", "mode")})
 
         def on_fault(case, status, note):
@@ -860,7 +877,8 @@ def headline_table(rows, paths, static_rows):
            "| cell | dtype | mode | " + " | ".join(order) + " |", "|---|---|---|" + "---|" * len(order)]
     lines, notes = {}, {}
     for r in rows:
-        line = lines.setdefault((r.get("cell"), r.get("dtype"), r.get("mode")), {})
+        cell = r.get("cell") + (" x2 (bidirectional)" if r.get("directions") == 2 else "")
+        line = lines.setdefault((cell, r.get("dtype"), r.get("mode")), {})
         status, us = r.get("status"), r.get("us_per_step")
         text = _MARKS.get(status, "?") if us is None or status not in ("ok", "unstable") else f"{us:.2f}"
         if status == "unstable":
@@ -869,13 +887,13 @@ def headline_table(rows, paths, static_rows):
             text += f" ({r['speedup_vs_torch_nn']:.2f}x)"
         path = paths.get(r.get("path"))
         est = static_estimate(static_rows, path, r.get("cell"), r.get("dtype"), r.get("batch"), r.get("hidden"),
-                              r.get("mode")) if path else None
+                              r.get("mode"), r.get("directions", 1)) if path else None
         if est is not None:
             text += f" est {est:.2f}"
         line[r.get("path")] = text
         if status not in ("ok", "unstable"):
             notes.setdefault((status, str(r.get("note", ""))[:240]), []).append(
-                f"{r.get('cell')} {r.get('dtype')} {r.get('mode')} {r.get('path')}")
+                f"{cell} {r.get('dtype')} {r.get('mode')} {r.get('path')}")
     for (cell, dtype, mode), line in lines.items():
         out.append(f"| {cell} | {dtype} | {mode} | " + " | ".join(line.get(p, "") for p in order) + " |")
     out.append("")
@@ -1205,10 +1223,10 @@ def _worker_bench(spec, emit):
     def reference(case, mode, ref, inputs, expected):
         return run_one(REFERENCE, lambda k, r: impls.module_impl(r, k.cell), case, mode, ref, inputs, expected, None)
 
-    for config, group in itertools.groupby(spec["cases"], key=lambda c: _group(c)[:5]):
-        cell, dtype, batch, hidden, seq_len = config
+    for config, group in itertools.groupby(spec["cases"], key=_config):
+        cell, dtype, batch, hidden, seq_len, directions = config
         T = min(seq_len, warm_t) if warm_t else seq_len
-        case = impls.Case(cell, dtype, batch, hidden, hidden, T, device)
+        case = impls.Case(cell, dtype, batch, hidden, hidden, T, device, directions)
         seed = zlib.crc32("|".join(map(str, config)).encode()) % 100003  # same inputs in every run
         group = list(group)
         ref = inputs = expected = None
@@ -1254,7 +1272,7 @@ def _worker_bench(spec, emit):
                 ms, ms_ref = row.get("ms"), (baseline or (None, None))[1]
                 ok = row.get("status") == "ok"  # "unstable": a time, but too noisy for a speed-up
                 row.update(backend=c["path"], cell=cell, dtype=dtype, batch=batch, hidden=hidden, input_size=hidden,
-                           seq_len=T, mode=mode, reference_impl=None if setup or warm_t else ref_name,
+                           seq_len=T, mode=mode, directions=directions, reference_impl=None if setup or warm_t else ref_name,
                            ms_torch_nn=ms_ref, speedup_vs_torch_nn=ms_ref / ms if ok and ms and ms_ref else None,
                            us_per_step=1e3 * ms / T if ms else None,
                            us_per_step_torch_nn=1e3 * ms_ref / T if ms_ref else None)

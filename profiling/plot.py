@@ -30,7 +30,8 @@ def load_rows(paths):
     for path in sorted(paths, key=lambda p: Path(p).name):
         record = json.loads(Path(path).read_text())
         for row in record.get("rows", []):
-            key = (row["cell"], row["mode"], row["dtype"], row["batch"], row["hidden"], row["seq_len"], row["backend"])
+            key = (row["cell"], row["mode"], row["dtype"], row["batch"], row["hidden"], row["seq_len"], row["backend"],
+                   row.get("directions", 1))
             by_device[record.get("device", "unknown")][key] = row
     return {device: list(rows.values()) for device, rows in by_device.items()}
 
@@ -74,7 +75,10 @@ def plot_device(device, rows, out_dir) -> Path | None:
     ok = [r for r in rows if r["status"] == "ok" and r.get("speedup_vs_torch_nn") and r["backend"] != BASELINE]
     if not ok:
         return None
-    panels = sorted({(r["cell"], r["mode"]) for r in ok})
+    def layer(r):  # a bidirectional layer's rows get panels of their own
+        return r["cell"] + (" bidirectional" if r.get("directions", 1) == 2 else "")
+
+    panels = sorted({(layer(r), r["mode"]) for r in ok})
     cells = sorted({p[0] for p in panels})
     modes = sorted({p[1] for p in panels}, key=lambda m: (m != "forward", m))
     backends = sorted({r["backend"] for r in ok})
@@ -85,7 +89,7 @@ def plot_device(device, rows, out_dir) -> Path | None:
     for i, cell in enumerate(cells):
         for j, mode in enumerate(modes):
             ax = axes[i][j]
-            panel = [r for r in ok if r["cell"] == cell and r["mode"] == mode]
+            panel = [r for r in ok if layer(r) == cell and r["mode"] == mode]
             configs = sorted({(r["dtype"], r["batch"], r["hidden"], r["seq_len"]) for r in panel},
                              key=lambda c: (dtype_order.get(c[0], 9), c[1], c[2], c[3]))
             index = {c: k for k, c in enumerate(configs)}

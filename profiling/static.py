@@ -690,9 +690,12 @@ def measured_index(results_dir=report.RESULTS_DIR):
             continue
         if str(rec.get("device", "")).startswith(("cpu", "sm_")):
             continue
+        both = bool((rec.get("config") or {}).get("bidirectional"))  # a benchmark run of bidirectional layers
         for r in rec.get("rows", []):
             try:
                 if r.get("status") != "ok" or not r.get("ms") or not r.get("seq_len"):
+                    continue
+                if both or r.get("directions", 1) != 1:  # the estimates beside them are of one direction
                     continue
                 key = (r["backend"], r["cell"], r["dtype"], int(r["batch"]), int(r["hidden"]))
                 entry = out.setdefault(key, {"source": path.name})

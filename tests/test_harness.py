@@ -118,6 +118,8 @@ def test_summary_and_record(dry_run):
     assert [c.strip() for c in header.strip("|").split("|")][3:] == [harness.REFERENCE] + [p.name for p in harness.PATHS]
     table = [line for line in summary.splitlines() if re.match(r"\| (lstm|gru) \| (bf16|fp16) \|", line)]
     assert len(table) == 8, table  # 2 cells x 2 dtypes x 2 modes
+    both = [line for line in summary.splitlines() if line.startswith("| lstm x2 (bidirectional) | bf16 |")]
+    assert len(both) == 2, both  # one bidirectional layer, both modes
     # the record is a benchmark record: profiling.plot reads it
     from profiling import plot
 

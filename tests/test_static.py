@@ -392,7 +392,10 @@ def test_measured_times_are_matched(tmp_path):
         {"backend": "cupy", "cell": "lstm", "dtype": "fp16", "batch": 16, "hidden": 768, "mode": "forward",
          "status": "ok", "ms": 2.048, "seq_len": 1024, "ms_cudnn": 3.072},
         {"backend": "cupy", "cell": "lstm", "dtype": "fp16", "batch": 16, "hidden": 768,
-         "mode": "forward_backward", "status": "ok", "ms": 6.144, "seq_len": 1024, "ms_cudnn": None}]}
+         "mode": "forward_backward", "status": "ok", "ms": 6.144, "seq_len": 1024, "ms_cudnn": None},
+        # a bidirectional layer (the GPU harness's last headline cases): not beside one direction's estimate
+        {"backend": "cupy", "cell": "lstm", "dtype": "fp16", "batch": 16, "hidden": 768, "mode": "forward",
+         "status": "ok", "ms": 9.0, "seq_len": 1024, "directions": 2}]}
     (tmp_path / "gpu.json").write_text(json.dumps(rec))
     (tmp_path / "cpu.json").write_text(json.dumps(dict(rec, device="cpu: x")))
     index = static.measured_index(tmp_path)
