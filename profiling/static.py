@@ -56,6 +56,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rnn.backends import auto_order
+
 from . import report, sass
 
 # ---------------------------------------------------------------------------------------------
@@ -470,7 +472,6 @@ FAMILIES = {
     "cupy_grid_both": Family("cupy", functools.partial(cupy_launches, directions=2, kernel="grid"), compile_cupy,
                              alternative_of="cupy", same_as="cupy_both"),
 }
-AUTO_ORDER = ("cupy", "triton")  # rnn.backends.choose: cupy first on CUDA, then triton
 
 
 # ---------------------------------------------------------------------------------------------
@@ -736,7 +737,7 @@ def plan_grid(cfg):
                 launches[name] = str(exc)
         # auto: cupy when its plan accepts both directions (rnn.backends + CupyBackend.unavailable_reason)
         auto_pick = None
-        for name in AUTO_ORDER:
+        for name in auto_order(batch):  # rnn.backends.choose's order on CUDA for this batch
             ok = True
             try:
                 for d in DIRECTIONS:

@@ -82,15 +82,22 @@ def test_spec_errors():
         CellSpec("transformer")
 
 
-def test_auto_prefers_the_one_launch_backend_for_both_directions(monkeypatch):
-    """On CUDA "auto" takes cupy first for one direction, triton first for both directions of a
-    bidirectional layer (one launch for the two); the other where the first cannot run."""
+def test_auto_order_on_cuda(monkeypatch):
+    """On CUDA "auto" takes cupy first for one direction up to B = 32, triton first above it and
+    for both directions of a bidirectional layer; the other where the first cannot run."""
     ready = {"cupy": None, "triton": None}
     monkeypatch.setattr(backends, "_unavailable", lambda name, *a: (name, ready.get(name, "not here")))
     spec = CellSpec("lstm")
+    limit = backends.CUPY_FIRST_MAX_BATCH
     assert backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16).name == "cupy"
+    assert backends.choose("auto", "cuda", spec, 768, limit, torch.bfloat16).name == "cupy"
+    big = backends.choose("auto", "cuda", spec, 768, limit + 1, torch.bfloat16)
+    assert big.name == "triton" and f"batch {limit + 1}" in big.reason and "auto_order" in big.reason
     both = backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16, both=True)
-    assert both.name == "triton" and "both directions in one launch" in both.reason
+    assert both.name == "triton" and "both directions" in both.reason
+    ready["cupy"] = "no cupy"
+    assert backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16).name == "triton"
+    ready["cupy"] = None
     ready["triton"] = "no triton"
     assert backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16, both=True).name == "cupy"
     assert backends.choose("auto", "cpu", spec, 768, 16, torch.float32, both=True).name == "torch"
