@@ -13,9 +13,10 @@ Keras's: `RNN.call` still draws the dropout masks, handles `initial_state` and `
 (assigning the final states to its state variables), casts, and `Bidirectional` still splits the
 states and merges the two directions. A `Bidirectional` whose two layers have the same cell (kind,
 activations, GRU form, units) and are not stateful runs both directions as ONE call
-(`rnn.functional.bidirectional_layer`: one launch on Triton / CuPy): the forward layer's loop
-computes both, the backward layer's loop takes its half after checking that it got the inputs
-that were assumed (else it runs alone). The weights stay Keras variables (saving, loading,
+(`rnn.functional.bidirectional_layer`) where the backend runs that as one launch (Triton, CuPy):
+the forward layer's loop computes both, the backward layer's loop takes its half after checking
+that it got the inputs that were assumed (else it runs alone). On a CPU each direction stays its
+own call (it may run torch's native op there). The weights stay Keras variables (saving, loading,
 `summary()` and parameter counts are untouched); on the torch backend `variable.value` is the
 torch Parameter itself, so gradients land on it and `fit` / the optimizer see them.
 
@@ -56,6 +57,7 @@ import warnings
 
 import torch
 
+from . import backends as _backends
 from . import functional as F
 from .cells import ACTIVATIONS, CellSpec
 from .keras.cells import check_backend, keras_to_torch_weights
@@ -338,6 +340,17 @@ def _same(a, b):
         for x, y in zip(a, b))
 
 
+def _one_launch(spec, seq, units):
+    """Whether the backend this call resolves to runs both directions in one launch (Triton,
+    CuPy). Elsewhere (a CPU: the torch backend) two calls are as fast or faster: each direction
+    alone may take torch's native op, which a call of both directions does not."""
+    try:
+        choice = _backends.choose(backend(), seq.device, spec, units, seq.shape[0], seq.dtype, both=True)
+    except _backends.BackendUnavailable:
+        return False  # each direction alone raises it, with the reason
+    return hasattr(choice.backend, "forward_both")
+
+
 def _paired_inner_loop(layer, pending, sequences, initial_state, mask, training):
     """The forward layer's call: both directions in one call, the backward layer's result kept;
     the backward layer's call: that result, if its inputs are the ones assumed. None: run alone."""
@@ -358,6 +371,8 @@ def _paired_inner_loop(layer, pending, sequences, initial_state, mask, training)
     if _tensor(bwd.cell.kernel).dtype != dtype:
         return None
     seq = torch.as_tensor(sequences).to(dtype)
+    if not _one_launch(spec, seq, fwd.cell.units):
+        return None
     mask = _bool_mask(mask, seq)
     states_f = [torch.as_tensor(v).to(dtype) for v in _as_list(initial_state)]
     half = pending["backward_state"]  # Bidirectional's initial_state, second half, or None: zeros

@@ -53,14 +53,14 @@ def upstream_loss(outputs, seed=11):
     return sum((o * torch.tensor(g.normal(size=tuple(o.shape)).astype(np.float32))).sum() for o in outputs)
 
 
-def run_layer(build, fused, *, mask=False, states=0, nest=None, training=False, calls=1, seed=3):
+def run_layer(build, fused, *, mask=False, states=0, nest=None, training=False, calls=1, seed=3, backend="auto"):
     """Build, randomize and call a layer `calls` times; outputs of every call, then the gradients
     of one loss over all of them (every trainable variable in order, the input, initial states).
     `states` initial states (B, U), passed as `nest(list)` if given."""
     g = np.random.default_rng(0)
     x = torch.tensor(g.normal(size=(B, T, I)).astype(np.float32), requires_grad=True)
     s0 = [torch.tensor(g.normal(size=(B, U)).astype(np.float32), requires_grad=True) for _ in range(states)]
-    with k3.enabled() if fused else contextlib.nullcontext():
+    with k3.enabled(backend) if fused else contextlib.nullcontext():
         keras.utils.set_random_seed(seed)
         layer = build()
         layer.build((B, T, I))
@@ -134,18 +134,26 @@ BIDIRECTIONAL = {
 }
 
 
-@pytest.mark.parametrize("case", list(LAYERS) + list(BIDIRECTIONAL))
+@pytest.mark.parametrize("case", list(LAYERS) + list(BIDIRECTIONAL) + [f"{c}-triton" for c in BIDIRECTIONAL])
 def test_layer_parity(case):
-    build, kw = {**LAYERS, **BIDIRECTIONAL}[case]
+    """Against Keras's own loop. The Bidirectional cases also on the Triton backend (interpreted
+    here), whose one launch for both directions they then take: one call for the two directions,
+    except where the two layers differ (LSTM forward, GRU backward); on the CPU's torch backend
+    each direction stays its own call."""
+    name, _, backend = case.partition("-")
+    backend = backend or "auto"
+    if backend == "triton":
+        pytest.importorskip("triton")
+    build, kw = {**LAYERS, **BIDIRECTIONAL}[name]
     plain = run_layer(build, False, **kw)
     assert k3.stats["fused"] == 0
-    fused = run_layer(build, True, **kw)
-    directions = 2 if case in BIDIRECTIONAL else 1
-    recurrences = 3 if "stacked" in case else directions  # one per cell and direction
+    fused = run_layer(build, True, backend=backend, **kw)
+    directions = 2 if name in BIDIRECTIONAL else 1
+    recurrences = 3 if "stacked" in name else directions  # one per cell and direction
     assert k3.stats["fused"] == directions and k3.stats["fallback"] == 0, dict(k3.stats)
     assert sum(v for k, v in k3.stats.items() if k.startswith("fused_")) == recurrences, dict(k3.stats)
-    # both directions as ONE recurrence call, except where the two layers differ (LSTM fwd, GRU bwd)
-    assert k3.stats["bidirectional_one_call"] == (case in BIDIRECTIONAL and "fwd_gru_bwd" not in case), dict(k3.stats)
+    one_call = backend == "triton" and "fwd_gru_bwd" not in name
+    assert k3.stats["bidirectional_one_call"] == one_call, dict(k3.stats)
     check_same(case, plain, fused)
 
 
