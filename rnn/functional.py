@@ -283,8 +283,9 @@ def _time_major(x, w_ih, w_hh, b_ih, b_hh, h0, c0, spec, mask, in_mask, rec_mask
 def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, in_mask=None, rec_mask=None,
                         backend="auto"):
     """Both directions of one bidirectional layer as ONE operator call (rnn.ops: both directions),
-    so that a backend that can (Triton) runs the two recurrences in one launch, each on half of
-    the GPU. x (T, B, I) time-major; params ((w_ih, w_hh, b_ih, b_hh) of the forward direction,
+    so that a backend that can (Triton, CuPy) runs the two recurrences in one launch. Where "auto"
+    resolves to the torch backend and the call has torch.nn's semantics, torch's own op runs each
+    direction instead, as `recurrence` would. x (T, B, I) time-major; params ((w_ih, w_hh, b_ih, b_hh) of the forward direction,
     the same of the reverse one), torch.nn layout, biases None in both or in neither; h0 / c0
     (2, B, H) or None; mask (T, B) bool or None; in_mask / rec_mask the Keras dropout masks of the
     two directions stacked ((2, ...), each as `recurrence` takes it) or None. Returns (out (T, B, 2H)
@@ -298,10 +299,8 @@ def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, in_mask
     _check_types(x=x, h0=h0, c0=c0, mask=mask, in_mask=in_mask, rec_mask=rec_mask, **weights)
     if torch.onnx.is_in_onnx_export():  # ONNX has a node per direction (rnn.onnx_export), not this operator
         od = ops.of_direction
-        parts = [_time_major(x, *params[d], od(h0, d), od(c0, d), spec, mask, od(in_mask, d), od(rec_mask, d),
-                             bool(d), backend) for d in (0, 1)]
-        return (torch.cat((parts[0][0], parts[1][0]), -1), torch.stack((parts[0][1], parts[1][1])),
-                torch.stack((parts[0][2], parts[1][2])) if spec.kind == "lstm" else None)
+        return _joined(spec, [_time_major(x, *params[d], od(h0, d), od(c0, d), spec, mask, od(in_mask, d),
+                                          od(rec_mask, d), bool(d), backend) for d in (0, 1)])
     cast = _autocast_dtype(spec, x)
     if cast is not None:  # as in _time_major: torch.nn's dtype under this autocast, no autocast inside
         x, h0, c0, in_mask, rec_mask = _autocast_to(cast, x, h0, c0, in_mask, rec_mask)
@@ -316,15 +315,26 @@ def bidirectional_layer(x, params, h0=None, c0=None, *, spec, mask=None, in_mask
     for d in (0, 1):
         T, B, _, H, _ = validate(x, *params[d], od(h0, d), od(c0, d), spec, mask, od(in_mask, d), od(rec_mask, d))
     name = _op_backend(backend, x, spec, H, B, both=True)
-    w_ih, w_hh, b_ih, b_hh = (None if p[0] is None else torch.stack(p) for p in zip(*params))
     if h0 is None:
         h0 = x.new_zeros(2, B, H)
     if spec.kind == "lstm" and c0 is None:
         c0 = x.new_zeros(2, B, H)
+    grad = _records_grad(x, h0, c0, *params[0], *params[1])
+    native = _native_op(spec, x, backend, mask, in_mask, rec_mask, T, B, H, grad, name)
+    if native is not None:  # as in _time_major: torch's own kernel, one call per direction
+        return _joined(spec, [_native(native, x, *params[d], h0[d], ops.of_direction(c0, d), bool(d))
+                              for d in (0, 1)])
+    w_ih, w_hh, b_ih, b_hh = (None if p[0] is None else torch.stack(p) for p in zip(*params))
     mask = None if mask is None else mask.contiguous()
     out, hT, cT, _, _ = _recurrence_op(x.contiguous(), w_ih, w_hh, b_ih, b_hh, h0, c0, mask, in_mask, rec_mask,
                                        *ops.spec_args(spec), False, name)
     return torch.cat((out[0], out[1]), -1), hT, (cT if spec.kind == "lstm" else None)
+
+
+def _joined(spec, parts):
+    """Two directions' (out, hT, cT) as bidirectional_layer returns them."""
+    return (torch.cat((parts[0][0], parts[1][0]), -1), torch.stack((parts[0][1], parts[1][1])),
+            torch.stack((parts[0][2], parts[1][2])) if spec.kind == "lstm" else None)
 
 
 _COMMON_ARGS = """

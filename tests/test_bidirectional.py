@@ -180,3 +180,24 @@ def test_keras3_bidirectional_triton_runs_one_launch(triton_calls):
         bi(x).square().sum().backward()
         assert k3.stats["bidirectional_one_call"] == 1 and k3.stats["fused"] == 2
     assert triton_calls == ["forward_both", "backward_both"]
+
+
+@pytest.mark.parametrize("name,spec", [c for c in CELLS if c[0] != "gru_classic"], ids=lambda v: getattr(v, "kind", v))
+def test_bidirectional_layer_on_cpu_takes_torchs_op_as_recurrence_does(name, spec, monkeypatch):
+    """"auto" on a CPU, torch.nn's semantics: each direction through torch's native op, bit for bit
+    what two recurrence() calls give (they take it too); no fused_rnn operator call. With a mask,
+    the one operator call of both directions."""
+    params = _params(spec, True, torch.float32, 1)
+    x = torch.randn(T, B, I)
+    calls = []
+    real = F._recurrence_op
+    monkeypatch.setattr(F, "_recurrence_op", lambda *a: calls.append(a[-1]) or real(*a))
+    with torch.no_grad():
+        got = F.bidirectional_layer(x, params, spec=spec)
+        want = [F.recurrence(x, *params[d], spec=spec, reverse=bool(d)) for d in (0, 1)]
+    assert calls == []
+    assert torch.equal(got[0], torch.cat((want[0][0], want[1][0]), -1))
+    assert torch.equal(got[1], torch.stack((want[0][1], want[1][1])))
+    with torch.no_grad():
+        F.bidirectional_layer(x, params, spec=spec, mask=torch.ones(T, B, dtype=torch.bool))
+    assert calls == ["torch"]
