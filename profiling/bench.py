@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(compile,flashrnn); torch.nn always runs as the reference")
     p.add_argument("--bidirectional", action="store_true",
                    help="one bidirectional layer per case (torch.nn bidirectional=True; our drop-ins run both "
-                   "directions as one call, one launch on Triton); times are of the two directions")
+                   "directions as one call, one launch on Triton or CuPy); times are of the two directions")
     p.add_argument("--modes", type=_csv("mode", MODES), default=list(MODES),
                    help="comma list of forward,forward_backward")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,

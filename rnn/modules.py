@@ -9,7 +9,7 @@ support RNN, GRU, or LSTM"), and these modules compile.
 
 Every layer and direction is one `rnn.functional.recurrence` call (one operator in a compiled
 graph), and both directions of a bidirectional layer one `rnn.functional.bidirectional_layer` call
-(one operator, one launch on the Triton backend); an LSTM with proj_size passes its weight_hr as
+(one operator, one launch on the Triton and CuPy backends); an LSTM with proj_size passes its weight_hr as
 `w_hr` one direction at a time (see rnn.functional._projected).
 PackedSequence input is padded once and run with a (T, B) validity mask inside the recurrence, not
 a loop over sequences. Where "auto" has no kernel backend for the device (a CPU), the whole module
@@ -105,7 +105,7 @@ class _Fused:
         D = 2 if self.bidirectional else 1
         hn, cn = [], []
         layer_in = x
-        # both directions of a layer in one operator call (one launch on the Triton backend);
+        # both directions of a layer in one operator call (one launch on the Triton and CuPy backends);
         # projections go one direction at a time
         both = D == 2 and not self.proj_size
         for layer in range(self.num_layers):

@@ -19,7 +19,7 @@ LSTM forward with a GRU backward).
 Keras weights (get/set_keras_weights): the forward layer's arrays, then the backward layer's.
 Where the two layers are one cell each of the same kind, size, dropout rates and backend (the
 default backward layer always is), and not stateful, both directions run as ONE recurrence call
-(rnn.functional.bidirectional_layer: one launch on the Triton backend), with the same results.
+(rnn.functional.bidirectional_layer: one launch on the Triton and CuPy backends), with the same results.
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ class Bidirectional(nn.Module):
 
     def _one_call(self):
         """Whether both directions can run as one recurrence call (rnn.functional.bidirectional_layer:
-        one launch on the Triton backend): one cell each, of the same kind, size, dropout rates and
+        one launch on the Triton and CuPy backends): one cell each, of the same kind, size, dropout rates and
         backend, the forward layer reading forward in time, and not stateful."""
         f, b = self.forward_layer, self.backward_layer
         if f.stacked or b.stacked or f.stateful or f.go_backwards or not b.go_backwards:
