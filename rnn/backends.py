@@ -112,29 +112,27 @@ def _unavailable(name, device, spec, hidden, batch, dtype):
 CUPY_FIRST_MAX_BATCH = 32
 
 
-def auto_order(batch, both=False) -> tuple:
-    """The GPU backends "auto" tries, in order, for a call of this batch size (both: both
-    directions of a bidirectional layer). From the sm_90 estimates of profiling.static (not yet
-    measured on a GPU, which will settle the rule), bf16, T 1024, us per step forward / backward:
+def auto_order(batch) -> tuple:
+    """The GPU backends "auto" tries, in order, for a call of this batch size (one direction, or
+    both of a bidirectional layer, which both backends run as one launch: the same rule).
+    From the sm_90 estimates of profiling.static (not yet measured on a GPU, which will settle the
+    rule), bf16, T 1024, us per step forward / backward, lstm and gru x H 256 / 768 / 1024:
       - up to B = 32 cupy first: its grid-wide kernel at B16 H768 LSTM 2.44 / 4.54 against triton's
-        2.65 / 5.62, its cluster kernel at H256 B32 1.77 / 2.59 against 2.44 / 5.39;
+        2.65 / 5.62, its cluster kernel at H256 B32 1.77 / 2.59 against 2.44 / 5.39; both
+        directions at B16 H768 LSTM 2.98 / 5.42 against 3.75 / 5.62;
       - above, triton first: cupy's kernels stage every batch row of h in every block each step, so
         their step grows with B, while triton spreads batch tiles over programs: B64 H768 LSTM
-        triton 4.89 / 9.70 against cupy 6.02 / 13.50, B256 4.89 / 9.70 against 21.8 / 50.6 (every
-        cell, H 256 / 768 / 1024, B 64 and 256: triton ahead for training);
-      - both directions: triton first. Both run the two directions in ONE launch, but cupy's own
-        "auto" takes its cluster kernel on sm_90 where W_hh fits, estimated slower there (B16 H768
-        LSTM forward, both directions at once: triton 3.75, cupy's cluster kernel 4.35, its
-        grid-wide kernel 2.98 with FUSED_RNN_CUPY_KERNEL=grid)."""
-    return ("triton", "cupy") if both or batch > CUPY_FIRST_MAX_BATCH else ("cupy", "triton")
+        triton 4.89 / 9.70 against cupy 6.02 / 13.50, B256 4.89 / 9.70 against 21.8 / 50.6 (triton
+        ahead for training in every row at B 64 and 256, one direction and both)."""
+    return ("triton", "cupy") if batch > CUPY_FIRST_MAX_BATCH else ("cupy", "triton")
 
 
 def choose(name, device, spec, hidden, batch, dtype, both=False) -> Choice:
     """Resolve a backend name for one recurrence call.
 
     An explicit name either works or raises BackendUnavailable; "auto" tries the GPU backends in
-    the order of auto_order (cupy first for small batches, triton for large ones and for both
-    directions of a bidirectional layer) on CUDA devices, and torch everywhere else.
+    the order of auto_order (cupy first for small batches, triton for large ones) on CUDA devices,
+    and torch everywhere else.
     """
     name = validate(name)
     device = torch.device(device)
@@ -145,13 +143,13 @@ def choose(name, device, spec, hidden, batch, dtype, both=False) -> Choice:
         return Choice(impl, name, "requested explicitly")
     skipped = []
     if device.type == "cuda":
-        order = auto_order(batch, both)
+        order = auto_order(batch)
         for candidate in order:
             impl, why = _unavailable(candidate, device, spec, hidden, batch, dtype)
             if not why:
                 note = "; ".join(skipped)
-                why = (f"first of {' / '.join(order)} for {'both directions' if both else f'batch {batch}'} on CUDA "
-                       "(rnn.backends.auto_order)")
+                why = (f"first of {' / '.join(order)} for batch {batch}{', both directions in one launch' if both else ''}"
+                       " on CUDA (rnn.backends.auto_order)")
                 return Choice(impl, candidate, f"{why}{' (' + note + ')' if note else ''}")
             skipped.append(f"{candidate}: {why}")
     else:

@@ -83,8 +83,8 @@ def test_spec_errors():
 
 
 def test_auto_order_on_cuda(monkeypatch):
-    """On CUDA "auto" takes cupy first for one direction up to B = 32, triton first above it and
-    for both directions of a bidirectional layer; the other where the first cannot run."""
+    """On CUDA "auto" takes cupy first up to B = 32, triton first above it, for one direction and
+    for both of a bidirectional layer; the other where the first cannot run."""
     ready = {"cupy": None, "triton": None}
     monkeypatch.setattr(backends, "_unavailable", lambda name, *a: (name, ready.get(name, "not here")))
     spec = CellSpec("lstm")
@@ -94,7 +94,8 @@ def test_auto_order_on_cuda(monkeypatch):
     big = backends.choose("auto", "cuda", spec, 768, limit + 1, torch.bfloat16)
     assert big.name == "triton" and f"batch {limit + 1}" in big.reason and "auto_order" in big.reason
     both = backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16, both=True)
-    assert both.name == "triton" and "both directions" in both.reason
+    assert both.name == "cupy" and "both directions" in both.reason
+    assert backends.choose("auto", "cuda", spec, 768, limit + 1, torch.bfloat16, both=True).name == "triton"
     ready["cupy"] = "no cupy"
     assert backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16).name == "triton"
     ready["cupy"] = None

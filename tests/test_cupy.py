@@ -1041,3 +1041,15 @@ def test_both_directions_in_one_launch_on_gpu(rng, monkeypatch, case, family):
     monkeypatch.setattr(backend, "_launch", spy)
     check_both_directions(rng, backend, launched, case, dtype, device="cuda")
     assert all(c.kernel == family for c in launched)
+
+
+def test_both_directions_keep_the_tensor_core_path():
+    """A both-directions plan that fits half of the SMs only in the FMA layout (LSTM backward bf16
+    H1024: one direction uses tensor cores on all SMs) is refused, so that forward_both /
+    backward_both run two tensor-core launches instead; an explicit FMA request still plans both."""
+    one = kc.choose("backward", "lstm", 1024, 16, torch.bfloat16, kc.H100, kernel="grid")
+    assert one.mma and one.directions == 1
+    with pytest.raises(kc.SizeLimitError, match="only without tensor cores"):
+        kc.choose("backward", "lstm", 1024, 16, torch.bfloat16, kc.H100, kernel="grid", directions=2)
+    fma = kc.choose("backward", "lstm", 1024, 16, torch.bfloat16, kc.H100, kernel="grid", directions=2, mma=False)
+    assert not fma.mma and fma.directions == 2 and fma.grid <= kc.H100.sm_count // 2

@@ -316,6 +316,8 @@ CLUSTER_THREADS = (256, 384, 512)
 CLUSTER_REGS_BASE = 64  # registers besides weight fragments (4 each) and accumulators (4 per batch tile):
 #   ptxas (sm_90a) gives 160 for RF=24, NT=2 at 384 threads (the cap, 168, holds) and spills at RF=16 on
 #   512 threads (cap 128 < 64 + 64 + 8); the launch re-checks ptxas' count
+CLUSTER_REGS_BOTH = 8  # more with both directions in the launch (DIRS = 2: the direction's shifted pointers;
+#   ptxas spilled 16 B for the GRU B1 H768 backward at RF=24 on 384 threads without this allowance)
 
 
 def _cluster_geometry(direction, kind, reset_after, hidden, batch, dtype, rec_mask, mma, units, ntiles, ks, threads,
@@ -355,7 +357,7 @@ def _cluster_geometry(direction, kind, reset_after, hidden, batch, dtype, rec_ma
 
 def plan_cluster(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, activation="tanh",
                  recurrent_activation="sigmoid", reset_after=True, rec_mask=False, mma=None, tf32=False,
-                 max_cluster=None, threads=None, reg_frags=None, ks=None, units=None) -> Config:
+                 max_cluster=None, threads=None, reg_frags=None, ks=None, units=None, directions=1) -> Config:
     """The cluster kernel's configuration: the largest cluster the device allows (fewest units per
     CTA), then the threads / k split / register-held weight fragments that put the least work on
     the busiest warp while the slice fits in shared memory + registers. Raises SizeLimitError where
@@ -392,7 +394,7 @@ def plan_cluster(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *,
                 if not ks and (k_split > max(1, nk) or (mma and k_split > 1 and mt * k_split > 2 * (th // 32))):
                     continue
                 for rf in ([reg_frags] if reg_frags is not None else (range(0, 65, 2) if mma else [0])):
-                    regs = CLUSTER_REGS_BASE + 4 * rf + 4 * ntiles
+                    regs = CLUSTER_REGS_BASE + 4 * rf + 4 * ntiles + (CLUSTER_REGS_BOTH if directions == 2 else 0)
                     if regs > regs_cap and reg_frags is None:
                         break
                     smem, busiest = _cluster_geometry(direction, kind, reset_after, hidden, batch_eff, dtype, rec_mask,
@@ -422,18 +424,26 @@ def choose(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, kerne
     """The configuration the backend launches: `kernel` names a family of FAMILIES, or "auto":
     the first family whose plan fits (the cluster kernel on sm_90 where it fits, else grid-wide).
     directions=2: both directions of a bidirectional layer in one launch; the grid-wide family then
-    plans each direction on half of the SMs (all blocks of both must be co-resident), the cluster
-    family runs one cluster per direction (clusters need not be co-resident: they never wait on
-    each other)."""
+    plans each direction on half of the SMs (all blocks of both must be co-resident; not where that
+    loses the tensor-core path one direction has), the cluster family runs one cluster per
+    direction (clusters need not be co-resident: they never wait on each other)."""
     if kernel != "auto" and kernel not in FAMILIES:
         raise ValueError(f"kernel must be 'auto' or one of {tuple(FAMILIES)}, got {kernel!r}")
     if directions not in (1, 2):
         raise ValueError(f"directions must be 1 or 2, got {directions!r}")
     names = tuple(FAMILIES) if kernel == "auto" else (kernel,)
     for i, name in enumerate(names):
-        share = limits if name == "cluster" else dataclasses.replace(limits, sm_count=max(1, limits.sm_count // directions))
+        if name == "cluster":  # one cluster per direction, each planned for the registers of a two-direction kernel
+            share, extra = limits, {"directions": directions}
+        else:  # each direction on half of the SMs
+            share, extra = dataclasses.replace(limits, sm_count=max(1, limits.sm_count // directions)), {}
         try:
-            config = FAMILIES[name](direction, kind, hidden, batch, dtype, share, **options)
+            config = FAMILIES[name](direction, kind, hidden, batch, dtype, share, **options, **extra)
+            if directions == 2 and not config.mma and FAMILIES[name](direction, kind, hidden, batch, dtype, limits,
+                                                                      **options).mma:
+                # half of the SMs fit W_hh only in the FMA layout: two tensor-core launches are faster
+                raise SizeLimitError(f"both directions of {kind} H={hidden} in one launch fit only without tensor "
+                                     "cores (FMA), one direction at a time with them")
             return dataclasses.replace(config, directions=directions)
         except SizeLimitError:
             if i == len(names) - 1:
