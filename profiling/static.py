@@ -208,7 +208,7 @@ def triton_launches(cell, dtype, batch, hidden, direction, tf32=False, both=Fals
     two = False  # torch.nn GRU is reset_after=True: one phase per step
     consts = dict(KIND=R.KIND_CODES[cell], NG=G, ACT=R.ACTIVATION_CODES["tanh"],
                   RACT=R.ACTIVATION_CODES["sigmoid"], RESET_AFTER=True, HAS_MASK=False, HAS_RMASK=False,
-                  TWO_PHASE=two, PREC="tf32" if (dtype == "fp32" and tf32) else "ieee",
+                  TWO_PHASE=two, PREC=TB.fp32_precision(tf32) if dtype == "fp32" else "ieee",
                   REVERSE=R.BOTH_DIRECTIONS if both else False, **TB.plan_constexprs(plan, direction))
     sync = plan.persistent and plan.grid != (1, 1)
     if direction == "forward":
@@ -229,7 +229,8 @@ def triton_launches(cell, dtype, batch, hidden, direction, tf32=False, both=Fals
             steps = (2, 3)  # a representative step: neither 1 nor a multiple of 16 (JIT specialization)
         spec = ("triton", fn_name, dtype, tuple(sorted(c.items())), plan.num_warps, plan.num_stages,
                 _spec_class(batch), _spec_class(hidden), steps)
-        label = ("persistent" if plan.persistent else "per_step") + (", both directions" if both else "")
+        label = ("persistent" if plan.persistent else "per_step") + (", " + c["PREC"] if dtype == "fp32" else "") \
+            + (", both directions" if both else "")
         out.append(Launch("triton", f"triton.{fn_name}[{label}]",
                           "persistent" if plan.persistent else "per-step", spec,
                           plan.grid + ((2,) if both else ()), 32 * plan.num_warps,
@@ -322,7 +323,8 @@ def compile_triton(spec) -> dict:
 # Two kernel families (kernels/cupy: FAMILIES): "cluster" (cluster.cu, one thread-block cluster,
 # sm_90) and "grid" (forward.cu / backward.cu, a cooperative grid). The "cupy" rows are what
 # kernels.cupy.choose(kernel="auto") launches; the "cupy_grid" rows (FAMILIES below) add the
-# grid-wide kernel where auto launches the cluster kernel, the alternative auto did not take; the
+# grid-wide kernel where auto launches the cluster kernel, the alternative auto did not take (and
+# "cupy_cluster" the cluster kernel where it fits but auto takes the grid-wide one); the
 # "cupy_both" / "cupy_grid_both" rows the same for both directions of a bidirectional layer in
 # one launch.
 _CUPY_NULL = {"mask", "rec_mask"}  # the benchmark passes no mask and no recurrent dropout
@@ -459,12 +461,16 @@ class Family:
     # never chosen by auto, and left out where it launches what that family (or `same_as`) launches
     alternative_of: str | None = None
     same_as: str | None = None
+    if_it_fits: bool = False  # an alternative left out (not reported as skipped) where it cannot launch
 
 
 FAMILIES = {
     "triton": Family("triton", triton_launches, compile_triton),
     "cupy": Family("cupy", cupy_launches, compile_cupy),
     "cupy_grid": Family("cupy", functools.partial(cupy_launches, kernel="grid"), compile_cupy, alternative_of="cupy"),
+    # the cluster kernel where it fits but auto takes the grid-wide one (its FMA path above B = 2)
+    "cupy_cluster": Family("cupy", functools.partial(cupy_launches, kernel="cluster"), compile_cupy,
+                           alternative_of="cupy", if_it_fits=True),
     # both directions of a bidirectional layer in one launch: one row for the two directions' step
     "triton_both": Family("triton", functools.partial(triton_launches, both=True), compile_triton,
                           alternative_of="triton"),
@@ -752,7 +758,8 @@ def plan_grid(cfg):
             parent = fam.alternative_of
             if parent is not None:
                 wanted = parent in cfg["backends"] or (parent == auto_pick and "auto" in cfg["backends"])
-                if wanted and launches[name] != launches[fam.same_as or parent]:
+                fits = not (fam.if_it_fits and isinstance(launches[name], str))
+                if wanted and fits and launches[name] != launches[fam.same_as or parent]:
                     items.append(((cell, dtype, batch, hidden, direction), name, launches[name], False))
             elif name in cfg["backends"] or (auto and "auto" in cfg["backends"]):
                 items.append(((cell, dtype, batch, hidden, direction), name, launches[name], auto))

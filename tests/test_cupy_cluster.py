@@ -337,16 +337,21 @@ def test_cluster_plan_h768():
 
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
-@pytest.mark.parametrize("hidden,batch", [(37, 3), (256, 16), (512, 64), (1024, 16)])
+@pytest.mark.parametrize("hidden,batch", [(37, 3), (256, 16), (512, 64), (1024, 16), (256, 1), (64, 2)])
 def test_choose_prefers_the_cluster_where_it_fits(kind, dtype, hidden, batch):
+    """"auto": the cluster kernel where it fits, its FMA path only up to CLUSTER_FMA_AUTO_MAX_BATCH
+    rows (kernel="cluster" still takes it at any batch it fits)."""
     for direction in ("forward", "backward"):
         fits = {}
         for name, planner in kc.FAMILIES.items():
             try:
-                planner(direction, kind, hidden, batch, dtype, kc.H100)
+                config = planner(direction, kind, hidden, batch, dtype, kc.H100)
                 fits[name] = True
             except kc.SizeLimitError:
                 fits[name] = False
+            if name == "cluster" and fits[name] and not config.mma:
+                assert kc.choose(direction, kind, hidden, batch, dtype, kc.H100, kernel="cluster").kernel == "cluster"
+                fits[name] = batch <= kc.CLUSTER_FMA_AUTO_MAX_BATCH
         if not any(fits.values()):  # e.g. fp64 LSTM at H=1024: neither family
             with pytest.raises(kc.SizeLimitError):
                 kc.choose(direction, kind, hidden, batch, dtype, kc.H100)

@@ -323,16 +323,18 @@ needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None,
 @needs_nvcc
 def test_cupy_grid_family_bf16_and_fp32(tmp_path):
     """The grid-wide kernels (what auto launches where W_hh fits no cluster, and before sm_90),
-    reported beside the cluster rows that auto takes at this size."""
+    reported beside the cluster rows: at B16 H64 auto takes the cluster kernel's MMA path (bf16),
+    not its FMA path (fp32: the grid-wide kernel above CLUSTER_FMA_AUTO_MAX_BATCH rows; the cluster
+    kernel is then the reported alternative)."""
     record, _ = _run_static(tmp_path, "--cells", "rnn", "--dtypes", "bf16,fp32", "--backends", "cupy")
     for direction in ("forward", "backward"):
         mma = _row_of(record, "bf16", direction, "cupy.rnn_" + direction)
         fma = _row_of(record, "fp32", direction, "cupy.rnn_" + direction)
         for row in (mma, fma):
             _check_compiled(row)
-            # at H=64 auto takes the cluster kernel (sm_90): the grid-wide row is the alternative
-            assert row["auto"] is False and row["grid_barriers_per_step"] >= 1 and row["bulk_per_step"] == 0
-            assert _row_of(record, row["dtype"], direction, "cupy.rnn_cluster_")["auto"] is True
+            grid = row is fma
+            assert row["auto"] is grid and row["grid_barriers_per_step"] >= 1 and row["bulk_per_step"] == 0
+            assert _row_of(record, row["dtype"], direction, "cupy.rnn_cluster_")["auto"] is not grid
             assert row["ldg_per_step"] > 0 and row["atomic_per_step"] >= 0
         assert "[mma]" in mma["kernel"] and mma["mma_per_step"] > 0
         assert "[fma]" in fma["kernel"] and fma["mma_per_step"] == 0 and fma["ffma_per_warp"] > 0

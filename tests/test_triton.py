@@ -348,11 +348,16 @@ def test_plan_choices():
         make_plan(10, 1, 4, 4, 132, False, direction="sideways")
 
 
-@pytest.mark.parametrize("hidden,split,parts", [(768, 8, (512, 256)), (37, 1, (32, 16)), (1000, 1, (512, 256, 256)),
-                                                (1024, 8, (1024,)), (100, 1, (64, 32, 16)), (96, 2, (64, 32))])
-def test_forward_k_pieces(hidden, split, parts):
+@pytest.mark.parametrize("hidden,split,parts,parts4", [
+    (768, 8, (512, 256), (512, 256)), (37, 1, (32, 16), (32, 16)), (1000, 1, (512, 256, 256), (512, 256, 256)),
+    (1024, 8, (1024,), (512, 512)), (1536, 8, (1024, 512), (512, 512, 512)), (100, 1, (64, 32, 16), (64, 32, 16)),
+    (96, 2, (64, 32), (64, 32)), (2048, 8, (2048,), (2048,))])
+def test_forward_k_pieces(hidden, split, parts, parts4):
+    """Half-precision pieces as large as three powers of two allow; 4-byte pieces at most 512 where
+    three of them cover K (else as for 2 bytes)."""
     assert tb.forward_split(hidden) == split
     assert tb.k_parts(hidden, split) == parts
+    assert tb.k_parts(hidden, split, 4) == parts4 and sum(parts4) >= hidden
 
 
 def test_unavailable_reason(monkeypatch):
@@ -378,6 +383,47 @@ def test_registry_resolves_triton():
 
     choice = backends.choose("triton", DEVICE, CellSpec("gru"), 37, 3, torch.float32)
     assert choice.name == "triton" and isinstance(choice.backend, TritonBackend)
+
+
+def test_fp32_precision(monkeypatch):
+    """fp32's recurrent matmul: tf32 where torch allows it, else 3xtf32 unless FUSED_RNN_FP32_MATMUL
+    asks for IEEE FMA products; a bad value names the variable and the choices."""
+    monkeypatch.delenv(tb.FP32_MATMUL_ENV, raising=False)
+    assert tb.fp32_precision(True) == "tf32" and tb.fp32_precision(False) == "tf32x3"
+    monkeypatch.setenv(tb.FP32_MATMUL_ENV, "IEEE")
+    assert tb.fp32_precision(False) == "ieee" and tb.fp32_precision(True) == "tf32"
+    monkeypatch.setenv(tb.FP32_MATMUL_ENV, "3xtf32")
+    assert tb.fp32_precision(False) == "tf32x3"
+    monkeypatch.setenv(tb.FP32_MATMUL_ENV, "fp32")
+    with pytest.raises(ValueError, match=r"FUSED_RNN_FP32_MATMUL must be one of \('3xtf32', 'ieee'\), got 'fp32'"):
+        tb.fp32_precision(False)
+
+
+def _tf32(x, rounding):
+    """x (float32) as tf32 (10 mantissa bits): rounded to nearest (cvt.rna, the high part) or
+    truncated (a tensor core reading an fp32 register as tf32: the worst case for the low part)."""
+    i = x.view(torch.int32)
+    return ((i + 0x1000 if rounding else i) & ~0x1FFF).view(torch.float32)
+
+
+def test_3xtf32_products_are_as_accurate_as_fp32():
+    """The claim behind fp32's default (fp32_precision): 3xtf32 as Triton builds it (a = hi + lo with
+    hi = rna(a); lo x hi + hi x lo + hi x hi, lo x lo dropped), products emulated exactly in float64,
+    is no further from the float64 matvec than fp32 FMA itself, on the recurrent matvec of an LSTM
+    step at H 256..1024; one tf32 product is about 1000x further (why it needs allow_tf32)."""
+    gen = torch.Generator().manual_seed(0)
+    for H in (256, 768, 1024):
+        w = (torch.rand(4 * H, H, generator=gen) * 2 - 1) / H ** 0.5
+        h = torch.tanh(torch.randn(16, H, generator=gen))
+        exact = h.double() @ w.double().T
+        hi_h, hi_w = _tf32(h, True), _tf32(w, True)
+        lo_h, lo_w = _tf32(h - hi_h, False), _tf32(w - hi_w, False)
+        three = lo_h.double() @ hi_w.double().T + hi_h.double() @ lo_w.double().T + hi_h.double() @ hi_w.double().T
+        err3 = (three - exact).abs().max().item()
+        err32 = ((h @ w.T).double() - exact).abs().max().item()
+        err1 = (hi_h.double() @ hi_w.double().T - exact).abs().max().item()
+        assert err3 <= err32 and err3 < 1e-6, (H, err3, err32)
+        assert err1 > 100 * err32, (H, err1, err32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,6 +504,19 @@ def test_gpu_real_sizes(name, spec, size, dtype, set_tf32):
     k, f = _gpu_case(spec, dtype, T_, B_, H_)
     saved, grads = run_kernel(TritonBackend(), spec, k)
     _check_vs_torch64(f"{name}/{size}/{dtype}", spec, saved, grads, f, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["3xtf32", "ieee"])
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_gpu_fp32_matmul_modes(name, spec, mode, set_tf32, monkeypatch):
+    """fp32 without tf32: the default 3xtf32 products and FUSED_RNN_FP32_MATMUL=ieee both hold fp32's
+    tolerance over 256 steps at H=768 (the persistent path)."""
+    set_tf32(False)
+    monkeypatch.setenv(tb.FP32_MATMUL_ENV, mode)
+    k, f = _gpu_case(spec, torch.float32, 256, 16, 768)
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    _check_vs_torch64(f"{name}/{mode}", spec, saved, grads, f, torch.float32)
 
 
 @pytest.mark.gpu

@@ -312,6 +312,11 @@ CLUSTER_MIN_COMPUTE_CAPABILITY = (9, 0)
 CLUSTER_PORTABLE = 8  # CTAs per cluster every sm_90 part allows; 16 needs the non-portable attribute
 CLUSTER_NON_PORTABLE = 16
 CLUSTER_MAX_BATCH = 64  # MMA: 8 batch tiles of accumulators per weight fragment
+# "auto" takes the FMA cluster kernel only up to this batch: it reads its W_hh slice from shared
+# memory once per batch row each step, so its step grows with B, the grid-wide kernel's barely
+# (sm_90 estimates, LSTM fp32 H256 forward / backward us: B1 1.11 / 1.31 vs grid 1.73 / 2.12,
+# B2 1.71 / 1.89 vs 1.74 / 2.39, B4 2.93 / 3.13 vs 1.75 / 2.43, B16 10.4 / 11.2 vs 2.28 / 3.98)
+CLUSTER_FMA_AUTO_MAX_BATCH = 2
 CLUSTER_THREADS = (256, 384, 512)
 CLUSTER_REGS_BASE = 64  # registers besides weight fragments (4 each) and accumulators (4 per batch tile):
 #   ptxas (sm_90a) gives 160 for RF=24, NT=2 at 384 threads (the cap, 168, holds) and spills at RF=16 on
@@ -422,7 +427,8 @@ KERNEL_ENV = "FUSED_RNN_CUPY_KERNEL"  # "auto" (default), "cluster" or "grid"
 def choose(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, kernel="auto", directions=1,
            **options) -> Config:
     """The configuration the backend launches: `kernel` names a family of FAMILIES, or "auto":
-    the first family whose plan fits (the cluster kernel on sm_90 where it fits, else grid-wide).
+    the first family whose plan fits (the cluster kernel on sm_90 where it fits, and for the FMA path
+    only up to CLUSTER_FMA_AUTO_MAX_BATCH rows, else grid-wide).
     directions=2: both directions of a bidirectional layer in one launch; the grid-wide family then
     plans each direction on half of the SMs (all blocks of both must be co-resident; not where that
     loses the tensor-core path one direction has), the cluster family runs one cluster per
@@ -439,6 +445,8 @@ def choose(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, kerne
             share, extra = dataclasses.replace(limits, sm_count=max(1, limits.sm_count // directions)), {}
         try:
             config = FAMILIES[name](direction, kind, hidden, batch, dtype, share, **options, **extra)
+            if kernel == "auto" and name == "cluster" and not config.mma and batch > CLUSTER_FMA_AUTO_MAX_BATCH:
+                continue  # fits, but the grid-wide FMA kernel is faster there
             if directions == 2 and not config.mma and FAMILIES[name](direction, kind, hidden, batch, dtype, limits,
                                                                       **options).mma:
                 # half of the SMs fit W_hh only in the FMA layout: two tensor-core launches are faster

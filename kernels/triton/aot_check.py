@@ -18,7 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import recurrence as R
-from .backend import gates_padded, make_plan, plan_constexprs
+from .backend import fp32_precision, gates_padded, make_plan, plan_constexprs
 
 _IO_POINTERS = {"xg_ptr", "w_ptr", "h0_ptr", "out_ptr", "dout_ptr", "xchg_ptr"}
 _BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
@@ -51,7 +51,7 @@ def compile_spec(text, arch=90, n_sm=132, batch=64):
         consts = dict(KIND=R.KIND_CODES[kind], NG=G, ACT=0, RACT=2, RESET_AFTER=ra, REVERSE=True,
                       HAS_MASK=True, HAS_RMASK=True, TWO_PHASE=kind == "gru" and not ra,
                       PHASE=1 if per_step else 0, SYNC=plan.persistent and plan.grid != (1, 1),
-                      PREC="tf32" if io == "fp32" else "ieee", **plan_constexprs(plan, name))
+                      PREC=fp32_precision(False) if io == "fp32" else "ieee", **plan_constexprs(plan, name))
         if name == "forward":
             consts.update(HAS_BIAS=True, NGP=gates_padded(G))
         kernel = triton.compile(ASTSource(fn, _signature(fn, consts, io, cdt), constexprs=consts),

@@ -37,6 +37,8 @@ SMEM_STATIC_BYTES = 1024    # static shared memory in the sm_90 cubins of these 
                             # wherever they use shared memory), on top of Triton's dynamic metadata.shared
 SMEM_SLACK_BYTES = 1024     # margin of persistent_shared_bytes for buffers another Triton version may add
 PERSISTENT_ENV = "FUSED_RNN_TRITON_PERSISTENT"  # "auto" (default), "off" (per step), "on" (or raise)
+FP32_MATMUL_ENV = "FUSED_RNN_FP32_MATMUL"  # "3xtf32" (default) or "ieee": fp32 recurrent matmul without tf32
+FP32_MATMULS = {"3xtf32": "tf32x3", "ieee": "ieee"}
 
 
 class BarrierTimeoutError(RuntimeError):
@@ -140,6 +142,22 @@ def cooperative_options() -> dict:
     return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in CUDAOptions.__dataclass_fields__ else {}
 
 
+def fp32_precision(tf32: bool) -> str:
+    """tl.dot's input_precision for fp32 inputs. tf32 (torch allows tf32 matmuls): one tf32 product
+    on tensor cores, as torch's matmuls and cuDNN's RNNs do then. Otherwise 3xtf32: each operand
+    split into a tf32 high part and a tf32 remainder, three tensor-core products summed in fp32 (the
+    remainder x remainder term dropped): a product error of about 2^-21 relative, the order of fp32's
+    own rounding over a sum of H terms, at about a sixth of bf16's tensor-core rate where fp32 FMA
+    runs at a fraction of that (sm_90 estimates: profiling.static). FUSED_RNN_FP32_MATMUL=ieee
+    keeps fp32 FMA products (bitwise closer to a CPU, several times slower)."""
+    if tf32:
+        return "tf32"
+    value = os.environ.get(FP32_MATMUL_ENV, "3xtf32").strip().lower() or "3xtf32"
+    if value not in FP32_MATMULS:
+        raise ValueError(f"{FP32_MATMUL_ENV} must be one of {tuple(FP32_MATMULS)}, got {value!r}")
+    return FP32_MATMULS[value]
+
+
 def persistent_mode() -> str:
     value = os.environ.get(PERSISTENT_ENV, "auto").strip().lower() or "auto"
     if value not in ("auto", "on", "off"):
@@ -175,14 +193,25 @@ def gates_padded(n_gates) -> int:
     return _pow2(n_gates, 1)
 
 
-def k_parts(hidden, split) -> tuple:
-    """K pieces of the forward's fused dot: H rounded up to 16 * split, as at most three powers
-    of two (the last one rounded up when more would be needed); each a multiple of 16 * split."""
+# the largest K piece per matmul operand size: a piece's W rows and h operand are live in registers
+# together, and 4-byte pieces of 1024 spill (sm_90, triton 3.6: LSTM fp32 B16 H1024 forward 368 B a
+# thread as one piece of 1024, none as two of 512, same estimate)
+K_PIECE_MAX = {4: 512}
+
+
+def k_parts(hidden, split, itemsize=2) -> tuple:
+    """K pieces of the split-K dot: K rounded up to 16 * split, as at most three powers of two
+    (the last one rounded up when more would be needed), each a multiple of 16 * split and, where
+    three pieces of K_PIECE_MAX[itemsize] cover K, at most that."""
     unit = 16 * split
     left = _round_up(hidden, unit)
+    cap = K_PIECE_MAX.get(itemsize)
+    if cap is None or left > 3 * cap or cap < unit:
+        cap = left
     parts = []
     while left > 0:
         p = triton.next_power_of_2(left) if len(parts) == 2 else 1 << (left.bit_length() - 1)
+        p = min(p, triton.next_power_of_2(cap))
         parts.append(p)
         left -= min(p, left)
     return tuple(parts)
@@ -216,14 +245,14 @@ def _splitk_shared_bytes(n_rows, block_b, k, k_op, itemsize, split, w_reg) -> in
 
 def forward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_reg) -> int:
     """Forward persistent kernel: _splitk_shared_bytes of its NGP * BLOCK_H gate rows x H."""
-    k = sum(k_parts(hidden, split))
+    k = sum(k_parts(hidden, split, itemsize))
     return _splitk_shared_bytes(gates_padded(n_gates) * block_h, block_b, k, k, itemsize, split, w_reg)
 
 
 def backward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_reg) -> int:
     """Backward persistent kernel: _splitk_shared_bytes of its BLOCK_H rows of W_hh^T x G*H. Its
     operand is staged one K piece at a time (sm_90 compiles: the buffer is reused across pieces)."""
-    parts = k_parts(n_gates * hidden, split)
+    parts = k_parts(n_gates * hidden, split, itemsize)
     return _splitk_shared_bytes(block_h, block_b, sum(parts), max(parts), itemsize, split, w_reg)
 
 
@@ -251,7 +280,7 @@ def _splitk_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_blo
     per_unit = gates_padded(n_gates) if fwd else 1
     k = hidden if fwd else n_gates * hidden
     split = forward_split(k)
-    parts = k_parts(k, split)
+    parts = k_parts(k, split, itemsize)
     if interpret:  # one program covers everything (the interpreter cannot wait across programs)
         bh, bb = _pow2(hidden, max(1, MIN_BLOCK // per_unit)), _pow2(batch)
         return Plan(True, bh, bb, bh, _pow2(hidden), True, (1, 1), split, 1, split, parts, itemsize == 2)
@@ -492,9 +521,9 @@ class TritonBackend:
                 raise ValueError(f"rec_mask must be ({'2, ' if lead else ''}G, B, H) = {(*lead, spec.n_gates, B, H)}, "
                                  f"got {tuple(rec_mask.shape)}")
             args["rmask"] = rec_mask.detach().to(cdt).contiguous()
-        prec = "ieee"
-        if xg_dtype == torch.float32 and not INTERPRET and torch.backends.cuda.matmul.allow_tf32:
-            prec = "tf32"
+        # the interpreter computes dots in the operands' dtype whatever the precision asked
+        prec = fp32_precision(torch.backends.cuda.matmul.allow_tf32) if xg_dtype == torch.float32 and not INTERPRET \
+            else "ieee"
         consts = dict(
             KIND=KIND_CODES[spec.kind], NG=spec.n_gates, ACT=ACTIVATION_CODES[spec.activation],
             RACT=ACTIVATION_CODES[spec.recurrent_activation], RESET_AFTER=bool(spec.reset_after),
