@@ -342,6 +342,11 @@ def test_plan_choices():
     assert not make_plan(256, 64, 4, 8, 132, False, direction="backward").persistent
     p = make_plan(256, 64, 4, 4, 132, False, direction="backward")
     assert p.persistent and p.block_b == 32 and p.grid == (16, 2)
+    # large batches: tiles of at most BLOCK_B_MAX rows, the programs spread over the batch (LSTM bf16
+    # H256 B256 forward: 16 x 8 programs of 16 units and 32 rows, not 64 x 2 of 4 units and 128 rows)
+    p = make_plan(256, 256, 4, 2, 132, False)
+    assert p.persistent and p.block_b == tb.BLOCK_B_MAX == 32 and p.grid == (16, 8)
+    assert make_plan(256, 16, 4, 2, 132, False).block_b == 16
     with pytest.raises(ValueError, match="hidden"):
         make_plan(0, 1, 4, 4, 132, False)
     with pytest.raises(ValueError, match="direction"):
