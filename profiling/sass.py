@@ -492,12 +492,23 @@ def _ptx_class(ins):
 
 
 def _ptx_instr_bytes(ins, cls):
+    if cls == "wgmma":  # not bytes: this warp's quarter of the warpgroup's m64nNk16 work, in FLOPs
+        return wgmma_flops(ins.op) // 4
     if cls in ("ldsm", "sts") and ins.op.split(".")[0] in ("ldmatrix", "stmatrix"):
         m = re.search(r"\.x(\d)", ins.op)
         return 4 * int(m.group(1)) if m else 4
     if cls in ("lds", "sts", "ldg", "stg", "ldl", "stl"):
         return _ptx_bytes(ins)
     return 0
+
+
+def wgmma_flops(op) -> int:
+    """FLOPs of one wgmma.mma_async (a warpgroup's m64nNkK), counted at K = 16 whatever the input
+    type: an instruction of tf32 (K = 8) takes a tensor core as long as one of bf16 (K = 16)."""
+    m = re.search(r"\.m(\d+)n(\d+)k(\d+)", op)
+    if not m:
+        raise WalkError(f"wgmma without a shape: {op}")
+    return 2 * int(m.group(1)) * int(m.group(2)) * 16
 
 
 class WalkError(RuntimeError):

@@ -88,7 +88,8 @@ ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 #
 #   t_step = t_mma + t_fma + t_smem + t_l2 + t_bar + t_sync          (phases are serial in a step)
 #   t_mma  = max(busiest warp's mma.sync count x MMA_WARP_CLK,
-#                block's mma FLOPs / MMA_FLOP_PER_CLK_SM) / CLOCK           tensor cores
+#                block's mma FLOPs / MMA_FLOP_PER_CLK_SM
+#                + block's wgmma FLOPs / WGMMA_FLOP_PER_CLK_SM) / CLOCK    tensor cores
 #   t_fma  = busiest warp's FFMA count x 32 lanes / FFMA_PER_CLK_SM x 4 sub-partitions
 #            ... i.e. a warp issues one FFMA per clock on its sub-partition      / CLOCK
 #   t_smem = block's shared bytes (ld + st + ldmatrix, 32 lanes a warp) / SMEM_BYTES_PER_CLK / CLOCK
@@ -110,6 +111,7 @@ ESTIMATE_MODEL = {
     "MMA_WARP_CLK": 16,               # one m16n8k16 mma.sync per warp every 16 clocks (~half of the
                                       # sub-partition's dense wgmma rate, which mma.sync does not reach)
     "MMA_FLOP_PER_CLK_SM": 2048,      # mma.sync FLOPs per clock per SM (dense bf16/fp16 wgmma: ~4096)
+    "WGMMA_FLOP_PER_CLK_SM": 4096,    # wgmma (dense bf16 / fp16; tf32 counted at K = 16: half its FLOPs)
     "FFMA_PER_CLK_SM": 128,           # fp32 FMA lanes per SM
     "SMEM_BYTES_PER_CLK": 128,        # shared-memory bandwidth per SM
     "L2_LATENCY_S": 260e-9,           # one dependent global (L2) load round trip, ~260 ns-ish
@@ -666,7 +668,9 @@ def estimate_us(block, warp_max, grid_barriers, launches, model=ESTIMATE_MODEL, 
     m = model
     clk = m["CLOCK_HZ"]
     mma_flops = block.get("mma", 0) * 2 * 16 * 8 * 16
-    t_mma = max(warp_max.get("mma", 0) * m["MMA_WARP_CLK"], mma_flops / m["MMA_FLOP_PER_CLK_SM"]) / clk
+    wgmma_flops = block.get("wgmma_bytes", 0)  # the walk counts a wgmma's FLOPs as its "bytes"
+    t_mma = max(warp_max.get("mma", 0) * m["MMA_WARP_CLK"],
+                mma_flops / m["MMA_FLOP_PER_CLK_SM"] + wgmma_flops / m["WGMMA_FLOP_PER_CLK_SM"]) / clk
     t_fma = warp_max.get("ffma", 0) / clk  # one warp-wide FFMA per clock per sub-partition
     smem = 32 * sum(block.get(k, 0) for k in ("lds_bytes", "sts_bytes", "ldsm_bytes"))
     t_smem = smem / m["SMEM_BYTES_PER_CLK"] / clk

@@ -43,6 +43,21 @@ def test_estimate_model_terms():
     assert t2["sync"] == pytest.approx(3 * m["LAUNCH_GAP_S"] * 1e6)
 
 
+def test_estimate_model_counts_wgmma():
+    """wgmma work (Triton's per-step kernels at 64-row batch tiles) is tensor-core time too: the
+    walk counts each warp's quarter of a warpgroup's m64nNk16 FLOPs (tf32's K = 8 counted as 16:
+    the same instruction time), and the model adds them at WGMMA_FLOP_PER_CLK_SM."""
+    assert sass.wgmma_flops("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16") == 2 * 64 * 128 * 16
+    assert sass.wgmma_flops("wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32") == 2 * 64 * 64 * 16
+    with pytest.raises(sass.WalkError, match="shape"):
+        sass.wgmma_flops("wgmma.mma_async.sync.aligned.f32.bf16.bf16")
+    m = static.ESTIMATE_MODEL
+    flops = 4 * 12 * 2 * 64 * 128 * 16  # 12 wgmma of 4 warps
+    _, terms = static.estimate_us({"mma": 64, "wgmma_bytes": flops}, {"mma": 2}, grid_barriers=0, launches=1)
+    want = (64 * 4096 / m["MMA_FLOP_PER_CLK_SM"] + flops / m["WGMMA_FLOP_PER_CLK_SM"]) / m["CLOCK_HZ"]
+    assert terms["mma"] == pytest.approx(want * 1e6, abs=1e-3) and terms["mma"] > 0.2
+
+
 def test_estimate_model_cluster_exchange():
     """A cluster kernel pays its DSMEM exchanges instead of a grid barrier; its loads (the next
     step's prefetch, between push and wait) hide behind the exchange."""

@@ -347,6 +347,11 @@ def test_plan_choices():
     p = make_plan(256, 256, 4, 2, 132, False)
     assert p.persistent and p.block_b == tb.BLOCK_B_MAX == 32 and p.grid == (16, 8)
     assert make_plan(256, 16, 4, 2, 132, False).block_b == 16
+    # per step: 64-row batch tiles with 16-unit programs where those fit on the SMs (B64 H768: 48
+    # programs, not 24 of 32 units), 32 units above that (B256: 24 x 4) and with 16-row tiles
+    assert make_plan(768, 64, 4, 2, 132, False, per_step=True).grid == (48, 1)
+    assert make_plan(768, 256, 4, 2, 132, False, per_step=True).grid == (24, 4)
+    assert make_plan(768, 16, 4, 2, 132, False, per_step=True).grid == (24, 1)
     with pytest.raises(ValueError, match="hidden"):
         make_plan(0, 1, 4, 4, 132, False)
     with pytest.raises(ValueError, match="direction"):
