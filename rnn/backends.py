@@ -122,8 +122,10 @@ def auto_order(batch) -> tuple:
         directions at B16 H768 LSTM 2.98 / 5.42 against 3.75 / 5.62;
       - above, triton first: cupy's kernels stage every batch row of h in every block each step, so
         their step grows with B, while triton spreads batch tiles over programs: B64 H768 LSTM
-        triton 4.89 / 9.70 against cupy 6.02 / 13.50, B256 4.89 / 9.70 against 21.8 / 50.6 (triton
-        ahead for training in every row at B 64 and 256, one direction and both)."""
+        triton 4.56 / 9.19 against cupy 6.02 / 13.50, B256 6.64 / 11.45 against 21.8 / 50.6 (triton
+        ahead for training in every LSTM / GRU row at B 64 and 256, one direction and both; the one
+        exception in the grid is SimpleRNN B64 H256, where cupy's cluster kernel leads, 1.62 / 1.71
+        against 2.32 / 2.42)."""
     return ("triton", "cupy") if batch > CUPY_FIRST_MAX_BATCH else ("cupy", "triton")
 
 

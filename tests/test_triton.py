@@ -361,10 +361,10 @@ def test_plan_choices():
 @pytest.mark.parametrize("hidden,split,parts,parts4", [
     (768, 8, (512, 256), (512, 256)), (37, 1, (32, 16), (32, 16)), (1000, 1, (512, 256, 256), (512, 256, 256)),
     (1024, 8, (1024,), (512, 512)), (1536, 8, (1024, 512), (512, 512, 512)), (100, 1, (64, 32, 16), (64, 32, 16)),
-    (96, 2, (64, 32), (64, 32)), (2048, 8, (2048,), (2048,))])
+    (96, 2, (64, 32), (64, 32)), (2048, 8, (2048,), (2048,)), (1408, 8, (1024, 256, 128), (1024, 256, 128))])
 def test_forward_k_pieces(hidden, split, parts, parts4):
     """Half-precision pieces as large as three powers of two allow; 4-byte pieces at most 512 where
-    three of them cover K (else as for 2 bytes)."""
+    three of them cover K with no more padding (1408 would need 512 x 3 = 1536: as for 2 bytes)."""
     assert tb.forward_split(hidden) == split
     assert tb.k_parts(hidden, split) == parts
     assert tb.k_parts(hidden, split, 4) == parts4 and sum(parts4) >= hidden

@@ -207,19 +207,21 @@ K_PIECE_MAX = {4: 512}
 def k_parts(hidden, split, itemsize=2) -> tuple:
     """K pieces of the split-K dot: K rounded up to 16 * split, as at most three powers of two
     (the last one rounded up when more would be needed), each a multiple of 16 * split and, where
-    three pieces of K_PIECE_MAX[itemsize] cover K, at most that."""
-    unit = 16 * split
-    left = _round_up(hidden, unit)
+    three pieces of K_PIECE_MAX[itemsize] cover K with no more padding, at most that."""
+    def pieces(cap):
+        left, parts = _round_up(hidden, 16 * split), []
+        while left > 0:
+            p = triton.next_power_of_2(left) if len(parts) == 2 else 1 << (left.bit_length() - 1)
+            parts.append(min(p, cap))
+            left -= min(parts[-1], left)
+        return tuple(parts)
+
+    free = pieces(1 << 62)
     cap = K_PIECE_MAX.get(itemsize)
-    if cap is None or left > 3 * cap or cap < unit:
-        cap = left
-    parts = []
-    while left > 0:
-        p = triton.next_power_of_2(left) if len(parts) == 2 else 1 << (left.bit_length() - 1)
-        p = min(p, triton.next_power_of_2(cap))
-        parts.append(p)
-        left -= min(p, left)
-    return tuple(parts)
+    if cap is None or cap < 16 * split:
+        return free
+    capped = pieces(cap)
+    return capped if len(capped) <= 3 and sum(capped) == sum(free) else free
 
 
 def forward_split(hidden) -> int:
