@@ -526,6 +526,8 @@ class Session:
             git_dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
             ncu=(_run_text([ncu, "--version"], 20)[1].splitlines() or [""])[-1] if ncu else None,
             platform=platform.platform(), cpu_count=os.cpu_count(), cache_dir=str(self.cache),
+            # the project's switches set for this run (each path pins its own on top)
+            settings={k: v for k, v in sorted(os.environ.items()) if k.startswith("FUSED_RNN_")},
             paths={p.name: p.about for p in PATHS},
         )
         self.record("env", **env)

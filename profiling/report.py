@@ -87,10 +87,20 @@ def versions() -> dict:
     }
 
 
+def settings() -> dict:
+    """What changes which kernels run and how, besides the arguments: the project's FUSED_RNN_*
+    variables that are set (e.g. FUSED_RNN_FP32_MATMUL=ieee) and torch's tf32 switches."""
+    out = {k: v for k, v in sorted(os.environ.items()) if k.startswith("FUSED_RNN_") and k != COMMIT_ENV}
+    out["torch.backends.cuda.matmul.allow_tf32"] = bool(torch.backends.cuda.matmul.allow_tf32)
+    out["torch.backends.cudnn.allow_tf32"] = bool(torch.backends.cudnn.allow_tf32)
+    return out
+
+
 def environment(device) -> dict:
     return {
         "device": device_name(device),
         "versions": versions(),
+        "settings": settings(),
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

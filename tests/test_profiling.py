@@ -87,7 +87,7 @@ def _rows(path, **match):
 
 def test_cli_writes_a_complete_record(record, capsys):
     data = json.loads(record.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    for key in ("device", "versions", "git_commit", "date", "config", "rows", "rates"):
+    for key in ("device", "versions", "settings", "git_commit", "date", "config", "rows", "rates"):
         assert key in data, key
     assert data["device"].startswith("cpu: ")
     assert {"torch", "triton", "cupy", "cuda"} <= set(data["versions"])
@@ -113,6 +113,17 @@ def test_cli_writes_a_complete_record(record, capsys):
             assert r["speedup_vs_torch_nn"] == pytest.approx(1.0) and r["pct_of_floor"] > 0
     for r in _rows(record, backend="torch"):  # our drop-in must match torch.nn
         assert r["status"] in ("ok", "unstable", "skipped"), r
+
+
+def test_records_name_the_settings_that_change_the_kernels(monkeypatch):
+    """A record says which FUSED_RNN_* switches were set and torch's tf32 flags: an fp32 timing
+    with FUSED_RNN_FP32_MATMUL=ieee is never mistaken for the 3xtf32 default."""
+    monkeypatch.setenv("FUSED_RNN_FP32_MATMUL", "ieee")
+    monkeypatch.delenv("FUSED_RNN_TRITON_PERSISTENT", raising=False)
+    got = report.environment(torch.device("cpu"))["settings"]
+    assert got["FUSED_RNN_FP32_MATMUL"] == "ieee" and "FUSED_RNN_TRITON_PERSISTENT" not in got
+    assert got["torch.backends.cuda.matmul.allow_tf32"] is bool(torch.backends.cuda.matmul.allow_tf32)
+    assert got["torch.backends.cudnn.allow_tf32"] is bool(torch.backends.cudnn.allow_tf32)
 
 
 def test_exact_copy_passes_the_check(record):
