@@ -18,6 +18,16 @@ def new_empty(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def env_choice(name, default, choices, expected=None) -> str:
+    """The value of the switch `name` (stripped, lower case; unset or empty: `default`), which must
+    be one of `choices`; else ValueError naming the variable, what it accepts (`expected`, by
+    default "one of (...)") and what it got."""
+    value = os.environ.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise ValueError(f"{name} must be {expected or f'one of {tuple(choices)}'}, got {value!r}")
+    return value
+
+
 class Saved(NamedTuple):
     """What a backend's forward returns (the contract is documented in rnn.backends)."""
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import threading
 import warnings
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .. import Saved, new_empty
+from .. import Saved, env_choice, new_empty
 
 __all__ = ["CupyBackend", "DeviceLimits", "Config", "SizeLimitError", "ClusterTimeoutError", "plan", "plan_cluster",
            "choose", "max_hidden", "use_mma", "kernel_source"]
@@ -521,16 +520,9 @@ class CupyBackend:
         self._lock = threading.Lock()
         self._limits = {}  # device index -> DeviceLimits
         self._kernels = {}  # (device index, barrier, compile key) -> cupy RawKernel
-        self._barrier = os.environ.get(BARRIER_ENV, "cg").strip().lower() or "cg"
-        if self._barrier not in ("cg", "atomic"):
-            raise ValueError(f"{BARRIER_ENV} must be 'cg' or 'atomic', got {self._barrier!r}")
-        mma = os.environ.get(MMA_ENV, "auto").strip().lower() or "auto"
-        if mma not in ("auto", "off"):
-            raise ValueError(f"{MMA_ENV} must be 'auto' or 'off', got {mma!r}")
-        self._mma = None if mma == "auto" else False
-        self._family = os.environ.get(KERNEL_ENV, "auto").strip().lower() or "auto"
-        if self._family != "auto" and self._family not in FAMILIES:
-            raise ValueError(f"{KERNEL_ENV} must be 'auto' or one of {tuple(FAMILIES)}, got {self._family!r}")
+        self._barrier = env_choice(BARRIER_ENV, "cg", ("cg", "atomic"), "'cg' or 'atomic'")
+        self._mma = None if env_choice(MMA_ENV, "auto", ("auto", "off"), "'auto' or 'off'") == "auto" else False
+        self._family = env_choice(KERNEL_ENV, "auto", ("auto", *FAMILIES), f"'auto' or one of {tuple(FAMILIES)}")
 
     # ---- availability ------------------------------------------------------------------------
     def install_problem(self):

@@ -14,14 +14,13 @@ Shapes follow rnn.cells: T time, B batch, H hidden, G gates; xg (T, B, G*H), w_h
 from __future__ import annotations
 
 import functools
-import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 import triton
 
-from .. import Saved, compute_dtype, new_empty
+from .. import Saved, compute_dtype, env_choice, new_empty
 from .barrier import SPIN_CAP, failed_launch, new_status, steps_per_launch
 from .recurrence import ACTIVATION_CODES, BOTH_DIRECTIONS, KIND_CODES, backward_kernel, forward_kernel
 
@@ -157,17 +156,11 @@ def fp32_precision(tf32: bool) -> str:
     keeps fp32 FMA products (bitwise closer to a CPU, several times slower)."""
     if tf32:
         return "tf32"
-    value = os.environ.get(FP32_MATMUL_ENV, "3xtf32").strip().lower() or "3xtf32"
-    if value not in FP32_MATMULS:
-        raise ValueError(f"{FP32_MATMUL_ENV} must be one of {tuple(FP32_MATMULS)}, got {value!r}")
-    return FP32_MATMULS[value]
+    return FP32_MATMULS[env_choice(FP32_MATMUL_ENV, "3xtf32", FP32_MATMULS)]
 
 
 def persistent_mode() -> str:
-    value = os.environ.get(PERSISTENT_ENV, "auto").strip().lower() or "auto"
-    if value not in ("auto", "on", "off"):
-        raise ValueError(f"{PERSISTENT_ENV} must be 'auto', 'on' or 'off', got {value!r}")
-    return value
+    return env_choice(PERSISTENT_ENV, "auto", ("auto", "on", "off"), "'auto', 'on' or 'off'")
 
 
 @dataclass(frozen=True)
