@@ -118,9 +118,9 @@ def auto_order(batch) -> tuple:
     From the sm_90 estimates of profiling.static (not yet measured on a GPU, which will settle the
     rule), bf16, T 1024, us per step forward / backward, lstm and gru x H 256 / 768 / 1024:
       - up to B = 32 cupy first: its cluster kernel at B16 H256 LSTM 1.13 / 1.57 against triton's
-        1.70 / 2.65 (ahead at B 1 and 16 in every bf16 / fp16 H256 LSTM, GRU and SimpleRNN row); at H768
-        the two are within the model's error: B16 LSTM cupy's grid-wide kernel 2.44 / 4.54 against
-        triton's 2.35 / 4.59, both directions 2.98 / 5.42 against 3.06 / 4.59;
+        1.70 / 2.65 (ahead at B 1 and 16 in every bf16 / fp16 H256 LSTM, GRU and SimpleRNN row);
+        at H768 the two are within the model's error: B16 LSTM cupy's grid-wide kernel 2.44 / 4.54
+        against triton's 2.35 / 4.59, both directions 2.98 / 5.42 against 3.06 / 4.59;
       - above, triton first: cupy's kernels stage every batch row of h in every block each step, so
         their step grows with B, while triton spreads batch tiles over programs: B64 H768 LSTM
         triton 4.56 / 9.19 against cupy 6.02 / 13.50, B256 6.64 / 11.45 against 21.8 / 50.6 (triton
