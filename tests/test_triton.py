@@ -138,6 +138,21 @@ def test_persistent_float64(rng, name, spec, opts):
     check(f"{name}/{opts}", spec, saved, grads, f, torch.float64)
 
 
+@pytest.mark.parametrize("hidden", [64, 128])
+@pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
+def test_persistent_split_k_widths(rng, name, spec, hidden):
+    """The split-K partial sums (one per warp, added by halving) at the widths a GPU plan uses: H=37
+    above splits the forward's K at most 2 ways; H=64 / 128 split it 4 / 8 ways (backward 8)."""
+    for direction in ("forward", "backward"):
+        k_rows = hidden * (1 if direction == "forward" else spec.n_gates)
+        split = make_plan(hidden, 3, spec.n_gates, 8, 1, interpret=True, direction=direction).split
+        assert split == next(s for s in (8, 4, 2, 1) if k_rows % (16 * s) == 0) and split >= 4
+    for dtype in (torch.float64, torch.bfloat16):
+        k, f = make_case(rng, spec, dtype, T=4, H=hidden, mask="some")
+        saved, grads = run_kernel(TritonBackend(), spec, k)
+        check(f"{name}/H{hidden}/{dtype}", spec, saved, grads, f, dtype)
+
+
 @pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
 def test_per_step_path(rng, name, spec):
     """The per-step fallback (several programs per launch in the interpreter)."""
