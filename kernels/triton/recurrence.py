@@ -287,16 +287,17 @@ def _fused_mm(src_ptr, scale_ptr, wa, wb, wc, b, b_ok, H, HAS_SCALE: tl.constexp
     acc = _h_piece(acc, wa, src_ptr, scale_ptr, b, b_ok, H, 0, H, 0, HAS_SCALE, SPLIT, K1 // SPLIT, PREC)
     acc = _h_piece(acc, wb, src_ptr, scale_ptr, b, b_ok, H, 0, H, K1, HAS_SCALE, SPLIT, K2 // SPLIT, PREC)
     acc = _h_piece(acc, wc, src_ptr, scale_ptr, b, b_ok, H, 0, H, K1 + K2, HAS_SCALE, SPLIT, K3 // SPLIT, PREC)
-    return _sum_split(acc, SPLIT)
+    return _sum_split(acc)
 
 
 @triton.jit
-def _sum_split(acc, SPLIT: tl.constexpr):
+def _sum_split(acc):
     """acc [SPLIT, N, BB] summed over the split (one partial per warp), halving it by tl.split of
     a last axis of 2: Triton moves the partials through shared memory once, into a layout that spreads
     [N, BB] over the warps. tl.sum over the warps' axis left its result in every warp and converted
     it again for each consumer (sm_90, LSTM bf16 B16 H768, shared-memory bytes a step: forward 152 ->
     104 KB with the gates split before their activations, backward 365 -> 215 KB)."""
+    SPLIT: tl.constexpr = acc.shape[0]
     N: tl.constexpr = acc.shape[1]
     BB: tl.constexpr = acc.shape[2]
     a = tl.permute(acc, (1, 2, 0))
@@ -695,7 +696,7 @@ def _bwd_mm(src_ptr, wa, wb, wc, b, b_ok, GH, lo, hi, SPLIT: tl.constexpr, K1: t
     acc = _h_piece(acc, wa, src_ptr, src_ptr, b, b_ok, GH, lo, hi, 0, False, SPLIT, K1 // SPLIT, PREC)
     acc = _h_piece(acc, wb, src_ptr, src_ptr, b, b_ok, GH, lo, hi, K1, False, SPLIT, K2 // SPLIT, PREC)
     acc = _h_piece(acc, wc, src_ptr, src_ptr, b, b_ok, GH, lo, hi, K1 + K2, False, SPLIT, K3 // SPLIT, PREC)
-    return tl.trans(_sum_split(acc, SPLIT))
+    return tl.trans(_sum_split(acc))
 
 
 @triton.jit
