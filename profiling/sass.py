@@ -409,21 +409,81 @@ def parse_ptx(text: str, entry: str | None = None) -> PtxKernel:
     return PtxKernel(m.group(1), params, code, labels)
 
 
+def _ptx_successors(kernel: PtxKernel) -> list:
+    """Control-flow successors of each entry of kernel.code (labels fall through)."""
+    code, n = kernel.code, len(kernel.code)
+    succ = [[] for _ in code]
+    for i, ins in enumerate(code):
+        falls = i + 1 < n
+        if not isinstance(ins, str):
+            base = ins.op.split(".")[0]
+            if base == "bra":
+                target = kernel.labels.get(ins.args[0])
+                if target is not None:
+                    succ[i].append(target)
+                falls = falls and ins.guard is not None
+            elif base in ("ret", "exit", "trap"):
+                falls = falls and ins.guard is not None
+        if falls:
+            succ[i].append(i + 1)
+    return succ
+
+
 def ptx_step_loop(kernel: PtxKernel):
-    """(head index, tail index) of the outermost PTX loop containing a block barrier, or None."""
-    loops = []
-    for i, ins in enumerate(kernel.code):
-        if isinstance(ins, PtxInstr) and ins.op.split(".")[0] == "bra":
-            j = kernel.labels.get(ins.args[0])
-            if j is not None and j <= i:
-                loops.append((j, i))
-    bars = [i for i, ins in enumerate(kernel.code) if isinstance(ins, PtxInstr) and _ptx_class(ins) == "bar"]
-    with_bar = [lp for lp in loops if any(lp[0] <= b <= lp[1] for b in bars)]
-    if not with_bar:
+    """(head index, last member index) of the outermost natural loop of the PTX control-flow graph
+    that contains a block barrier (the most barriers if several), or None. A natural loop, found by
+    dominators, not an index interval: the compiler may rotate a loop so that its head sits after
+    code that belongs to it (Triton 3.6 placed the code after the grid barrier above the head)."""
+    succ = _ptx_successors(kernel)
+    n = len(succ)
+    preds = [[] for _ in range(n)]
+    for i, ss in enumerate(succ):
+        for j in ss:
+            preds[j].append(i)
+    # reachable nodes in reverse post-order, then the iterative dominator sets (bit masks)
+    order, seen, stack = [], {0}, [(0, iter(succ[0]))] if n else []
+    while stack:
+        node, it = stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            stack.pop()
+            order.append(node)
+        elif nxt not in seen:
+            seen.add(nxt)
+            stack.append((nxt, iter(succ[nxt])))
+    order.reverse()
+    everything = (1 << n) - 1
+    dom = {i: everything for i in order}
+    if order:
+        dom[0] = 1
+    changed = True
+    while changed:
+        changed = False
+        for i in order[1:]:
+            d = everything
+            for p in preds[i]:
+                if p in dom:
+                    d &= dom[p]
+            d |= 1 << i
+            if d != dom[i]:
+                dom[i], changed = d, True
+    loops = {}
+    for i in order:
+        for h in succ[i]:
+            if dom[i] >> h & 1:  # i -> h is a back edge: h dominates i
+                member, work = loops.setdefault(h, {h}), [i]
+                while work:
+                    x = work.pop()
+                    if x not in member:
+                        member.add(x)
+                        work.extend(preds[x])
+    bars = {i for i, ins in enumerate(kernel.code) if isinstance(ins, PtxInstr) and _ptx_class(ins) == "bar"}
+    with_bar = [(h, m) for h, m in loops.items() if m & bars]
+    outer = [lp for lp in with_bar if not any(o is not lp and lp[1] < o[1] for o in with_bar)]
+    if not outer:
         return None
-    # outermost: not contained in another loop with a barrier
-    outer = [lp for lp in with_bar if not any(o != lp and o[0] <= lp[0] and lp[1] <= o[1] for o in with_bar)]
-    return max(outer, key=lambda lp: sum(lp[0] <= b <= lp[1] for b in bars))
+    head, member = max(outer, key=lambda lp: (len(lp[1] & bars), len(lp[1])))
+    return head, max(member)
 
 
 _TYPE_BITS = {"8": 8, "16": 16, "32": 32, "64": 64}
@@ -546,6 +606,7 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
                "%clusterid.x": ctaid[0] // cluster, "%clusterid.y": ctaid[1], "%clusterid.z": ctaid[2],
                "%nclusterid.x": -(-nctaid[0] // cluster), "%nclusterid.y": nctaid[1], "%nclusterid.z": nctaid[2]}
     regs = {}
+    rounds = _LoadRounds()
     loop = ptx_step_loop(kernel)
     head = loop[0] if loop else None
     arrivals = -1
@@ -605,6 +666,10 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
         op = ins.op
         base = op.split(".")[0]
         cls = _ptx_class(ins)
+        in_window = head is not None and window[0] <= arrivals < window[1]
+        if rounds.see(ins, base, cls):
+            total["ldg_rounds"] += 1
+            window_counts["ldg_rounds"] += in_window
         if cls is not None:
             nbytes = _ptx_instr_bytes(ins, cls)
             if cls == "bulk":  # cp.async.bulk [dst], [src], size, [mbar]: the size operand
@@ -613,7 +678,7 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
             total[cls] += 1
             if nbytes:
                 total[cls + "_bytes"] += nbytes
-            if head is not None and window[0] <= arrivals < window[1]:
+            if in_window:
                 window_counts[cls] += 1
                 if nbytes:
                     window_counts[cls + "_bytes"] += nbytes
@@ -631,7 +696,64 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
             break
         _execute(op, base, ins.args, val, dsts, setv)
         pc += 1
+    if rounds.finish():  # a round still in flight where the walk stopped: it is waited for in the next step
+        total["ldg_rounds"] += 1
+        window_counts["ldg_rounds"] += head is not None and arrivals >= window[0]
     return window_counts, total, arrivals
+
+
+_PTX_REG = re.compile(r"%[A-Za-z_]\w*")
+# opcodes whose first operand is read, not written
+_NO_DEST = ("st", "red", "bar", "barrier", "bra", "prefetch", "cp", "fence", "membar", "mbarrier", "trap")
+
+
+def is_sync_op(ins, base) -> bool:
+    """A grid barrier's arrival or poll (atomics, acquire / volatile loads) or a wait for a cluster
+    exchange: the latency model prices these as the sync term, not as load rounds."""
+    if base in ("atom", "red"):
+        return True
+    if base in ("ld", "ldu") and (".acquire" in ins.op or ".volatile" in ins.op):
+        return True
+    return base == "mbarrier" and ("try_wait" in ins.op or "test_wait" in ins.op)
+
+
+class _LoadRounds:
+    """Dependent rounds of global loads of one thread, in PTX order (ptxas may hoist loads further,
+    so this is an upper bound). A round opens at a data load (ld.global / ld; not a sync op). Its
+    results may flow through register arithmetic, which ptxas can schedule late; the round closes
+    at the first instruction that needs them otherwise: a memory access, an MMA, a barrier, a
+    branch (any instruction of a class _ptx_class names, but an FFMA). One L2 latency per round.
+    A round still in flight when the thread reaches a sync op (see is_sync_op) completes during
+    that wait and costs nothing more: how data loaded before a grid barrier (the next step's
+    inputs) leaves the critical path."""
+
+    def __init__(self):
+        self.pending = set()  # registers holding a load's result or a value computed from one
+
+    def see(self, ins, base, cls) -> bool:
+        """Account one executed instruction; True when it closes a round."""
+        if is_sync_op(ins, base):
+            self.pending.clear()  # in flight during the wait: arrived, at no further cost
+            return False
+        closed = False
+        if self.pending:
+            args = ins.args if base in _NO_DEST else ins.args[1:]
+            reads = {r for a in args for r in _PTX_REG.findall(a)}
+            if ins.guard is not None:
+                reads.add(ins.guard.lstrip("!"))
+            if reads & self.pending:
+                if (cls is None or cls == "ffma") and base not in _NO_DEST and ins.args:
+                    self.pending.update(_PTX_REG.findall(ins.args[0]))  # arithmetic: still in flight
+                else:
+                    closed = True
+                    self.pending.clear()
+        if cls == "ldg" and ins.args:
+            self.pending.update(_PTX_REG.findall(ins.args[0]))
+        return closed
+
+    def finish(self) -> bool:
+        """Whether a round is still in flight (the walk stopped before anything waited for it)."""
+        return bool(self.pending)
 
 
 def _traps(code, pc):

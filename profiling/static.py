@@ -93,7 +93,12 @@ ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 #   t_fma  = busiest warp's FFMA count x 32 lanes / FFMA_PER_CLK_SM x 4 sub-partitions
 #            ... i.e. a warp issues one FFMA per clock on its sub-partition      / CLOCK
 #   t_smem = block's shared bytes (ld + st + ldmatrix, 32 lanes a warp) / SMEM_BYTES_PER_CLK / CLOCK
-#   t_l2   = L2_LATENCY x ceil(busiest warp's global loads / LOADS_IN_FLIGHT)   (dependent rounds)
+#   t_l2   = max(L2_LATENCY x busiest warp's dependent load rounds,          (latency)
+#                the grid's global-load bytes per step / L2_BYTES_PER_S)       (L2 bandwidth)
+#            A round (profiling.sass._LoadRounds) is the loads a thread has in flight before it
+#            reads the first of their results, in PTX order; a round still in flight when the
+#            thread reaches a grid barrier or a cluster exchange's wait completes during that wait
+#            and is not counted (a persistent kernel's loads of the next step's inputs).
 #   t_bar  = block barriers per step x BAR_CLK / CLOCK
 #   t_sync = grid barriers per step x GRID_BARRIER (persistent), or
 #            launches per step x LAUNCH_GAP (per-step kernels replayed from a CUDA graph), or
@@ -102,10 +107,8 @@ ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 #            bytes per step / DSMEM_BYTES_PER_CLK / CLOCK
 # Global stores are fire-and-forget (not on the critical path). Overlap between the terms is
 # ignored, so the model leans pessimistic for kernels with much independent work and optimistic
-# for long dependency chains inside one term. One overlap is counted: a cluster kernel loads its
-# next step's inputs (xg, saved gates) between its push and its mbarrier wait (cluster.cu), so
-# its loads hide behind the exchange: its l2 term is only what the exchange does not cover,
-# max(0, t_l2 - t_sync).
+# for long dependency chains inside one term. One overlap is counted: loads issued before a wait
+# (above).
 ESTIMATE_MODEL = {
     "CLOCK_HZ": 1.755e9,              # H100 SXM boost clock
     "MMA_WARP_CLK": 16,               # one m16n8k16 mma.sync per warp every 16 clocks (~half of the
@@ -115,7 +118,9 @@ ESTIMATE_MODEL = {
     "FFMA_PER_CLK_SM": 128,           # fp32 FMA lanes per SM
     "SMEM_BYTES_PER_CLK": 128,        # shared-memory bandwidth per SM
     "L2_LATENCY_S": 260e-9,           # one dependent global (L2) load round trip, ~260 ns-ish
-    "LOADS_IN_FLIGHT": 4,             # independent loads a thread keeps in flight (unroll x 4)
+    "L2_BYTES_PER_S": 5.5e12,         # ASSUMPTION (not measured here): L2 read bandwidth of the whole
+                                      # GPU; third-party microbenchmarks of the H100 PCIe read about
+                                      # 5.5 TB/s (the SXM's 132 SMs likely more)
     "BAR_CLK": 20,                    # one __syncthreads / bar.sync with all warps arriving
     "GRID_BARRIER_S": 1.0e-6,         # one grid-wide barrier through L2 (atomic + polls), ~1 us
     "CLUSTER_EXCHANGE_S": 0.3e-6,     # ASSUMPTION (not measured): one cluster exchange, from the last
@@ -141,7 +146,8 @@ ROW_KEYS = (
     "needs_co_residency", "co_resident", "step_loop_found",
     "mma_per_step", "mma_per_warp", "wgmma_per_step", "ldsm_per_step", "ldsm_bytes_per_step",
     "lds_per_step", "lds_bytes_per_step", "sts_per_step", "sts_bytes_per_step",
-    "ldg_per_step", "ldg_bytes_per_step", "ldg_per_thread", "stg_per_step", "stg_bytes_per_step",
+    "ldg_per_step", "ldg_bytes_per_step", "ldg_per_thread", "ldg_rounds", "l2_load_bytes_per_step",
+    "stg_per_step", "stg_bytes_per_step",
     "ffma_per_warp", "bar_per_step", "membar_per_step", "atomic_per_step", "grid_barriers_per_step",
     "cluster_size", "cluster_exchanges_per_step", "bulk_per_step", "dsmem_bytes_per_step", "syncs_per_step",
     "spill_ld_per_step", "spill_st_per_step",
@@ -662,9 +668,10 @@ def _lane_sum(walk_lane, first, last, at_first):
     return out
 
 
-def estimate_us(block, warp_max, grid_barriers, launches, model=ESTIMATE_MODEL, exchanges=0):
+def estimate_us(block, warp_max, grid_barriers, launches, model=ESTIMATE_MODEL, exchanges=0, l2_bytes=0):
     """Per-step time (us) and its terms from per-step counts (see ESTIMATE_MODEL). An estimate.
-    exchanges: cluster exchanges per step (their DSMEM bytes: block["bulk_bytes"])."""
+    exchanges: cluster exchanges per step (their DSMEM bytes: block["bulk_bytes"]); l2_bytes: the
+    global-load bytes of every block of the grid in a step."""
     m = model
     clk = m["CLOCK_HZ"]
     mma_flops = block.get("mma", 0) * 2 * 16 * 8 * 16
@@ -674,12 +681,11 @@ def estimate_us(block, warp_max, grid_barriers, launches, model=ESTIMATE_MODEL, 
     t_fma = warp_max.get("ffma", 0) / clk  # one warp-wide FFMA per clock per sub-partition
     smem = 32 * sum(block.get(k, 0) for k in ("lds_bytes", "sts_bytes", "ldsm_bytes"))
     t_smem = smem / m["SMEM_BYTES_PER_CLK"] / clk
-    t_l2 = m["L2_LATENCY_S"] * math.ceil(warp_max.get("ldg", 0) / m["LOADS_IN_FLIGHT"])
+    t_l2 = max(m["L2_LATENCY_S"] * warp_max.get("ldg_rounds", 0), l2_bytes / m["L2_BYTES_PER_S"])
     t_bar = warp_max.get("bar", 0) * m["BAR_CLK"] / clk
     t_sync = grid_barriers * m["GRID_BARRIER_S"] + launches * m["LAUNCH_GAP_S"]
     if exchanges:
         t_sync += exchanges * m["CLUSTER_EXCHANGE_S"] + block.get("bulk_bytes", 0) / m["DSMEM_BYTES_PER_CLK"] / clk
-        t_l2 = max(0.0, t_l2 - t_sync)  # the loads between push and wait (see ESTIMATE_MODEL)
     terms = {"mma": t_mma, "fma": t_fma, "smem": t_smem, "l2": t_l2, "bar": t_bar, "sync": t_sync}
     terms = {k: round(v * 1e6, 3) for k, v in terms.items()}
     return round(sum(terms.values()), 3), terms
@@ -848,6 +854,7 @@ def make_rows(item, results, index):
                threads=launches[0].threads, launches_per_step=0 if launches[0].persistent else len(launches),
                status="ok", note="")
     block, warp_max = sass.Counter(), sass.Counter()
+    l2_bytes = 0
     notes = []
     compile_s = 0.0
     for la in launches:
@@ -887,6 +894,7 @@ def make_rows(item, results, index):
             continue
         for k, v in counts["block"].items():
             block[k] += v
+        l2_bytes += n_blocks * 32 * counts["block"].get("ldg_bytes", 0)  # the walk counts lane 0 of each warp
         for k, v in counts["warp_max"].items():
             warp_max[k] += v
     row["compile_s"] = round(compile_s, 2)
@@ -898,8 +906,10 @@ def make_rows(item, results, index):
     row["mma_per_warp"] = warp_max.get("mma", 0)
     row["ffma_per_warp"] = warp_max.get("ffma", 0)
     row["ldg_per_thread"] = warp_max.get("ldg", 0)
+    row["ldg_rounds"] = warp_max.get("ldg_rounds", 0)
+    row["l2_load_bytes_per_step"] = l2_bytes
     est, terms = estimate_us(block, warp_max, row["grid_barriers_per_step"], row["launches_per_step"],
-                             exchanges=row["cluster_exchanges_per_step"])
+                             exchanges=row["cluster_exchanges_per_step"], l2_bytes=l2_bytes)
     row["us_per_step_est"], row["est_terms_us"] = est, terms
     row["note"] = "; ".join(notes)
     if not row["step_loop_found"] and row["path"] == "persistent":  # a per-step kernel has none
@@ -916,7 +926,7 @@ def _f(v, spec="", none=""):
 
 def markdown_table(rows) -> str:
     head = ("cell", "dtype", "B", "H", "dir", "backend", "kernel", "auto", "regs", "spill B", "smem KiB",
-            "co-res", "mma/step (warp)", "bulk cp/step (DSMEM B)", "ldsm+lds B/step", "ldg/thread", "est us/step",
+            "co-res", "mma/step (warp)", "bulk cp/step (DSMEM B)", "ldsm+lds B/step", "ldg/thread (rounds)", "est us/step",
             "cuDNN us/step",
             "measured us/step", "note")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -932,7 +942,7 @@ def markdown_table(rows) -> str:
                      f"{r['shared_bytes'] / 1024:.1f}", "yes" if r["co_resident"] else "NO",
                      f"{r['mma_per_step']} ({r['mma_per_warp']})",
                      f"{r['bulk_per_step']} ({r['dsmem_bytes_per_step']})" if r["cluster_exchanges_per_step"] else "",
-                     smem, r["ldg_per_thread"],
+                     smem, f"{r['ldg_per_thread']} ({r['ldg_rounds']})",
                      _f(r["us_per_step_est"], ".2f"), _f(r["us_per_step_cudnn"], ".1f"),
                      _f(r["us_per_step_measured"], ".2f"), r["note"][:120])
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")

@@ -261,20 +261,38 @@ def _w_piece(w_ptr, row, row_ok, H, KL, k0, SPLIT: tl.constexpr, KS: tl.constexp
 
 
 @triton.jit
-def _h_piece(acc, w, src_ptr, scale_ptr, b, b_ok, KL, lo, hi, k0, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr,
-             KS: tl.constexpr, PREC: tl.constexpr):
-    """acc [SPLIT, N, BB] + w @ (src * scale)^T[k0 + s*KS + kk, b], src rows of KL elements, only
-    the k in [lo, hi) (the others 0). The exchanged operand: bypass L1."""
-    if KS > 0:
-        s = tl.arange(0, SPLIT)[:, None, None]
-        k = k0 + s * KS + tl.arange(0, KS)[None, :, None]
-        m = (k >= lo) & (k < hi) & b_ok[None, None, :]
-        off = b[None, None, :] * KL + k
-        a = tl.load(src_ptr + off, mask=m, other=0.0, cache_modifier=".cg")
-        if HAS_SCALE:
-            sc = tl.load(scale_ptr + off, mask=m, other=0.0, cache_modifier=".cg")
-            a = a.to(sc.dtype) * sc
-        acc = tl.dot(w, a.to(w.dtype), acc, input_precision=PREC)
+def _h_operand(src_ptr, scale_ptr, b, b_ok, KL, lo, hi, k0, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr,
+               KS: tl.constexpr):
+    """B operand [SPLIT, KS, BB] of one K piece: (src * scale)^T[k0 + s*KS + kk, b], src rows of KL
+    elements, only the k in [lo, hi) (the others 0). The exchanged operand: bypass L1."""
+    s = tl.arange(0, SPLIT)[:, None, None]
+    k = k0 + s * KS + tl.arange(0, KS)[None, :, None]
+    m = (k >= lo) & (k < hi) & b_ok[None, None, :]
+    off = b[None, None, :] * KL + k
+    a = tl.load(src_ptr + off, mask=m, other=0.0, cache_modifier=".cg")
+    if HAS_SCALE:
+        sc = tl.load(scale_ptr + off, mask=m, other=0.0, cache_modifier=".cg")
+        a = a.to(sc.dtype) * sc
+    return a
+
+
+@triton.jit
+def _split_k_mm(acc, wa, wb, wc, src_ptr, scale_ptr, b, b_ok, KL, lo, hi, HAS_SCALE: tl.constexpr,
+                K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, PREC: tl.constexpr):
+    """acc [SPLIT, N, BB] + W pieces [SPLIT, N, K/SPLIT] @ their operands (_h_operand) over the K
+    pieces K1, K2, K3. Each piece is loaded just before its dot: Triton stages a loaded operand
+    into shared memory right after its load whatever the order in the source, so loading all
+    pieces first only kept more buffers alive (sm_90, backward B16 H768: 70 -> 99 KB)."""
+    SPLIT: tl.constexpr = acc.shape[0]
+    if K1 > 0:
+        a = _h_operand(src_ptr, scale_ptr, b, b_ok, KL, lo, hi, 0, HAS_SCALE, SPLIT, K1 // SPLIT)
+        acc = tl.dot(wa, a.to(wa.dtype), acc, input_precision=PREC)
+    if K2 > 0:
+        a = _h_operand(src_ptr, scale_ptr, b, b_ok, KL, lo, hi, K1, HAS_SCALE, SPLIT, K2 // SPLIT)
+        acc = tl.dot(wb, a.to(wb.dtype), acc, input_precision=PREC)
+    if K3 > 0:
+        a = _h_operand(src_ptr, scale_ptr, b, b_ok, KL, lo, hi, K1 + K2, HAS_SCALE, SPLIT, K3 // SPLIT)
+        acc = tl.dot(wc, a.to(wc.dtype), acc, input_precision=PREC)
     return acc
 
 
@@ -283,10 +301,8 @@ def _fused_mm(src_ptr, scale_ptr, wa, wb, wc, b, b_ok, H, HAS_SCALE: tl.constexp
               K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr,
               CDT: tl.constexpr, PREC: tl.constexpr):
     """[N, BLOCK_B]: every gate row of this program times (src * scale)^T over all of K."""
-    acc = tl.zeros((SPLIT, N, BLOCK_B), CDT)
-    acc = _h_piece(acc, wa, src_ptr, scale_ptr, b, b_ok, H, 0, H, 0, HAS_SCALE, SPLIT, K1 // SPLIT, PREC)
-    acc = _h_piece(acc, wb, src_ptr, scale_ptr, b, b_ok, H, 0, H, K1, HAS_SCALE, SPLIT, K2 // SPLIT, PREC)
-    acc = _h_piece(acc, wc, src_ptr, scale_ptr, b, b_ok, H, 0, H, K1 + K2, HAS_SCALE, SPLIT, K3 // SPLIT, PREC)
+    acc = _split_k_mm(tl.zeros((SPLIT, N, BLOCK_B), CDT), wa, wb, wc, src_ptr, scale_ptr, b, b_ok, H, 0, H,
+                      HAS_SCALE, K1, K2, K3, PREC)
     return _sum_split(acc)
 
 
@@ -328,18 +344,15 @@ def _split_gates(acc, NGP: tl.constexpr, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
-def _fused_pre(src_ptr, scale_ptr, rm_stride, wa, wb, wc, bias_rows, x_t, GH, b, b_ok, H, j0,
-                NG: tl.constexpr, NGP: tl.constexpr, XMASK: tl.constexpr, HAS_SCALE: tl.constexpr,
-                SPLIT: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, BLOCK_H: tl.constexpr,
-                BLOCK_B: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr):
-    """[x_g if g in XMASK] + (src * scale_g) @ W_g^T + b_hh[g] of every gate g, in gate rows
-    [NGP*BLOCK_H, BB] (row g*BLOCK_H + u: gate g of unit j0 + u). x is loaded in the gate-row layout of the dot (before it: not on the h path).
+def _fused_pre(src_ptr, scale_ptr, rm_stride, wa, wb, wc, xb, b, b_ok, H, NG: tl.constexpr,
+               HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,
+               BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr, CDT: tl.constexpr, PREC: tl.constexpr):
+    """xb + (src * scale_g) @ W_g^T of every gate g, in gate rows [NGP*BLOCK_H, BB] (row
+    g*BLOCK_H + u: gate g of unit j0 + u); xb: the step's x and b_hh in those rows (_x_rows).
     Recurrent dropout scales the operand per gate: then one dot per gate, each keeping its rows."""
-    N: tl.constexpr = NGP * BLOCK_H
-    row, row_ok = _gate_rows(j0, H, NG, NGP, BLOCK_H)
+    N: tl.constexpr = xb.shape[0]
     gate = tl.arange(0, N)[:, None] // BLOCK_H
-    xm = row_ok[:, None] & b_ok[None, :] & (((XMASK >> gate) & 1) != 0)
-    acc = tl.load(x_t + b[None, :] * GH + row[:, None], mask=xm, other=0.0).to(CDT) + bias_rows[:, None]
+    acc = xb
     if HAS_SCALE:
         for g in tl.static_range(NG):
             part = _fused_mm(src_ptr, scale_ptr + g * rm_stride, wa, wb, wc, b, b_ok, H, True, SPLIT, K1, K2, K3,
@@ -391,16 +404,17 @@ def _streamed_pre(src_ptr, scale_ptr, rm_stride, w_ptr, bias_ptr, x_t, GH, b, b_
 
 
 @triton.jit
-def _pre(src_ptr, scale_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok, j0, j, j_ok, H,
+def _pre(src_ptr, scale_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok, j0, j, j_ok, H,
          NG: tl.constexpr, NGP: tl.constexpr, NEED: tl.constexpr, XMASK: tl.constexpr, HAS_SCALE: tl.constexpr,
          HAS_BIAS: tl.constexpr, W_RESIDENT: tl.constexpr, SPLIT: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
          K3: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, CDT: tl.constexpr,
          PREC: tl.constexpr):
     """Gate pre-activations [x_g if g in XMASK] + (src * scale_g) @ W_g^T + b_hh[g] as four
-    [BLOCK_B, BLOCK_H] tiles (gates NEED at least; the resident path computes all in one dot)."""
+    [BLOCK_B, BLOCK_H] tiles (gates NEED at least). The resident path computes all in one dot,
+    its x and b_hh from xb (_x_rows: the gates a cell takes x in, whatever XMASK)."""
     if W_RESIDENT:
-        acc = _fused_pre(src_ptr, scale_ptr, rm_stride, wa, wb, wc, bias_rows, x_t, GH, b, b_ok, H, j0, NG, NGP,
-                         XMASK, HAS_SCALE, SPLIT, K1, K2, K3, BLOCK_H, BLOCK_B, CDT, PREC)
+        acc = _fused_pre(src_ptr, scale_ptr, rm_stride, wa, wb, wc, xb, b, b_ok, H, NG, HAS_SCALE, SPLIT, K1, K2,
+                         K3, BLOCK_H, BLOCK_B, CDT, PREC)
         p0, p1, p2, p3 = _split_gates(acc, NGP, BLOCK_H)
     else:
         p0, p1, p2, p3 = _streamed_pre(src_ptr, scale_ptr, rm_stride, w_ptr, bias_ptr, x_t, GH, b, b_ok, j, j_ok, H,
@@ -418,7 +432,7 @@ def _step_valid(mask_ptr, t, B, b, b_ok, HAS_MASK: tl.constexpr, BLOCK_B: tl.con
 
 @triton.jit
 def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
-              xg_ptr, w_ptr, wa, wb, wc, bias_rows, bias_ptr, mask_ptr, rmask_ptr,
+              xg_ptr, w_ptr, wa, wb, wc, xb, bias_ptr, mask_ptr, rmask_ptr,
               out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H,
               KIND: tl.constexpr, NG: tl.constexpr, NGP: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
               RESET_AFTER: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MASK: tl.constexpr,
@@ -426,7 +440,8 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
               K2: tl.constexpr, K3: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
               BLOCK_K: tl.constexpr, PREC: tl.constexpr):
     """Phase P of step t for this program's batch rows b and units j, from the carried h_{t-1} /
-    c_{t-1} tiles (h_old, c_old) and hp = all of h_{t-1}. Returns the new (h, c) tiles."""
+    c_{t-1} tiles (h_old, c_old) and hp = all of h_{t-1}; on the resident path xb holds step t's
+    x and b_hh (_x_rows). Returns the new (h, c) tiles."""
     CDT: tl.constexpr = gates_ptr.dtype.element_ty
     GH = NG * H
     m = b_ok[:, None] & j_ok[None, :]
@@ -439,7 +454,7 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
     if KIND == 0:  # LSTM
         # the gates split before their activations: split after (to store them as gate rows, one
         # store) made Triton convert the matmul's sum twice (sm_90: 16 KB more shared traffic a step)
-        pi, pf, pg, po = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok,
+        pi, pf, pg, po = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok,
                               j0, j, j_ok, H, NG, NGP, 15, 15, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
                               BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
         i = tl.where(valid, _act(pi, RACT), 0.0)
@@ -456,10 +471,11 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
         _store(out_ptr + t * B * H, b, j, H, m, h)
     elif KIND == 1:  # GRU
         if RESET_AFTER:  # hn = (h * rm_n) @ W_n^T + b_hn, gated by r after the matmul: xn apart
-            xn = _load(x_t + 2 * H, b, j, GH, m, CDT)
-            pr, pz, hn, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok,
+            pr, pz, hn, xn = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok,
                                  j0, j, j_ok, H, NG, NGP, 7, 3, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
                                  BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
+            if not W_RESIDENT:  # the resident xb carries xn in the spare 4th gate's rows (_x_rows)
+                xn = _load(x_t + 2 * H, b, j, GH, m, CDT)
             r = tl.where(valid, _act(pr, RACT), 0.0)
             z = tl.where(valid, _act(pz, RACT), 0.0)
             n = tl.where(valid, _act(xn + r * hn, ACT), 0.0)
@@ -470,7 +486,7 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
             _store(extra_ptr + t * B * H, b, j, H, m, tl.where(valid, hn, 0.0))
             _store(out_ptr + t * B * H, b, j, H, m, h)
         elif P == 1:  # r and z from h; publish r * h (* rm_n) for the n-gate matmul of phase 2
-            pr, pz, _, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok,
+            pr, pz, _, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok,
                                 j0, j, j_ok, H, NG, NGP, 3, 3, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
                                 BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
             r = tl.where(valid, _act(pr, RACT), 0.0)
@@ -482,7 +498,7 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
             _store(scratch_ptr, b, j, H, m, s)
         else:  # phase 2: n = act(xn + (r * h * rm_n) @ W_n^T + b_hn), the operand from scratch
             z = _load(g_t + 1 * H, b, j, GH, m, CDT)
-            _, _, pn, _ = _pre(scratch_ptr, scratch_ptr, 0, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok,
+            _, _, pn, _ = _pre(scratch_ptr, scratch_ptr, 0, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok,
                                j0, j, j_ok, H, NG, NGP, 4, 4, False, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
                                BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
             n = tl.where(valid, _act(pn, ACT), 0.0)
@@ -490,7 +506,7 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
             _store(g_t + 2 * H, b, j, GH, m, n)
             _store(out_ptr + t * B * H, b, j, H, m, h)
     else:  # SimpleRNN
-        p, _, _, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, bias_rows, bias_ptr, x_t, GH, b, b_ok, j0, j,
+        p, _, _, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok, j0, j,
                           j_ok, H, NG, NGP, 1, 1, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3, BLOCK_B,
                           BLOCK_H, BLOCK_K, CDT, PREC)
         a = _act(p, ACT)
@@ -498,6 +514,29 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
         _store(g_t, b, j, GH, m, tl.where(valid, a, 0.0))
         _store(out_ptr + t * B * H, b, j, H, m, h)
     return h, c
+
+
+@triton.jit
+def _x_rows(xg_ptr, step, step_end, T, B, H, bias_rows, b, b_ok, j0, KIND: tl.constexpr, NG: tl.constexpr,
+            NGP: tl.constexpr, RESET_AFTER: tl.constexpr, REVERSE: tl.constexpr, BLOCK_H: tl.constexpr):
+    """x + b_hh of forward-order step `step` in the gate rows of the resident dot, [NGP*BLOCK_H, BB]
+    in CDT (x is 0 from step_end on). The persistent forward loads it a step ahead, before the grid
+    barrier, whose wait covers its latency. GRU reset_after adds x_n after the reset gate: gate n's
+    rows hold b_hn only and the spare 4th gate's rows hold x_n."""
+    t, _ = _times(step, T, REVERSE)
+    r = tl.arange(0, NGP * BLOCK_H)
+    g = r // BLOCK_H
+    j = j0 + r % BLOCK_H
+    if KIND == 1 and RESET_AFTER:
+        src = tl.where(g == 3, 2, g)
+        ok = (g != 2) & (j < H)
+    else:
+        src = g
+        ok = (g < NG) & (j < H)
+    GH = NG * H
+    m = ok[:, None] & (b_ok & (tl.full(b_ok.shape, step, tl.int32) < step_end))[None, :]
+    x = tl.load(xg_ptr + t * B * GH + b[None, :] * GH + (src * H + j)[:, None], mask=m, other=0.0)
+    return x.to(bias_rows.dtype) + bias_rows[:, None]
 
 
 @triton.jit
@@ -571,6 +610,10 @@ def forward_kernel(
     c = tl.zeros((BLOCK_B, BLOCK_H), CDT)
     if KIND == 0:
         c = _load(c_st, b, j, H, m, CDT)
+    xb = 0
+    if W_RESIDENT:
+        xb = _x_rows(xg_ptr, step_begin, step_end, T, B, H, bias_rows, b, b_ok, j0, KIND, NG, NGP, RESET_AFTER,
+                     REVERSE, BLOCK_H)
     arrived = 0
     live = 1  # 0 once a barrier timed out: the rest of the launch does nothing (the host raises)
     for step in range(step_begin, step_end):
@@ -580,19 +623,28 @@ def forward_kernel(
             hp = h0_ptr
         if PHASE != 2:
             if live != 0:
-                h, c = _fwd_tile(1, t, hp, h, c, b, b_ok, j0, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, bias_rows, bias_ptr,
+                h, c = _fwd_tile(1, t, hp, h, c, b, b_ok, j0, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, xb, bias_ptr,
                                  mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H, KIND, NG, NGP,
                                  ACT, RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT, SPLIT, K1, K2, K3,
                                  BLOCK_B, BLOCK_H, BLOCK_K, PREC)
+            if W_RESIDENT:
+                if not TWO_PHASE:  # the next step's x, before the barrier
+                    xb = _x_rows(xg_ptr, step + 1, step_end, T, B, H, bias_rows, b, b_ok, j0, KIND, NG, NGP,
+                                 RESET_AFTER, REVERSE, BLOCK_H)
+            if live != 0:
                 arrived += n_prog
                 live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
         if TWO_PHASE:
             if PHASE != 1:
                 if live != 0:
-                    h, c = _fwd_tile(2, t, hp, h, c, b, b_ok, j0, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, bias_rows,
+                    h, c = _fwd_tile(2, t, hp, h, c, b, b_ok, j0, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, xb,
                                      bias_ptr, mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H,
                                      KIND, NG, NGP, ACT, RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT,
                                      SPLIT, K1, K2, K3, BLOCK_B, BLOCK_H, BLOCK_K, PREC)
+                if W_RESIDENT:
+                    xb = _x_rows(xg_ptr, step + 1, step_end, T, B, H, bias_rows, b, b_ok, j0, KIND, NG, NGP,
+                                 RESET_AFTER, REVERSE, BLOCK_H)
+                if live != 0:
                     arrived += n_prog
                     live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
 
@@ -692,10 +744,8 @@ def _bwd_mm(src_ptr, wa, wb, wc, b, b_ok, GH, lo, hi, SPLIT: tl.constexpr, K1: t
     """[BLOCK_B, BLOCK_H]: sum over the gate rows r in [lo, hi) of dgates[b, r] * W_hh[r, j], one
     split-K dot with this program's units as M (W_hh^T rows wa/wb/wc) and the exchanged dgates
     (B, G*H) as the [K, BB] operand."""
-    acc = tl.zeros((SPLIT, BLOCK_H, BLOCK_B), CDT)
-    acc = _h_piece(acc, wa, src_ptr, src_ptr, b, b_ok, GH, lo, hi, 0, False, SPLIT, K1 // SPLIT, PREC)
-    acc = _h_piece(acc, wb, src_ptr, src_ptr, b, b_ok, GH, lo, hi, K1, False, SPLIT, K2 // SPLIT, PREC)
-    acc = _h_piece(acc, wc, src_ptr, src_ptr, b, b_ok, GH, lo, hi, K1 + K2, False, SPLIT, K3 // SPLIT, PREC)
+    acc = _split_k_mm(tl.zeros((SPLIT, BLOCK_H, BLOCK_B), CDT), wa, wb, wc, src_ptr, src_ptr, b, b_ok, GH, lo, hi,
+                      False, K1, K2, K3, PREC)
     return tl.trans(_sum_split(acc))
 
 
