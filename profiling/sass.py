@@ -696,9 +696,8 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
             break
         _execute(op, base, ins.args, val, dsts, setv)
         pc += 1
-    if rounds.finish():  # a round still in flight where the walk stopped: it is waited for in the next step
-        total["ldg_rounds"] += 1
-        window_counts["ldg_rounds"] += head is not None and arrivals >= window[0]
+    # a round still in flight where the walk stopped is waited for in the next step: the window
+    # counted the same wait of the previous step's loads
     return window_counts, total, arrivals
 
 
@@ -750,10 +749,6 @@ class _LoadRounds:
         if cls == "ldg" and ins.args:
             self.pending.update(_PTX_REG.findall(ins.args[0]))
         return closed
-
-    def finish(self) -> bool:
-        """Whether a round is still in flight (the walk stopped before anything waited for it)."""
-        return bool(self.pending)
 
 
 def _traps(code, pc):

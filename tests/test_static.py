@@ -24,14 +24,14 @@ REQUIRED = ("backend", "kernel", "cell", "dtype", "batch", "hidden", "direction"
 def test_estimate_model_terms():
     m = static.ESTIMATE_MODEL
     block = {"mma": 64, "lds_bytes": 100, "sts_bytes": 20, "ldsm_bytes": 8}
-    warp = {"mma": 8, "ldg": 9, "bar": 3, "ffma": 70}
+    warp = {"mma": 8, "ldg": 9, "ldg_rounds": 3, "bar": 3, "ffma": 70}
     est, terms = static.estimate_us(block, warp, grid_barriers=2, launches=0)
     clk = m["CLOCK_HZ"]
     expect = {
         "mma": max(8 * m["MMA_WARP_CLK"], 64 * 4096 / m["MMA_FLOP_PER_CLK_SM"]) / clk,
         "fma": 70 / clk,
         "smem": 32 * 128 / m["SMEM_BYTES_PER_CLK"] / clk,
-        "l2": m["L2_LATENCY_S"] * math.ceil(9 / m["LOADS_IN_FLIGHT"]),
+        "l2": 3 * m["L2_LATENCY_S"],  # dependent rounds, not loads
         "bar": 3 * m["BAR_CLK"] / clk,
         "sync": 2 * m["GRID_BARRIER_S"],
     }
@@ -41,6 +41,12 @@ def test_estimate_model_terms():
     # a per-step kernel pays launches instead of grid barriers
     _, t2 = static.estimate_us(block, warp, grid_barriers=0, launches=3)
     assert t2["sync"] == pytest.approx(3 * m["LAUNCH_GAP_S"] * 1e6)
+    # the whole grid's load bytes set a floor: L2 bandwidth, whatever the rounds
+    few = 3 * m["L2_LATENCY_S"] * m["L2_BYTES_PER_S"] / 2
+    many = 3 * few
+    assert static.estimate_us(block, warp, 2, 0, l2_bytes=few)[1]["l2"] == pytest.approx(expect["l2"] * 1e6, abs=1e-3)
+    assert static.estimate_us(block, warp, 2, 0, l2_bytes=many)[1]["l2"] == pytest.approx(
+        many / m["L2_BYTES_PER_S"] * 1e6, abs=1e-3)
 
 
 def test_estimate_model_counts_wgmma():
@@ -59,22 +65,18 @@ def test_estimate_model_counts_wgmma():
 
 
 def test_estimate_model_cluster_exchange():
-    """A cluster kernel pays its DSMEM exchanges instead of a grid barrier; its loads (the next
-    step's prefetch, between push and wait) hide behind the exchange."""
+    """A cluster kernel pays its DSMEM exchanges instead of a grid barrier (its loads in flight at
+    the wait are the walk's business: test_ptx_walk_load_rounds)."""
     m = static.ESTIMATE_MODEL
     clk = m["CLOCK_HZ"]
     block = {"mma": 64, "bulk": 240, "bulk_bytes": 23040}
     exchange = 2 * m["CLUSTER_EXCHANGE_S"] + 23040 / m["DSMEM_BYTES_PER_CLK"] / clk
-    _, terms = static.estimate_us(block, {"ldg": 4}, grid_barriers=0, launches=0, exchanges=2)
+    _, terms = static.estimate_us(block, {"ldg_rounds": 1}, grid_barriers=0, launches=0, exchanges=2)
     assert terms["sync"] == pytest.approx(exchange * 1e6, abs=1e-3)
-    assert terms["l2"] == pytest.approx(max(0.0, m["L2_LATENCY_S"] - exchange) * 1e6, abs=1e-3)
-    many = 4 * m["LOADS_IN_FLIGHT"] * math.ceil(exchange / m["L2_LATENCY_S"])  # more load rounds than it hides
-    _, terms = static.estimate_us(block, {"ldg": many}, grid_barriers=0, launches=0, exchanges=2)
-    rounds = math.ceil(many / m["LOADS_IN_FLIGHT"])
-    assert terms["l2"] == pytest.approx((rounds * m["L2_LATENCY_S"] - exchange) * 1e6, abs=1e-3)
-    # without exchanges the DSMEM bytes cost nothing and the loads are all on the critical path
-    _, terms = static.estimate_us(block, {"ldg": 4}, grid_barriers=0, launches=0)
-    assert terms["sync"] == 0 and terms["l2"] == pytest.approx(m["L2_LATENCY_S"] * 1e6, abs=1e-3)
+    assert terms["l2"] == pytest.approx(m["L2_LATENCY_S"] * 1e6, abs=1e-3)
+    # without exchanges the DSMEM bytes cost nothing
+    _, terms = static.estimate_us(block, {"ldg_rounds": 1}, grid_barriers=0, launches=0)
+    assert terms["sync"] == 0
 
 
 def test_occupancy():
@@ -136,6 +138,87 @@ def test_ptx_walk_counts_one_step(tid, n, expected):
     # the walk stops at the end of the window: steps 0 and 1 ran
     assert total["bar"] == 2 and total["mma"] == 2 * expected
     assert arrivals == 2
+
+
+# load rounds: two loads whose values meet in arithmetic and then a shared store (one round), a load
+# read by an mma (a second), a load still in flight at the grid barrier's poll (free: it arrives
+# during the wait) and whose value the next step reads
+ROUNDS_PTX = """
+.visible .entry r(
+    .param .u32 r_param_0
+)
+{
+    ld.param.u32 %r1, [r_param_0];
+    mov.u32 %r10, 0;
+    ld.global.b32 %r40, [%rd9];
+$L__step:
+    add.s32 %r41, %r40, 1;
+    st.global.b32 [%rd9], %r41;
+    ld.global.cg.b32 %r20, [%rd1];
+    ld.global.cg.b32 %r21, [%rd2];
+    add.s32 %r22, %r20, %r21;
+    mov.b32 %r23, %r22;
+    st.shared.b32 [%r3], %r23;
+    bar.sync 0;
+    ld.global.cg.v2.b32 {%r30, %r31}, [%rd3];
+    mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1,%f2,%f3,%f4}, {%r30,%r31,%r30,%r31}, {%r30,%r31}, {%f1,%f2,%f3,%f4};
+    ld.global.b32 %r40, [%rd9];
+    bar.sync 0;
+    ld.global.acquire.gpu.b32 %r50, [%rd4];
+    add.s32 %r10, %r10, 1;
+    setp.lt.s32 %p4, %r10, %r1;
+    @%p4 bra $L__step;
+    ret;
+}
+"""
+
+
+def test_ptx_walk_load_rounds():
+    win, total, _ = sass.walk(sass.parse_ptx(ROUNDS_PTX), [4], tid=0, ntid=32)
+    assert win["ldg"] == 5  # four data loads and the poll
+    assert win["ldg_rounds"] == 2
+    # the first load, before the loop, was waited for at once: no wait covered it
+    assert total["ldg_rounds"] == 2 * 2 + 1
+    # (the walk stops at the third arrival; a round in flight there would be the next window's)
+    # without the poll the next step's load is waited for
+    no_poll = ROUNDS_PTX.replace("ld.global.acquire.gpu.b32 %r50, [%rd4];", "")
+    win, _, _ = sass.walk(sass.parse_ptx(no_poll), [4], tid=0, ntid=32)
+    assert win["ldg_rounds"] == 3
+
+
+# a step loop the compiler rotated: the head ($L__head, entered from the set-up) sits after the code
+# that ends each step ($L__tail: reached from the barrier), as Triton 3.6 laid out the persistent forward
+ROTATED_PTX = """
+.visible .entry q(
+    .param .u32 q_param_0
+)
+{
+    ld.param.u32 %r1, [q_param_0];
+    mov.u32 %r10, 0;
+    bra.uni $L__head;
+$L__tail:
+    ld.shared.b32 %r5, [%r2];
+    add.s32 %r10, %r10, 1;
+$L__head:
+    setp.ge.s32 %p1, %r10, %r1;
+    @%p1 bra $L__end;
+    ld.shared.v2.b32 {%r20, %r21}, [%r11];
+    mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1,%f2,%f3,%f4}, {%r20,%r21,%r20,%r21}, {%r20,%r21}, {%f1,%f2,%f3,%f4};
+    bar.sync 0;
+    bra.uni $L__tail;
+$L__end:
+    ret;
+}
+"""
+
+
+def test_ptx_step_loop_of_a_rotated_loop():
+    k = sass.parse_ptx(ROTATED_PTX)
+    head, _ = sass.ptx_step_loop(k)
+    assert k.code[head] == "$L__head"
+    win, total, arrivals = sass.walk(k, [5], tid=0, ntid=32)
+    assert arrivals == 2 and win["mma"] == 1 and win["lds"] == 2 and win["bar"] == 1
+    assert total["mma"] == 2
 
 
 # a cluster step: a thread-strided loop of bulk copies (CTA rank 0 only) whose size is a magic-number
