@@ -645,6 +645,11 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
     pc, executed = 0, 0
     while pc < len(code):
         ins = code[pc]
+        if isinstance(ins, str) or (ins.op.startswith("bra") and ins.guard is not None):
+            # a basic block ends (a label, or a branch that may be taken)
+            if rounds.boundary():
+                total["ldg_rounds"] += 1
+                window_counts["ldg_rounds"] += head is not None and window[0] <= arrivals < window[1]
         if isinstance(ins, str):
             if pc == head:
                 arrivals += 1
@@ -717,37 +722,57 @@ def is_sync_op(ins, base) -> bool:
 
 
 class _LoadRounds:
-    """Dependent rounds of global loads of one thread, in PTX order (ptxas may hoist loads further,
-    so this is an upper bound). A round opens at a data load (ld.global / ld; not a sync op). Its
-    results may flow through register arithmetic, which ptxas can schedule late; the round closes
-    at the first instruction that needs them otherwise: a memory access, an MMA, a barrier, a
-    branch (any instruction of a class _ptx_class names, but an FFMA). One L2 latency per round.
-    A round still in flight when the thread reaches a sync op (see is_sync_op) completes during
-    that wait and costs nothing more: how data loaded before a grid barrier (the next step's
-    inputs) leaves the critical path."""
+    """Dependent rounds of global loads of one thread: one L2 latency per round. A round opens at a
+    data load (not a sync op). Its values may flow through register arithmetic; an instruction that
+    needs them otherwise (a memory access, an MMA, any instruction of a class _ptx_class names but
+    an FFMA) makes the thread wait for the round, as late as ptxas can put the wait: at the end of
+    the basic block (a label or a branch), at a block barrier or fence, or at a load whose address
+    depends on the round. Independent loads before that point join the round: within a basic
+    block ptxas issues them ahead of the wait (nvcc's PTX of an unrolled copy loop alternates load
+    and shared store; its SASS issues the loads first). A round still in flight when the thread
+    reaches a sync op (see is_sync_op) completes during that wait and costs nothing more: how
+    data loaded before a grid barrier (the next step's inputs) leaves the critical path."""
 
     def __init__(self):
         self.pending = set()  # registers holding a load's result or a value computed from one
+        self.waiting = False  # an instruction needs the round: it ends at the next boundary
+
+    def _close(self) -> bool:
+        closed = self.waiting
+        if closed:
+            self.pending.clear()
+            self.waiting = False
+        return closed
+
+    def boundary(self) -> bool:
+        """A label or a branch: the end of a basic block. True when a round ends here."""
+        return self._close()
 
     def see(self, ins, base, cls) -> bool:
-        """Account one executed instruction; True when it closes a round."""
+        """Account one executed instruction; True when a round ends at it."""
         if is_sync_op(ins, base):
             self.pending.clear()  # in flight during the wait: arrived, at no further cost
+            self.waiting = False
             return False
         closed = False
-        if self.pending:
-            args = ins.args if base in _NO_DEST else ins.args[1:]
-            reads = {r for a in args for r in _PTX_REG.findall(a)}
-            if ins.guard is not None:
-                reads.add(ins.guard.lstrip("!"))
-            if reads & self.pending:
-                if (cls is None or cls == "ffma") and base not in _NO_DEST and ins.args:
-                    self.pending.update(_PTX_REG.findall(ins.args[0]))  # arithmetic: still in flight
-                else:
-                    closed = True
-                    self.pending.clear()
-        if cls == "ldg" and ins.args:
-            self.pending.update(_PTX_REG.findall(ins.args[0]))
+        dests = [] if base in _NO_DEST or not ins.args else _PTX_REG.findall(ins.args[0])
+        reads = {r for a in (ins.args if base in _NO_DEST else ins.args[1:]) for r in _PTX_REG.findall(a)}
+        if ins.guard is not None:
+            reads.add(ins.guard.lstrip("!"))
+        if cls == "ldg":
+            if reads & self.pending:  # its address depends on the round: wait first
+                self.waiting = True
+                closed = self._close()
+            self.pending.update(dests)
+            return closed
+        if base in ("bar", "barrier", "membar", "fence", "bra", "ret", "exit"):
+            closed = self._close()
+        if reads & self.pending:
+            self.pending.update(dests)  # a value computed from the round
+            if not (cls is None or cls == "ffma"):
+                self.waiting = True
+                if base in ("bra", "ret", "exit"):
+                    closed = self._close() or closed
         return closed
 
 

@@ -96,9 +96,11 @@ ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 #   t_l2   = max(L2_LATENCY x busiest warp's dependent load rounds,          (latency)
 #                the grid's global-load bytes per step / L2_BYTES_PER_S)       (L2 bandwidth)
 #            A round (profiling.sass._LoadRounds) is the loads a thread has in flight before it
-#            reads the first of their results, in PTX order; a round still in flight when the
-#            thread reaches a grid barrier or a cluster exchange's wait completes during that wait
-#            and is not counted (a persistent kernel's loads of the next step's inputs).
+#            must wait for one of them (where ptxas must put the wait: the end of the basic block
+#            of the first instruction that needs a value, a barrier, a dependent address); a round
+#            still in flight when the thread reaches a grid barrier or a cluster exchange's wait
+#            completes during that wait and is not counted (a persistent kernel's loads of the
+#            next step's inputs).
 #   t_bar  = block barriers per step x BAR_CLK / CLOCK
 #   t_sync = grid barriers per step x GRID_BARRIER (persistent), or
 #            launches per step x LAUNCH_GAP (per-step kernels replayed from a CUDA graph), or

@@ -140,9 +140,10 @@ def test_ptx_walk_counts_one_step(tid, n, expected):
     assert arrivals == 2
 
 
-# load rounds: two loads whose values meet in arithmetic and then a shared store (one round), a load
-# read by an mma (a second), a load still in flight at the grid barrier's poll (free: it arrives
-# during the wait) and whose value the next step reads
+# load rounds: the previous step's load waited for at a store (a round unless a wait covered it),
+# two loads whose values meet in arithmetic and then a shared store (one round, ending at the block
+# barrier), a load read by an mma (a round) and a load whose address depends on it (it ends that
+# round and is a round of its own), then the next step's load, in flight at the grid barrier's poll
 ROUNDS_PTX = """
 .visible .entry r(
     .param .u32 r_param_0
@@ -154,6 +155,7 @@ ROUNDS_PTX = """
 $L__step:
     add.s32 %r41, %r40, 1;
     st.global.b32 [%rd9], %r41;
+    bar.sync 0;
     ld.global.cg.b32 %r20, [%rd1];
     ld.global.cg.b32 %r21, [%rd2];
     add.s32 %r22, %r20, %r21;
@@ -162,8 +164,10 @@ $L__step:
     bar.sync 0;
     ld.global.cg.v2.b32 {%r30, %r31}, [%rd3];
     mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%f1,%f2,%f3,%f4}, {%r30,%r31,%r30,%r31}, {%r30,%r31}, {%f1,%f2,%f3,%f4};
-    ld.global.b32 %r40, [%rd9];
+    ld.global.b32 %r32, [%r30];
+    st.global.b32 [%rd5], %r32;
     bar.sync 0;
+    ld.global.b32 %r40, [%rd9];
     ld.global.acquire.gpu.b32 %r50, [%rd4];
     add.s32 %r10, %r10, 1;
     setp.lt.s32 %p4, %r10, %r1;
@@ -175,14 +179,19 @@ $L__step:
 
 def test_ptx_walk_load_rounds():
     win, total, _ = sass.walk(sass.parse_ptx(ROUNDS_PTX), [4], tid=0, ntid=32)
-    assert win["ldg"] == 5  # four data loads and the poll
-    assert win["ldg_rounds"] == 2
-    # the first load, before the loop, was waited for at once: no wait covered it
-    assert total["ldg_rounds"] == 2 * 2 + 1
-    # (the walk stops at the third arrival; a round in flight there would be the next window's)
-    # without the poll the next step's load is waited for
+    assert win["ldg"] == 6  # five data loads and the poll
+    assert win["ldg_rounds"] == 3
+    # the load before the loop was waited for in the first step: no wait covered it
+    assert total["ldg_rounds"] == 1 + 2 * 3
+    # without the poll the next step's load costs a round of its own
     no_poll = ROUNDS_PTX.replace("ld.global.acquire.gpu.b32 %r50, [%rd4];", "")
     win, _, _ = sass.walk(sass.parse_ptx(no_poll), [4], tid=0, ntid=32)
+    assert win["ldg_rounds"] == 4
+    # loads that do not depend on the round join it until the block ends (ptxas hoists them):
+    # without the first barrier the two rounds at the top of the step are one
+    merged = ROUNDS_PTX.replace("    st.global.b32 [%rd9], %r41;\n    bar.sync 0;\n", "    st.global.b32 [%rd9], %r41;\n")
+    win, _, _ = sass.walk(sass.parse_ptx(merged.replace("ld.global.acquire.gpu.b32 %r50, [%rd4];", "")), [4],
+                          tid=0, ntid=32)
     assert win["ldg_rounds"] == 3
 
 
