@@ -116,17 +116,16 @@ def auto_order(batch) -> tuple:
     """The GPU backends "auto" tries, in order, for a call of this batch size (one direction, or
     both of a bidirectional layer, which both backends run as one launch: the same rule).
     From the sm_90 estimates of profiling.static (not yet measured on a GPU, which will settle the
-    rule), bf16, T 1024, us per step forward / backward, lstm and gru x H 256 / 768 / 1024:
-      - up to B = 32 cupy first: its cluster kernel at B16 H256 LSTM 1.13 / 1.57 against triton's
-        1.70 / 2.65 (ahead at B 1 and 16 in every bf16 / fp16 H256 LSTM, GRU and SimpleRNN row);
-        at H768 the two are within the model's error: B16 LSTM cupy's grid-wide kernel 2.44 / 4.54
-        against triton's 2.35 / 4.59, both directions 2.98 / 5.42 against 3.06 / 4.59;
+    rule), bf16, T 1024, us per step forward / backward, lstm / gru / rnn x H 256 / 768 / 1024:
+      - up to B = 32 cupy first: at B = 1 it leads the training step in 8 of those 9 rows (B1 H256
+        LSTM 0.96 / 1.24 against triton's 1.61 / 2.13). At B = 16 the estimates are mixed: cupy
+        leads at H256 GRU / SimpleRNN and LSTM H1024, triton elsewhere (B16 H768 LSTM 2.29 / 3.43
+        against cupy's cluster forward 4.87 and grid-wide backward 4.01); the cluster kernel's
+        figures rest on the model's assumed exchange time, so the rule waits for a measurement;
       - above, triton first: cupy's kernels stage every batch row of h in every block each step, so
         their step grows with B, while triton spreads batch tiles over programs: B64 H768 LSTM
-        triton 4.56 / 9.19 against cupy 6.02 / 13.50, B256 6.64 / 11.45 against 21.8 / 50.6 (triton
-        ahead for training in every LSTM / GRU row at B 64 and 256, one direction and both; the one
-        exception in the grid is SimpleRNN B64 H256, where cupy's cluster kernel leads, 1.62 / 1.71
-        against 2.00 / 1.99)."""
+        triton 5.08 / 8.19 against cupy 5.28 / 12.91, B256 6.38 / 10.32 against 18.3 / 48.5 (triton
+        ahead for training in every one-direction bf16 / fp16 row at B 64 and 256)."""
     return ("triton", "cupy") if batch > CUPY_FIRST_MAX_BATCH else ("cupy", "triton")
 
 

@@ -29,7 +29,8 @@ Two launch modes share the source:
     barrier (SYNC) after each phase of each step. Needs every program co-resident (grid <= SMs;
     the launcher checks it and launches cooperatively). Every barrier wait is bounded (barrier.py):
     once one times out, the program does no more work in this launch (`live` = 0) and the host
-    raises instead of returning the outputs.
+    raises instead of returning the outputs. The next step's x and b_hh are loaded before each
+    step's barrier (_x_rows), so after the barrier a step waits for h only.
   * per step (one launch per step and phase, step_end = step_begin + 1, PHASE = 1, 2 or 3):
     kernel boundaries order the phases; W_hh is streamed in BLOCK_K chunks.
 Both directions of a bidirectional layer can share one launch (REVERSE = BOTH): a third grid axis
