@@ -628,7 +628,7 @@ def forward_kernel(
                                  mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H, KIND, NG, NGP,
                                  ACT, RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT, SPLIT, K1, K2, K3,
                                  BLOCK_B, BLOCK_H, BLOCK_K, PREC)
-            if W_RESIDENT:
+            if W_RESIDENT:  # outside the `live` test: a load after an abort is harmless
                 if not TWO_PHASE:  # the next step's x, before the barrier
                     xb = _x_rows(xg_ptr, step + 1, step_end, T, B, H, bias_rows, b, b_ok, j0, KIND, NG, NGP,
                                  RESET_AFTER, REVERSE, BLOCK_H)
