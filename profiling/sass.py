@@ -645,11 +645,12 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
     pc, executed = 0, 0
     while pc < len(code):
         ins = code[pc]
+        in_window = head is not None and window[0] <= arrivals < window[1]
         if isinstance(ins, str) or (ins.op.startswith("bra") and ins.guard is not None):
             # a basic block ends (a label, or a branch that may be taken)
             if rounds.boundary():
                 total["ldg_rounds"] += 1
-                window_counts["ldg_rounds"] += head is not None and window[0] <= arrivals < window[1]
+                window_counts["ldg_rounds"] += in_window
         if isinstance(ins, str):
             if pc == head:
                 arrivals += 1
@@ -671,7 +672,6 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
         op = ins.op
         base = op.split(".")[0]
         cls = _ptx_class(ins)
-        in_window = head is not None and window[0] <= arrivals < window[1]
         if rounds.see(ins, base, cls):
             total["ldg_rounds"] += 1
             window_counts["ldg_rounds"] += in_window
@@ -737,16 +737,14 @@ class _LoadRounds:
         self.pending = set()  # registers holding a load's result or a value computed from one
         self.waiting = False  # an instruction needs the round: it ends at the next boundary
 
-    def _close(self) -> bool:
+    def boundary(self) -> bool:
+        """The end of a basic block, or an instruction ptxas cannot move a wait past. True when a
+        round ends here (something in it waited for the round)."""
         closed = self.waiting
         if closed:
             self.pending.clear()
             self.waiting = False
         return closed
-
-    def boundary(self) -> bool:
-        """A label or a branch: the end of a basic block. True when a round ends here."""
-        return self._close()
 
     def see(self, ins, base, cls) -> bool:
         """Account one executed instruction; True when a round ends at it."""
@@ -762,17 +760,17 @@ class _LoadRounds:
         if cls == "ldg":
             if reads & self.pending:  # its address depends on the round: wait first
                 self.waiting = True
-                closed = self._close()
+                closed = self.boundary()
             self.pending.update(dests)
             return closed
         if base in ("bar", "barrier", "membar", "fence", "bra", "ret", "exit"):
-            closed = self._close()
+            closed = self.boundary()
         if reads & self.pending:
             self.pending.update(dests)  # a value computed from the round
             if not (cls is None or cls == "ffma"):
                 self.waiting = True
                 if base in ("bra", "ret", "exit"):
-                    closed = self._close() or closed
+                    closed = self.boundary() or closed
         return closed
 
 

@@ -405,7 +405,7 @@ def _streamed_pre(src_ptr, scale_ptr, rm_stride, w_ptr, bias_ptr, x_t, GH, b, b_
 
 
 @triton.jit
-def _pre(src_ptr, scale_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok, j0, j, j_ok, H,
+def _pre(src_ptr, scale_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok, j, j_ok, H,
          NG: tl.constexpr, NGP: tl.constexpr, NEED: tl.constexpr, XMASK: tl.constexpr, HAS_SCALE: tl.constexpr,
          HAS_BIAS: tl.constexpr, W_RESIDENT: tl.constexpr, SPLIT: tl.constexpr, K1: tl.constexpr, K2: tl.constexpr,
          K3: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, CDT: tl.constexpr,
@@ -432,7 +432,7 @@ def _step_valid(mask_ptr, t, B, b, b_ok, HAS_MASK: tl.constexpr, BLOCK_B: tl.con
 
 
 @triton.jit
-def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
+def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j, j_ok,
               xg_ptr, w_ptr, wa, wb, wc, xb, bias_ptr, mask_ptr, rmask_ptr,
               out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H,
               KIND: tl.constexpr, NG: tl.constexpr, NGP: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
@@ -456,7 +456,7 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
         # the gates split before their activations: split after (to store them as gate rows, one
         # store) made Triton convert the matmul's sum twice (sm_90: 16 KB more shared traffic a step)
         pi, pf, pg, po = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok,
-                              j0, j, j_ok, H, NG, NGP, 15, 15, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
+                              j, j_ok, H, NG, NGP, 15, 15, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
                               BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
         i = tl.where(valid, _act(pi, RACT), 0.0)
         f = tl.where(valid, _act(pf, RACT), 0.0)
@@ -473,7 +473,7 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
     elif KIND == 1:  # GRU
         if RESET_AFTER:  # hn = (h * rm_n) @ W_n^T + b_hn, gated by r after the matmul: xn apart
             pr, pz, hn, xn = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok,
-                                 j0, j, j_ok, H, NG, NGP, 7, 3, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
+                                 j, j_ok, H, NG, NGP, 7, 3, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
                                  BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
             if not W_RESIDENT:  # the resident xb carries xn in the spare 4th gate's rows (_x_rows)
                 xn = _load(x_t + 2 * H, b, j, GH, m, CDT)
@@ -488,7 +488,7 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
             _store(out_ptr + t * B * H, b, j, H, m, h)
         elif P == 1:  # r and z from h; publish r * h (* rm_n) for the n-gate matmul of phase 2
             pr, pz, _, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok,
-                                j0, j, j_ok, H, NG, NGP, 3, 3, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
+                                j, j_ok, H, NG, NGP, 3, 3, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
                                 BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
             r = tl.where(valid, _act(pr, RACT), 0.0)
             s = r * h_old
@@ -500,14 +500,14 @@ def _fwd_tile(P: tl.constexpr, t, hp, h_old, c_old, b, b_ok, j0, j, j_ok,
         else:  # phase 2: n = act(xn + (r * h * rm_n) @ W_n^T + b_hn), the operand from scratch
             z = _load(g_t + 1 * H, b, j, GH, m, CDT)
             _, _, pn, _ = _pre(scratch_ptr, scratch_ptr, 0, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok,
-                               j0, j, j_ok, H, NG, NGP, 4, 4, False, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
+                               j, j_ok, H, NG, NGP, 4, 4, False, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3,
                                BLOCK_B, BLOCK_H, BLOCK_K, CDT, PREC)
             n = tl.where(valid, _act(pn, ACT), 0.0)
             h = tl.where(valid, (1.0 - z) * n + z * h_old, h_old)
             _store(g_t + 2 * H, b, j, GH, m, n)
             _store(out_ptr + t * B * H, b, j, H, m, h)
     else:  # SimpleRNN
-        p, _, _, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok, j0, j,
+        p, _, _, _ = _pre(hp, rmask_ptr, rm_stride, w_ptr, wa, wb, wc, xb, bias_ptr, x_t, GH, b, b_ok, j,
                           j_ok, H, NG, NGP, 1, 1, HAS_RMASK, HAS_BIAS, W_RESIDENT, SPLIT, K1, K2, K3, BLOCK_B,
                           BLOCK_H, BLOCK_K, CDT, PREC)
         a = _act(p, ACT)
@@ -624,7 +624,7 @@ def forward_kernel(
             hp = h0_ptr
         if PHASE != 2:
             if live != 0:
-                h, c = _fwd_tile(1, t, hp, h, c, b, b_ok, j0, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, xb, bias_ptr,
+                h, c = _fwd_tile(1, t, hp, h, c, b, b_ok, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, xb, bias_ptr,
                                  mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H, KIND, NG, NGP,
                                  ACT, RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT, SPLIT, K1, K2, K3,
                                  BLOCK_B, BLOCK_H, BLOCK_K, PREC)
@@ -638,7 +638,7 @@ def forward_kernel(
         if TWO_PHASE:
             if PHASE != 1:
                 if live != 0:
-                    h, c = _fwd_tile(2, t, hp, h, c, b, b_ok, j0, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, xb,
+                    h, c = _fwd_tile(2, t, hp, h, c, b, b_ok, j, j_ok, xg_ptr, w_ptr, wa, wb, wc, xb,
                                      bias_ptr, mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, scratch_ptr, B, H,
                                      KIND, NG, NGP, ACT, RACT, RESET_AFTER, HAS_BIAS, HAS_MASK, HAS_RMASK, W_RESIDENT,
                                      SPLIT, K1, K2, K3, BLOCK_B, BLOCK_H, BLOCK_K, PREC)
