@@ -237,7 +237,7 @@ def triton_launches(cell, dtype, batch, hidden, direction, tf32=False, both=Fals
             steps = (0, SEQ_LEN)
         else:
             steps = (2, 3)  # a representative step: neither 1 nor a multiple of 16 (JIT specialization)
-        spec = ("triton", fn_name, dtype, tuple(sorted(c.items())), plan.num_warps, plan.num_stages,
+        spec = ("triton", fn_name, dtype, tuple(sorted(c.items())), tuple(sorted(plan.compile_options.items())),
                 _spec_class(batch), _spec_class(hidden), steps)
         label = ("persistent" if plan.persistent else "per_step") + (", " + c["PREC"] if dtype == "fp32" else "") \
             + (", both directions" if both else "")
@@ -264,7 +264,7 @@ def _triton_bind(fn, spec):
     from triton.compiler import make_backend
     from triton.runtime import jit as J
 
-    _, fn_name, dtype, consts, num_warps, num_stages, b_class, h_class, steps = spec
+    _, fn_name, dtype, consts, options, b_class, h_class, steps = spec
     consts = dict(consts)
     io = _torch_dtype(dtype)
     cdt = torch.float32
@@ -295,7 +295,7 @@ def _triton_bind(fn, spec):
                              "profiling.static._triton_scalars / triton_launches")
     backend = make_backend(GPUTarget("cuda", ARCH, 32))
     binder = J.create_function_from_signature(fn.signature, fn.params, backend)
-    kwargs = {"num_warps": num_warps, "num_stages": num_stages}
+    kwargs = dict(options)
     bound, specialization, options = binder(*args, **kwargs)
     options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
     return signature, constexprs, attrs, kwargs

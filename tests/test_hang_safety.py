@@ -418,7 +418,7 @@ def _compile_job(job):
             consts.update(HAS_BIAS=True, NGP=tb.gates_padded(N_GATES[kind]))
         kernel = triton.compile(ASTSource(fn, _signature(fn, consts, io, "fp64" if io == "fp64" else "fp32"),
                                           constexprs=consts),
-                                target=target, options={"num_warps": p["num_warps"], "num_stages": p["num_stages"]})
+                                target=target, options=plan.compile_options)
     regs, static = _resources(kernel.asm["cubin"])
     return dict(shared=kernel.metadata.shared + static, dynamic=kernel.metadata.shared, static=static,
                 num_warps=kernel.metadata.num_warps, regs=regs,

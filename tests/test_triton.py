@@ -153,14 +153,16 @@ def test_persistent_split_k_widths(rng, name, spec, hidden):
         check(f"{name}/H{hidden}/{dtype}", spec, saved, grads, f, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
 @pytest.mark.parametrize("name,spec", CELLS, ids=[c[0] for c in CELLS])
-def test_per_step_path(rng, name, spec):
-    """The per-step fallback (several programs per launch in the interpreter)."""
+def test_per_step_path(rng, name, spec, dtype):
+    """The per-step fallback (several programs per launch in the interpreter); bf16: its dgates
+    exchanged in the I/O dtype between the phases."""
     backend = TritonBackend(per_step=True)
     reverse, mask, rec_mask, bias, h0 = OPTIONS["rev-mask-recdrop"]
-    k, f = make_case(rng, spec, torch.float64, reverse=reverse, mask=mask, rec_mask=rec_mask, bias=bias, h0=h0)
+    k, f = make_case(rng, spec, dtype, reverse=reverse, mask=mask, rec_mask=rec_mask, bias=bias, h0=h0)
     saved, grads = run_kernel(backend, spec, k)
-    check(f"{name}/per-step", spec, saved, grads, f, torch.float64)
+    check(f"{name}/per-step/{dtype}", spec, saved, grads, f, dtype)
 
 
 FP32_CASES = [(name, spec, False) for name, spec in CELLS] + [("lstm", CELLS[0][1], True)]

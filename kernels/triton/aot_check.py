@@ -56,7 +56,7 @@ def compile_spec(text, arch=90, n_sm=132, batch=64):
             consts.update(HAS_BIAS=True, NGP=gates_padded(G))
         kernel = triton.compile(ASTSource(fn, _signature(fn, consts, io, cdt), constexprs=consts),
                                 target=GPUTarget("cuda", arch, 32),
-                                options={"num_warps": plan.num_warps, "num_stages": plan.num_stages})
+                                options=plan.compile_options)
         ptx = kernel.asm["ptx"]
         results.append({"spec": text, "kernel": name, "persistent": plan.persistent,
                         "shared": kernel.metadata.shared,

@@ -37,6 +37,7 @@ H_OPERAND_ELEMS = 16 * 1024  # cap on BLOCK_B * K_PAD, the h operand loaded per 
 # LSTM bf16 forward 3.41 -> 2.44 / 5.36 -> 3.96 us with tiles of 32, SimpleRNN fp32 B256 8.32
 # (788 B spill) -> 3.20, no spill; B <= 32 unchanged)
 BLOCK_B_MAX = 32
+MAX_REGISTERS = 255  # a thread's registers on sm_70 .. sm_90 (Plan.compile_options)
 SMEM_STATIC_BYTES = 1024    # static shared memory in the sm_90 cubins of these kernels (cuobjdump SHARED:1024
                             # wherever they use shared memory), on top of Triton's dynamic metadata.shared
 SMEM_SLACK_BYTES = 1024     # margin of persistent_shared_bytes for buffers another Triton version may add
@@ -180,6 +181,14 @@ class Plan:
     k_parts: tuple = ()    # K pieces (powers of two, multiples of 16 * split) covering K (forward H,
                            # backward G*H)
     w_reg: bool = False    # W_hh rows held in registers (2-byte matmul dtypes)
+
+    @property
+    def compile_options(self) -> dict:
+        """Triton's compile options of this plan's launches. maxnreg: every plan puts one program
+        on an SM, so occupancy gains nothing, but without a register cap ptxas aims for one anyway
+        and spills below it (sm_90, triton 3.6: SimpleRNN bf16 B64 H256, both directions forward:
+        64 registers and 24 bytes of spill, 92 and none with the cap)."""
+        return {"num_warps": self.num_warps, "num_stages": self.num_stages, "maxnreg": MAX_REGISTERS}
 
 
 def _pow2(n, lo=MIN_BLOCK):
@@ -344,8 +353,12 @@ def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False,
         # 15.3 / 15.9; with 16-row tiles (mma.sync) 16 units are slower than 32: fp32 B16 H768
         # backward 19.7 -> 32.0)
         block_h = 16
+    # the forward's 64-row tiles on 8 warps: with 4, a thread holds 64 fp32 gate accumulators and
+    # spills (sm_90, LSTM bf16 B256 H768: 255 registers and 56 B of spill -> 179 and none); the
+    # backward's single accumulator does not need them (8 warps: 6.69 -> 6.82 us estimated)
+    num_warps = 8 if block_b == 64 and direction == "forward" else 4
     return Plan(False, block_h, block_b, 64, k_pad, False,
-                (triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b)), 4, 2)
+                (triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b)), num_warps, 2)
 
 
 def _n_sm(device):
@@ -364,7 +377,7 @@ def _issue(kernel, plan, consts, args, T, phases, barriers_per_step, device, spi
     phase inside (PHASE=0); on a GPU the compiled kernel is checked for co-residency first and
     launched cooperatively where Triton can; with a grid barrier (SYNC) the status rows are read
     back afterwards and a timeout raises BarrierTimeoutError (the outputs are never returned)."""
-    options = dict(consts, num_warps=plan.num_warps, num_stages=plan.num_stages)
+    options = dict(consts, **plan.compile_options)
     grid = plan.grid + ((D,) if D > 1 else ())
     if not plan.persistent:
         for step in range(T):
@@ -692,12 +705,12 @@ class TritonBackend:
                 w_, h0_, c0_, mask_, rmask_, out_, gates_, extra_, dout_, dh_, dc_ = ins
                 dxg = new_empty((*lead, T, B, G * H), cdt, device)
                 scratch = new_empty((*lead, B, H), cdt, device) if two else None
-                # the persistent path's dgates exchange, in the I/O dtype (double-buffered by step)
-                xchg = new_empty((*lead, 2, B, G * H), dtype, device) if plan.persistent else None
+                # the dgates exchange in the I/O dtype (persistent: double-buffered by step)
+                xchg = new_empty((*lead, 2, B, G * H), dtype, device)
 
                 def args(status):
                     return (w_, h0_, _or(c0_, dxg), _or(mask_, dxg), _or(rmask_, dxg), out_, gates_,
-                            _or(extra_, dxg), dout_, dxg, dh_, _or(dc_, dxg), _or(scratch, dxg), _or(xchg, dout_),
+                            _or(extra_, dxg), dout_, dxg, dh_, _or(dc_, dxg), _or(scratch, dxg), xchg,
                             _or(status, dxg),
                             self.spin_cap, T, B, H)
 

@@ -47,7 +47,7 @@ so one grid barrier per step suffices); phase 3 is ONE split-K dot
 the units as M (W_hh^T rows in registers as in the forward, K in up to three power-of-two pieces,
 SPLIT = num_warps warps each one K slice, every MMA issued once). dh and dc are carried in
 registers; dxg[t] is the output. The per-step backward streams W_hh and exchanges dgates through
-dxg. Reductions use no atomics: bitwise reproducible. Compute dtype CDT is float32 (float64 for
+the first half of the same buffer. Reductions use no atomics: bitwise reproducible. Compute dtype CDT is float32 (float64 for
 float64 inputs); the cell state and every gate value are kept in CDT, h and the exchanged dgates
 are in the I/O dtype (as cuDNN does), every matmul accumulates in CDT.
 
@@ -154,21 +154,15 @@ def _operand(src_ptr, src_stride, scale_ptr, scale_stride, b, b_ok, k, H, HAS_SC
 
 
 @triton.jit
-def _rec(acc, src_ptr, src_stride, scale_ptr, scale_stride, w_ptr, w_tile, g, b, b_ok, j, j_ok, H,
-         HAS_SCALE: tl.constexpr, W_T: tl.constexpr, W_RESIDENT: tl.constexpr, BLOCK_K: tl.constexpr,
-         K_PAD: tl.constexpr, PREC: tl.constexpr):
-    """acc + (src * scale)[b, :H] @ W_g-operand (see _load_w) with CDT accumulation. With
-    W_RESIDENT the operand is the on-chip w_tile (K_PAD rows), else it is streamed from memory."""
+def _rec(acc, src_ptr, src_stride, scale_ptr, scale_stride, w_ptr, g, b, b_ok, j, j_ok, H,
+         HAS_SCALE: tl.constexpr, W_T: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+    """acc + (src * scale)[b, :H] @ W_g-operand (see _load_w) with CDT accumulation, W streamed
+    from memory in BLOCK_K chunks (the per-step path)."""
     MM: tl.constexpr = w_ptr.dtype.element_ty
-    if W_RESIDENT:
-        k = tl.arange(0, K_PAD)
+    for k0 in range(0, H, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
         a = _operand(src_ptr, src_stride, scale_ptr, scale_stride, b, b_ok, k, H, HAS_SCALE, MM)
-        acc = tl.dot(a, w_tile, acc, input_precision=PREC)
-    else:
-        for k0 in range(0, H, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            a = _operand(src_ptr, src_stride, scale_ptr, scale_stride, b, b_ok, k, H, HAS_SCALE, MM)
-            acc = tl.dot(a, _load_w(w_ptr, g, k, j, j_ok, H, W_T), acc, input_precision=PREC)
+        acc = tl.dot(a, _load_w(w_ptr, g, k, j, j_ok, H, W_T), acc, input_precision=PREC)
     return acc
 
 
@@ -215,12 +209,10 @@ def _directions(w_ptr, h0_ptr, c0_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr,
 
 
 @triton.jit
-def _fwd_rec(g, wg, src_ptr, scale_ptr, acc, w_ptr, bias_ptr, b, b_ok, j, j_ok, H,
-             HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, W_RESIDENT: tl.constexpr,
-             BLOCK_K: tl.constexpr, K_PAD: tl.constexpr, PREC: tl.constexpr):
+def _fwd_rec(g, src_ptr, scale_ptr, acc, w_ptr, bias_ptr, b, b_ok, j, j_ok, H,
+             HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr):
     """acc + (src * scale) @ W_g^T + b_hh[g] for this tile (src, scale (B, H); acc: x part or 0)."""
-    acc = _rec(acc, src_ptr, H, scale_ptr, H, w_ptr, wg, g, b, b_ok, j, j_ok, H, HAS_SCALE, False,
-               W_RESIDENT, BLOCK_K, K_PAD, PREC)
+    acc = _rec(acc, src_ptr, H, scale_ptr, H, w_ptr, g, b, b_ok, j, j_ok, H, HAS_SCALE, False, BLOCK_K, PREC)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + g * H + j, mask=j_ok, other=0.0).to(acc.dtype)[None, :]
     return acc
@@ -376,8 +368,8 @@ def _streamed_gate(g: tl.constexpr, src_ptr, scale_ptr, w_ptr, bias_ptr, x_t, GH
     if (XMASK >> g) & 1:
         acc = _load(x_t + g * H, b, j, GH, b_ok[:, None] & j_ok[None, :], CDT)
     if (NEED >> g) & 1:
-        acc = _fwd_rec(g, 0, src_ptr, scale_ptr, acc, w_ptr, bias_ptr, b, b_ok, j, j_ok, H, HAS_SCALE, HAS_BIAS,
-                       False, BLOCK_K, BLOCK_K, PREC)
+        acc = _fwd_rec(g, src_ptr, scale_ptr, acc, w_ptr, bias_ptr, b, b_ok, j, j_ok, H, HAS_SCALE, HAS_BIAS,
+                       BLOCK_K, PREC)
     return acc
 
 
@@ -654,14 +646,16 @@ def forward_kernel(
 # backward
 # ---------------------------------------------------------------------------------------------
 @triton.jit
-def _bwd_tile(P: tl.constexpr, t, hp, cp, b0, j, j_ok,
-              w_ptr, w0, w1, w2, w3, mask_ptr, rmask_ptr, gates_ptr, extra_ptr, dout_ptr,
-              dxg_ptr, dh_ptr, dc_ptr, scratch_ptr, B, H,
+def _bwd_tile(P: tl.constexpr, t, hp, cp, b0, j, j_ok, w_ptr, mask_ptr, rmask_ptr, gates_ptr, extra_ptr, dout_ptr,
+              dxg_ptr, dh_ptr, dc_ptr, scratch_ptr, xchg_ptr, B, H,
               KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
               RESET_AFTER: tl.constexpr, HAS_MASK: tl.constexpr, HAS_RMASK: tl.constexpr,
-              W_RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-              BLOCK_K: tl.constexpr, K_PAD: tl.constexpr, PREC: tl.constexpr):
-    """Phase P (1 dgates, 2 GRU reset_after=False dr, 3 dh_prev) of step t, rows [b0, b0+BLOCK_B)."""
+              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+    """Per-step phase P (1 dgates, 2 GRU reset_after=False dr, 3 dh_prev) of step t, rows
+    [b0, b0+BLOCK_B). The dh matmuls read the dgates from xchg (I/O dtype, written by phase 1 as
+    in the persistent path): a half-precision operand the MMAs take from shared memory as loaded,
+    where fp32 dxg went through registers to be rounded (sm_90, LSTM bf16 B256 H768: 835 KB of
+    shared loads a step)."""
     CDT: tl.constexpr = dxg_ptr.dtype.element_ty
     GH = NG * H
     b = b0 + tl.arange(0, BLOCK_B)
@@ -675,62 +669,32 @@ def _bwd_tile(P: tl.constexpr, t, hp, cp, b0, j, j_ok,
     # dh: gradient reaching h_t = upstream dout[t] + what step t+1 sent back (own units only)
     dh = _load(dout_ptr + t * B * H, b, j, H, m, CDT) + _load(dh_ptr, b, j, H, m, CDT)
     if P == 1:
-        if KIND == 0:  # LSTM
-            i = _load(g_t + 0 * H, b, j, GH, m, CDT)
-            f = _load(g_t + 1 * H, b, j, GH, m, CDT)
-            g = _load(g_t + 2 * H, b, j, GH, m, CDT)
-            o = _load(g_t + 3 * H, b, j, GH, m, CDT)
-            ac = _act(_load(extra_ptr + t * B * H, b, j, H, m, CDT), ACT)
-            dc_in = _load(dc_ptr, b, j, H, m, CDT)
-            dc = dc_in + dh * o * _dact(ac, ACT)
-            c_old = _load(cp, b, j, H, m, CDT)
-            _store(d_t + 0 * H, b, j, GH, m, tl.where(valid, dc * g * _dact(i, RACT), 0.0))
-            _store(d_t + 1 * H, b, j, GH, m, tl.where(valid, dc * c_old * _dact(f, RACT), 0.0))
-            _store(d_t + 2 * H, b, j, GH, m, tl.where(valid, dc * i * _dact(g, ACT), 0.0))
-            _store(d_t + 3 * H, b, j, GH, m, tl.where(valid, dh * ac * _dact(o, RACT), 0.0))
-            _store(dc_ptr, b, j, H, m, tl.where(valid, dc * f, dc_in))
-        elif KIND == 1:  # GRU: h = (1 - z) n + z h_old
-            z = _load(g_t + 1 * H, b, j, GH, m, CDT)
-            n = _load(g_t + 2 * H, b, j, GH, m, CDT)
-            h_old = _load(hp, b, j, H, m, CDT)
-            dn = tl.where(valid, dh * (1.0 - z) * _dact(n, ACT), 0.0)
-            _store(d_t + 1 * H, b, j, GH, m, tl.where(valid, dh * (h_old - n) * _dact(z, RACT), 0.0))
-            _store(d_t + 2 * H, b, j, GH, m, dn)
-            if RESET_AFTER:  # n = act(xn + r * hn): dr = dn * hn
-                r = _load(g_t + 0 * H, b, j, GH, m, CDT)
-                hn = _load(extra_ptr + t * B * H, b, j, H, m, CDT)
-                _store(d_t + 0 * H, b, j, GH, m, tl.where(valid, dn * hn * _dact(r, RACT), 0.0))
-        else:
-            a = _load(g_t, b, j, GH, m, CDT)
-            _store(d_t, b, j, GH, m, tl.where(valid, dh * _dact(a, ACT), 0.0))
+        dc = zero
+        if KIND == 0:
+            dc = _load(dc_ptr, b, j, H, m, CDT)
+        dc = _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr, xchg_ptr,
+                         B, H, KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, BLOCK_B)
+        if KIND == 0:
+            _store(dc_ptr, b, j, H, m, dc)
     elif P == 2:  # GRU reset_after=False: u = r * h * rm_n feeds u @ W_n^T; du = dn_pre @ W_n
-        du = _rec(zero, d_t + 2 * H, GH, d_t, GH, w_ptr, w2, 2, b, b_ok, j, j_ok, H, False, True,
-                  W_RESIDENT, BLOCK_K, K_PAD, PREC)
+        du = _rec(zero, xchg_ptr + 2 * H, GH, xchg_ptr, GH, w_ptr, 2, b, b_ok, j, j_ok, H, False, True, BLOCK_K,
+                  PREC)
         hr = _load(hp, b, j, H, m, CDT)
         if HAS_RMASK:
             hr = hr * _load(rmask_ptr + 2 * rm_stride, b, j, H, m, CDT)
         r = _load(g_t + 0 * H, b, j, GH, m, CDT)
-        _store(d_t + 0 * H, b, j, GH, m, tl.where(valid, du * hr * _dact(r, RACT), 0.0))
+        dr = tl.where(valid, du * hr * _dact(r, RACT), 0.0)
+        _store(d_t + 0 * H, b, j, GH, m, dr)
+        _store(xchg_ptr + 0 * H, b, j, GH, m, dr)
         _store(scratch_ptr, b, j, H, m, du)
-    else:  # P == 3: dh_prev = sum_g (dgates_g @ W_g) * rm_g (+ direct GRU terms), all of dxg[t]
+    else:  # P == 3: dh_prev = sum_g (dgates_g @ W_g) * rm_g (+ direct GRU terms), all of xchg
         acc = zero
         for g in tl.static_range(NG):
-            wg = w0
-            if g == 1:
-                wg = w1
-            if g == 2:
-                wg = w2
-            if g == 3:
-                wg = w3
-            if KIND == 1 and g == 2:
-                if RESET_AFTER:  # d(hn) = dn_pre * r
-                    part = _rec(zero, d_t + 2 * H, GH, g_t, GH, w_ptr, wg, 2, b, b_ok, j, j_ok, H, True, True,
-                                W_RESIDENT, BLOCK_K, K_PAD, PREC)
-                else:  # through u = r * h * rm_n, du from phase 2
-                    part = _load(scratch_ptr, b, j, H, m, CDT) * _load(g_t + 0 * H, b, j, GH, m, CDT)
-            else:
-                part = _rec(zero, d_t + g * H, GH, d_t, GH, w_ptr, wg, g, b, b_ok, j, j_ok, H, False, True,
-                            W_RESIDENT, BLOCK_K, K_PAD, PREC)
+            if KIND == 1 and g == 2 and not RESET_AFTER:  # through u = r * h * rm_n, du from phase 2
+                part = _load(scratch_ptr, b, j, H, m, CDT) * _load(g_t + 0 * H, b, j, GH, m, CDT)
+            else:  # GRU reset_after's n rows hold d(hn) = dn_pre * r (_bwd_dgates)
+                part = _rec(zero, xchg_ptr + g * H, GH, xchg_ptr, GH, w_ptr, g, b, b_ok, j, j_ok, H, False, True,
+                            BLOCK_K, PREC)
             if HAS_RMASK:
                 part = part * _load(rmask_ptr + g * rm_stride, b, j, H, m, CDT)
             acc += part
@@ -754,7 +718,7 @@ def _bwd_mm(src_ptr, wa, wb, wc, b, b_ok, GH, lo, hi, SPLIT: tl.constexpr, K1: t
 def _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr, xchg_ptr, B, H,
                 KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
                 RESET_AFTER: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr):
-    """Persistent phase 1 of step t from the carried dh (upstream dout[t] included) and dc tiles:
+    """Phase 1 of step t (both paths) from dh (upstream dout[t] included) and the dc carry:
     this program's dgates, stored in dxg[t] (CDT) and in the exchange buffer (I/O dtype, the dh
     matmul's operand: GRU reset_after's n gate there is dn * r). Returns the new dc carry."""
     CDT: tl.constexpr = dxg_ptr.dtype.element_ty
@@ -915,7 +879,7 @@ def backward_kernel(
     dh_ptr,       # (B, H) CDT: in dhT, out dh0 (the carried dh, each program its own units)
     dc_ptr,       # (B, H) CDT: in dcT, out dc0 (LSTM)
     scratch_ptr,  # (B, H) CDT: du of GRU reset_after=False (per-step path)
-    xchg_ptr,     # (2, B, G*H) I/O dtype: the dgates exchange of the persistent path
+    xchg_ptr,     # (2, B, G*H) I/O dtype: the dgates exchange (the per-step path uses the first half)
     sync_ptr,     # int32 (STATUS_WORDS,) barrier status of barrier.py, zero at launch (SYNC only)
     spin_cap,     # polls of a barrier wait before the launch is aborted (SYNC only)
     T, B, H,
@@ -944,7 +908,7 @@ def backward_kernel(
                         dh_ptr, dc_ptr, xchg_ptr, sync_ptr, spin_cap, T, B, H, step_begin, step_end, KIND, NG, ACT,
                         RACT, RESET_AFTER, REVERSE, HAS_MASK, HAS_RMASK, TWO_PHASE, SYNC, SPLIT, K1, K2, K3, W_REG,
                         BLOCK_B, BLOCK_H, PREC)
-    else:  # per step: one launch per step and phase, W_hh streamed, dgates exchanged through dxg
+    else:  # per step: one launch per step and phase, W_hh streamed, dgates exchanged through xchg
         pid_b = tl.program_id(1)
         n_pb = tl.num_programs(1)
         j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -960,7 +924,6 @@ def backward_kernel(
             for P in tl.static_range(1, 4):
                 if (P != 2 or TWO_PHASE) and PHASE == P:
                     for b0 in range(pid_b * BLOCK_B, B, n_pb * BLOCK_B):
-                        _bwd_tile(P, t, hp, cp, b0, j, j_ok, w_ptr, 0, 0, 0, 0, mask_ptr, rmask_ptr,
-                                  gates_ptr, extra_ptr, dout_ptr, dxg_ptr, dh_ptr, dc_ptr, scratch_ptr, B, H,
-                                  KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, HAS_RMASK, False,
-                                  BLOCK_B, BLOCK_H, BLOCK_K, BLOCK_K, PREC)
+                        _bwd_tile(P, t, hp, cp, b0, j, j_ok, w_ptr, mask_ptr, rmask_ptr, gates_ptr, extra_ptr,
+                                  dout_ptr, dxg_ptr, dh_ptr, dc_ptr, scratch_ptr, xchg_ptr, B, H, KIND, NG, ACT,
+                                  RACT, RESET_AFTER, HAS_MASK, HAS_RMASK, BLOCK_B, BLOCK_H, BLOCK_K, PREC)
