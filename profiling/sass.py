@@ -540,6 +540,8 @@ def _ptx_class(ins):
         return "syncs"
     if base == "cp" and ".async.bulk" in op and ".prefetch" not in op:
         return "bulk"
+    if base == "cp" and re.match(r"cp\.async\.c[ag]\.shared", op):
+        return "cpasync"
     if base in ("membar", "fence"):
         return "membar"
     if base in ("atom", "red"):
@@ -677,16 +679,18 @@ def walk(kernel: PtxKernel, args: list, *, tid=0, ntid=128, ctaid=(0, 0, 0), nct
             window_counts["ldg_rounds"] += in_window
         if cls is not None:
             nbytes = _ptx_instr_bytes(ins, cls)
-            if cls == "bulk":  # cp.async.bulk [dst], [src], size, [mbar]: the size operand
+            if cls in ("bulk", "cpasync"):  # cp.async[.bulk] [dst], [src], size, ...: the size operand
                 size = val(ins.args[2]) if len(ins.args) > 2 else None
                 nbytes = size if isinstance(size, int) else 0
-            total[cls] += 1
-            if nbytes:
-                total[cls + "_bytes"] += nbytes
-            if in_window:
-                window_counts[cls] += 1
+            # cp.async (non-bulk): a global load that writes shared memory, counted as both
+            for c in (("ldg", "sts") if cls == "cpasync" else (cls,)):
+                total[c] += 1
                 if nbytes:
-                    window_counts[cls + "_bytes"] += nbytes
+                    total[c + "_bytes"] += nbytes
+                if in_window:
+                    window_counts[c] += 1
+                    if nbytes:
+                        window_counts[c + "_bytes"] += nbytes
         if base == "bra":
             target = labels.get(ins.args[0])
             if target is None:
@@ -721,6 +725,9 @@ def is_sync_op(ins, base) -> bool:
     return base == "mbarrier" and ("try_wait" in ins.op or "test_wait" in ins.op)
 
 
+_CP_ASYNC = "<cp.async>"  # _LoadRounds.pending: cp.async copies in flight (they write no register)
+
+
 class _LoadRounds:
     """Dependent rounds of global loads of one thread: one L2 latency per round. A round opens at a
     data load (not a sync op). Its values may flow through register arithmetic; an instruction that
@@ -731,7 +738,10 @@ class _LoadRounds:
     block ptxas issues them ahead of the wait (nvcc's PTX of an unrolled copy loop alternates load
     and shared store; its SASS issues the loads first). A round still in flight when the thread
     reaches a sync op (see is_sync_op) completes during that wait and costs nothing more: how
-    data loaded before a grid barrier (the next step's inputs) leaves the critical path."""
+    data loaded before a grid barrier (the next step's inputs) leaves the critical path.
+    cp.async copies (Triton's software pipelining of a loop's loads) join rounds like loads; their
+    wait is cp.async.wait_group / wait_all. A wait_group that lets the newest groups stay in flight
+    still ends the round (an upper bound: in a pipelined loop the older group may have arrived)."""
 
     def __init__(self):
         self.pending = set()  # registers holding a load's result or a value computed from one
@@ -757,12 +767,15 @@ class _LoadRounds:
         reads = {r for a in (ins.args if base in _NO_DEST else ins.args[1:]) for r in _PTX_REG.findall(a)}
         if ins.guard is not None:
             reads.add(ins.guard.lstrip("!"))
-        if cls == "ldg":
+        if cls in ("ldg", "cpasync"):
             if reads & self.pending:  # its address depends on the round: wait first
                 self.waiting = True
                 closed = self.boundary()
-            self.pending.update(dests)
+            self.pending.update(dests if cls == "ldg" else (_CP_ASYNC,))
             return closed
+        if base == "cp" and ".async.wait" in ins.op and _CP_ASYNC in self.pending:
+            self.waiting = True
+            return self.boundary()
         if base in ("bar", "barrier", "membar", "fence", "bra", "ret", "exit"):
             closed = self.boundary()
         if reads & self.pending:

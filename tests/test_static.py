@@ -195,6 +195,42 @@ def test_ptx_walk_load_rounds():
     assert win["ldg_rounds"] == 3
 
 
+# Triton's software-pipelined K loop: two 16-byte cp.async copies (global -> shared) per step, then
+# the wait for the older group and a barrier before the shared loads that read them
+CP_ASYNC_PTX = """
+.visible .entry p(
+    .param .u32 p_param_0
+)
+{
+    ld.param.u32 %r1, [p_param_0];
+    mov.u32 %r10, 0;
+$L__step:
+    cp.async.cg.shared.global [ %r2 + 0 ], [ %rd1 + 0 ], 0x10, %r3;
+    cp.async.cg.shared.global [ %r4 + 0 ], [ %rd2 + 0 ], 0x10, %r3;
+    cp.async.commit_group;
+    cp.async.wait_group 0x1;
+    bar.sync 0;
+    ld.shared.v4.b32 {%r20, %r21, %r22, %r23}, [%r5];
+    add.s32 %r10, %r10, 1;
+    setp.lt.s32 %p4, %r10, %r1;
+    @%p4 bra $L__step;
+    ret;
+}
+"""
+
+
+def test_ptx_walk_cp_async():
+    """A cp.async copy is a global load and a shared store of its size; its wait ends a round."""
+    win, _, _ = sass.walk(sass.parse_ptx(CP_ASYNC_PTX), [4], tid=0, ntid=32)
+    assert win["ldg"] == 2 and win["ldg_bytes"] == 32
+    assert win["sts"] == 2 and win["sts_bytes"] == 32 and win["lds_bytes"] == 16
+    assert win["ldg_rounds"] == 1
+    # no wait in the step: the copies are waited for nowhere, so no round
+    no_wait = CP_ASYNC_PTX.replace("    cp.async.wait_group 0x1;\n", "")
+    win, _, _ = sass.walk(sass.parse_ptx(no_wait), [4], tid=0, ntid=32)
+    assert win["ldg"] == 2 and win["ldg_rounds"] == 0
+
+
 # a step loop the compiler rotated: the head ($L__head, entered from the set-up) sits after the code
 # that ends each step ($L__tail: reached from the barrier), as Triton 3.6 laid out the persistent forward
 ROTATED_PTX = """
