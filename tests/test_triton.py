@@ -369,6 +369,16 @@ def test_plan_choices():
     assert make_plan(768, 64, 4, 2, 132, False, per_step=True).grid == (48, 1)
     assert make_plan(768, 256, 4, 2, 132, False, per_step=True).grid == (24, 4)
     assert make_plan(768, 16, 4, 2, 132, False, per_step=True).grid == (24, 1)
+    # the forward's 64-row tiles on 8 warps, the backward's on 4; smaller tiles on 4
+    assert make_plan(768, 256, 4, 2, 132, False, per_step=True).num_warps == 8
+    assert make_plan(768, 256, 4, 2, 132, False, per_step=True, direction="backward").num_warps == 4
+    assert make_plan(768, 16, 4, 2, 132, False, per_step=True).num_warps == 4
+    # ptxas's register cap where one program runs per SM (persistent plans, per-step grids up to
+    # n_sm programs); none where programs share SMs (B1024: 24 x 16 per-step programs)
+    assert make_plan(768, 16, 4, 2, 132, False).compile_options["maxnreg"] == tb.MAX_REGISTERS
+    assert make_plan(768, 256, 4, 2, 132, False, per_step=True).compile_options["maxnreg"] == tb.MAX_REGISTERS
+    big = make_plan(768, 1024, 4, 2, 132, False, per_step=True)
+    assert big.grid == (24, 16) and "maxnreg" not in big.compile_options
     with pytest.raises(ValueError, match="hidden"):
         make_plan(0, 1, 4, 4, 132, False)
     with pytest.raises(ValueError, match="direction"):

@@ -37,7 +37,7 @@ H_OPERAND_ELEMS = 16 * 1024  # cap on BLOCK_B * K_PAD, the h operand loaded per 
 # LSTM bf16 forward 3.41 -> 2.44 / 5.36 -> 3.96 us with tiles of 32, SimpleRNN fp32 B256 8.32
 # (788 B spill) -> 3.20, no spill; B <= 32 unchanged)
 BLOCK_B_MAX = 32
-MAX_REGISTERS = 255  # a thread's registers on sm_70 .. sm_90 (Plan.compile_options)
+MAX_REGISTERS = 255  # a thread's registers on sm_70 .. sm_90 (Plan.maxnreg)
 SMEM_STATIC_BYTES = 1024    # static shared memory in the sm_90 cubins of these kernels (cuobjdump SHARED:1024
                             # wherever they use shared memory), on top of Triton's dynamic metadata.shared
 SMEM_SLACK_BYTES = 1024     # margin of persistent_shared_bytes for buffers another Triton version may add
@@ -181,14 +181,18 @@ class Plan:
     k_parts: tuple = ()    # K pieces (powers of two, multiples of 16 * split) covering K (forward H,
                            # backward G*H)
     w_reg: bool = False    # W_hh rows held in registers (2-byte matmul dtypes)
+    # ptxas's register cap. Where the grid fits on the SMs (every persistent plan, and per-step
+    # ones up to n_sm programs) one program runs per SM and occupancy gains nothing, but without a
+    # cap ptxas aims for one anyway and spills below it (sm_90, triton 3.6: SimpleRNN bf16 B64
+    # H256, both directions forward: 64 registers and 24 B of spill; 92 and none with the cap).
+    # None: ptxas chooses (larger per-step grids, where several programs share an SM).
+    maxnreg: int | None = MAX_REGISTERS
 
     @property
     def compile_options(self) -> dict:
-        """Triton's compile options of this plan's launches. maxnreg: every plan puts one program
-        on an SM, so occupancy gains nothing, but without a register cap ptxas aims for one anyway
-        and spills below it (sm_90, triton 3.6: SimpleRNN bf16 B64 H256, both directions forward:
-        64 registers and 24 bytes of spill, 92 and none with the cap)."""
-        return {"num_warps": self.num_warps, "num_stages": self.num_stages, "maxnreg": MAX_REGISTERS}
+        """Triton's compile options of this plan's launches."""
+        opts = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        return opts if self.maxnreg is None else dict(opts, maxnreg=self.maxnreg)
 
 
 def _pow2(n, lo=MIN_BLOCK):
@@ -357,8 +361,9 @@ def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False,
     # spills (sm_90, LSTM bf16 B256 H768: 255 registers and 56 B of spill -> 179 and none); the
     # backward's single accumulator does not need them (8 warps: 6.69 -> 6.82 us estimated)
     num_warps = 8 if block_b == 64 and direction == "forward" else 4
-    return Plan(False, block_h, block_b, 64, k_pad, False,
-                (triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b)), num_warps, 2)
+    grid = (triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b))
+    return Plan(False, block_h, block_b, 64, k_pad, False, grid, num_warps, 2,
+                maxnreg=MAX_REGISTERS if grid[0] * grid[1] <= n_sm else None)
 
 
 def _n_sm(device):
