@@ -94,7 +94,7 @@ ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 #            ... i.e. a warp issues one FFMA per clock on its sub-partition      / CLOCK
 #   t_smem = block's shared bytes (ld + st + ldmatrix, 32 lanes a warp) / SMEM_BYTES_PER_CLK / CLOCK
 #   t_l2   = max(L2_LATENCY x busiest warp's dependent load rounds,          (latency)
-#                the grid's global-load bytes per step / L2_BYTES_PER_S)       (L2 bandwidth)
+#                the grid's global load + store bytes per step / L2_BYTES_PER_S)  (L2 bandwidth)
 #            A round (profiling.sass._LoadRounds) is the loads a thread has in flight before it
 #            must wait for one of them (where ptxas must put the wait: the end of the basic block
 #            of the first instruction that needs a value, a barrier, a dependent address); a round
@@ -122,7 +122,8 @@ ESTIMATE_MODEL = {
     "L2_LATENCY_S": 260e-9,           # one dependent global (L2) load round trip, ~260 ns-ish
     "L2_BYTES_PER_S": 5.5e12,         # ASSUMPTION (not measured here): L2 read bandwidth of the whole
                                       # GPU; third-party microbenchmarks of the H100 PCIe read about
-                                      # 5.5 TB/s (the SXM's 132 SMs likely more)
+                                      # 5.5 TB/s (the SXM's 132 SMs likely more); stores are charged
+                                      # at the same rate (they take the same L2 slices)
     "BAR_CLK": 20,                    # one __syncthreads / bar.sync with all warps arriving
     "GRID_BARRIER_S": 1.0e-6,         # one grid-wide barrier through L2 (atomic + polls), ~1 us
     "CLUSTER_EXCHANGE_S": 0.3e-6,     # ASSUMPTION (not measured): one cluster exchange, from the last
@@ -149,6 +150,7 @@ ROW_KEYS = (
     "mma_per_step", "mma_per_warp", "wgmma_per_step", "ldsm_per_step", "ldsm_bytes_per_step",
     "lds_per_step", "lds_bytes_per_step", "sts_per_step", "sts_bytes_per_step",
     "ldg_per_step", "ldg_bytes_per_step", "ldg_per_thread", "ldg_rounds", "l2_load_bytes_per_step",
+    "l2_store_bytes_per_step",
     "stg_per_step", "stg_bytes_per_step",
     "ffma_per_warp", "bar_per_step", "membar_per_step", "atomic_per_step", "grid_barriers_per_step",
     "cluster_size", "cluster_exchanges_per_step", "bulk_per_step", "dsmem_bytes_per_step", "syncs_per_step",
@@ -673,7 +675,7 @@ def _lane_sum(walk_lane, first, last, at_first):
 def estimate_us(block, warp_max, grid_barriers, launches, model=ESTIMATE_MODEL, exchanges=0, l2_bytes=0):
     """Per-step time (us) and its terms from per-step counts (see ESTIMATE_MODEL). An estimate.
     exchanges: cluster exchanges per step (their DSMEM bytes: block["bulk_bytes"]); l2_bytes: the
-    global-load bytes of every block of the grid in a step."""
+    global load and store bytes of every block of the grid in a step."""
     m = model
     clk = m["CLOCK_HZ"]
     mma_flops = block.get("mma", 0) * 2 * 16 * 8 * 16
@@ -856,7 +858,7 @@ def make_rows(item, results, index):
                threads=launches[0].threads, launches_per_step=0 if launches[0].persistent else len(launches),
                status="ok", note="")
     block, warp_max = sass.Counter(), sass.Counter()
-    l2_bytes = 0
+    l2_bytes = {"ldg": 0, "stg": 0}
     notes = []
     compile_s = 0.0
     for la in launches:
@@ -896,7 +898,8 @@ def make_rows(item, results, index):
             continue
         for k, v in counts["block"].items():
             block[k] += v
-        l2_bytes += n_blocks * 32 * counts["block"].get("ldg_bytes", 0)  # the walk counts lane 0 of each warp
+        for cls in l2_bytes:  # the walk counts lane 0 of each warp
+            l2_bytes[cls] += n_blocks * 32 * counts["block"].get(cls + "_bytes", 0)
         for k, v in counts["warp_max"].items():
             warp_max[k] += v
     row["compile_s"] = round(compile_s, 2)
@@ -909,9 +912,9 @@ def make_rows(item, results, index):
     row["ffma_per_warp"] = warp_max.get("ffma", 0)
     row["ldg_per_thread"] = warp_max.get("ldg", 0)
     row["ldg_rounds"] = warp_max.get("ldg_rounds", 0)
-    row["l2_load_bytes_per_step"] = l2_bytes
+    row["l2_load_bytes_per_step"], row["l2_store_bytes_per_step"] = l2_bytes["ldg"], l2_bytes["stg"]
     est, terms = estimate_us(block, warp_max, row["grid_barriers_per_step"], row["launches_per_step"],
-                             exchanges=row["cluster_exchanges_per_step"], l2_bytes=l2_bytes)
+                             exchanges=row["cluster_exchanges_per_step"], l2_bytes=sum(l2_bytes.values()))
     row["us_per_step_est"], row["est_terms_us"] = est, terms
     row["note"] = "; ".join(notes)
     if not row["step_loop_found"] and row["path"] == "persistent":  # a per-step kernel has none

@@ -457,6 +457,10 @@ def test_triton_per_step_kernel_counts_its_whole_launch(tmp_path):
     assert row["path"] == "per-step" and row["grid"][0] == 32, row
     assert row["mma_per_step"] * 16 * 8 * 16 * 2 == 2 * 32 * 16 * 4096, row
     assert "step loop" not in row["note"] and row["launches_per_step"] >= 1
+    # its K loop is software-pipelined (cp.async): W_hh (4096 x 1024 bf16) read once a step and the
+    # dgates operand (16 x 4096 bf16) once per program are L2 traffic; dh (16 x 1024 fp32) is stored
+    assert row["l2_load_bytes_per_step"] >= 2 * 4096 * 1024 + 32 * 2 * 16 * 4096, row
+    assert row["l2_store_bytes_per_step"] >= 4 * 16 * 1024, row
 
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None,
