@@ -144,16 +144,25 @@ def test_ptx_walk_counts_one_step(tid, n, expected):
 # two loads whose values meet in arithmetic and then a shared store (one round, ending at the block
 # barrier), a load read by an mma (a round) and a load whose address depends on it (it ends that
 # round and is a round of its own), then the next step's load, in flight at the grid barrier's poll
-ROUNDS_PTX = """
-.visible .entry r(
-    .param .u32 r_param_0
+def _step_loop_ptx(body, before=""):
+    """A kernel of one u32 parameter, the step count: `before`, then `body` once a step."""
+    return f"""
+.visible .entry k(
+    .param .u32 k_param_0
 )
-{
-    ld.param.u32 %r1, [r_param_0];
+{{
+    ld.param.u32 %r1, [k_param_0];
     mov.u32 %r10, 0;
-    ld.global.b32 %r40, [%rd9];
-$L__step:
-    add.s32 %r41, %r40, 1;
+{before}$L__step:
+{body}    add.s32 %r10, %r10, 1;
+    setp.lt.s32 %p4, %r10, %r1;
+    @%p4 bra $L__step;
+    ret;
+}}
+"""
+
+
+ROUNDS_PTX = _step_loop_ptx(before="    ld.global.b32 %r40, [%rd9];\n", body="""    add.s32 %r41, %r40, 1;
     st.global.b32 [%rd9], %r41;
     bar.sync 0;
     ld.global.cg.b32 %r20, [%rd1];
@@ -169,12 +178,7 @@ $L__step:
     bar.sync 0;
     ld.global.b32 %r40, [%rd9];
     ld.global.acquire.gpu.b32 %r50, [%rd4];
-    add.s32 %r10, %r10, 1;
-    setp.lt.s32 %p4, %r10, %r1;
-    @%p4 bra $L__step;
-    ret;
-}
-"""
+""")
 
 
 def test_ptx_walk_load_rounds():
@@ -197,26 +201,13 @@ def test_ptx_walk_load_rounds():
 
 # Triton's software-pipelined K loop: two 16-byte cp.async copies (global -> shared) per step, then
 # the wait for the older group and a barrier before the shared loads that read them
-CP_ASYNC_PTX = """
-.visible .entry p(
-    .param .u32 p_param_0
-)
-{
-    ld.param.u32 %r1, [p_param_0];
-    mov.u32 %r10, 0;
-$L__step:
-    cp.async.cg.shared.global [ %r2 + 0 ], [ %rd1 + 0 ], 0x10, %r3;
+CP_ASYNC_PTX = _step_loop_ptx("""    cp.async.cg.shared.global [ %r2 + 0 ], [ %rd1 + 0 ], 0x10, %r3;
     cp.async.cg.shared.global [ %r4 + 0 ], [ %rd2 + 0 ], 0x10, %r3;
     cp.async.commit_group;
     cp.async.wait_group 0x1;
     bar.sync 0;
     ld.shared.v4.b32 {%r20, %r21, %r22, %r23}, [%r5];
-    add.s32 %r10, %r10, 1;
-    setp.lt.s32 %p4, %r10, %r1;
-    @%p4 bra $L__step;
-    ret;
-}
-"""
+""")
 
 
 def test_ptx_walk_cp_async():
