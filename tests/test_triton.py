@@ -373,6 +373,10 @@ def test_plan_choices():
     assert make_plan(768, 256, 4, 2, 132, False, per_step=True).num_warps == 8
     assert make_plan(768, 256, 4, 2, 132, False, per_step=True, direction="backward").num_warps == 4
     assert make_plan(768, 16, 4, 2, 132, False, per_step=True).num_warps == 4
+    # 256-deep K chunks for 2-byte types at tiles of up to 16 rows (fewer dependent round trips)
+    assert make_plan(1024, 16, 4, 2, 132, False, per_step=True, direction="backward").block_k == 256
+    assert make_plan(1024, 16, 4, 4, 132, False, per_step=True, direction="backward").block_k == 64
+    assert make_plan(768, 256, 4, 2, 132, False, per_step=True).block_k == 64
     # ptxas's register cap where one program runs per SM (persistent plans, per-step grids up to
     # n_sm programs); none where programs share SMs (B1024: 24 x 16 per-step programs)
     assert make_plan(768, 16, 4, 2, 132, False).compile_options["maxnreg"] == tb.MAX_REGISTERS

@@ -361,8 +361,14 @@ def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False,
     # spills (sm_90, LSTM bf16 B256 H768: 255 registers and 56 B of spill -> 179 and none); the
     # backward's single accumulator does not need them (8 warps: 6.69 -> 6.82 us estimated)
     num_warps = 8 if block_b == 64 and direction == "forward" else 4
+    # K chunk of the streamed matmul. At batch tiles of 16 a step is a chain of L2 round trips, one
+    # per chunk (the two-stage pipeline waits for a chunk before issuing the next): 256-deep chunks
+    # for 2-byte types (sm_90, LSTM bf16 B16 H1024 backward 29.2 -> 15.9 us estimated); fp32 spills
+    # from 128 on (152 B), and larger tiles are bandwidth-bound (LSTM bf16 B256 H768 forward 12.4 ->
+    # 13.8 with 256)
+    block_k = 256 if itemsize == 2 and block_b <= 16 else 64
     grid = (triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b))
-    return Plan(False, block_h, block_b, 64, k_pad, False, grid, num_warps, 2,
+    return Plan(False, block_h, block_b, block_k, k_pad, False, grid, num_warps, 2,
                 maxnreg=MAX_REGISTERS if grid[0] * grid[1] <= n_sm else None)
 
 
