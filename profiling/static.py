@@ -755,9 +755,16 @@ def plan_grid(cfg):
                 launches[name] = fam.launches(cell, dtype, batch, hidden, direction, cfg["tf32"])
             except Unavailable as exc:
                 launches[name] = str(exc)
-        # auto: cupy when its plan accepts both directions (rnn.backends + CupyBackend.unavailable_reason)
+        # auto: cupy when its plan accepts both directions (rnn.backends + CupyBackend.unavailable_reason);
+        # the order weighs whether triton's plans of both directions are persistent (one-direction
+        # plans: the both-directions rows share the pick)
+        try:
+            persistent = all(la.persistent for d in DIRECTIONS
+                             for la in FAMILIES["triton"].launches(cell, dtype, batch, hidden, d, cfg["tf32"]))
+        except Unavailable:
+            persistent = True
         auto_pick = None
-        for name in auto_order(batch):  # rnn.backends.choose's order on CUDA for this batch
+        for name in auto_order(batch, persistent):  # rnn.backends.choose's order on CUDA
             ok = True
             try:
                 for d in DIRECTIONS:

@@ -108,25 +108,33 @@ def _unavailable(name, device, spec, hidden, batch, dtype):
     return impl, impl.unavailable_reason(device, spec, hidden, batch, dtype)
 
 
-# "auto" on CUDA: cupy first up to this batch size, triton first above it (see auto_order)
+# "auto" on CUDA (see auto_order): cupy first up to this batch size ...
 CUPY_FIRST_MAX_BATCH = 32
+# ... and up to this one where triton would run per step
+CUPY_FIRST_PER_STEP_MAX_BATCH = 64
 
 
-def auto_order(batch) -> tuple:
+def auto_order(batch, triton_persistent=True) -> tuple:
     """The GPU backends "auto" tries, in order, for a call of this batch size (one direction, or
-    both of a bidirectional layer, which both backends run as one launch: the same rule).
+    both of a bidirectional layer, which both backends run as one launch: the same rule);
+    triton_persistent: whether triton's forward and backward plans for the call are persistent.
     From the sm_90 estimates of profiling.static (not yet measured on a GPU, which will settle the
     rule), bf16, T 1024, us per step forward / backward, lstm / gru / rnn x H 256 / 768 / 1024:
       - up to B = 32 cupy first: at B = 1 it leads the training step in 8 of those 9 rows (B1 H256
         LSTM 0.96 / 1.24 against triton's 1.61 / 2.13). At B = 16 the estimates are mixed: cupy
-        leads at H256 GRU / SimpleRNN and LSTM H1024, triton elsewhere (B16 H768 LSTM 2.29 / 3.43
-        against cupy's cluster forward 4.87 and grid-wide backward 4.01); the cluster kernel's
+        leads at H256 GRU / SimpleRNN and LSTM H1024, triton elsewhere (B16 H768 LSTM 2.32 / 3.48
+        against cupy's cluster forward 4.87 and grid-wide backward 4.07); the cluster kernel's
         figures rest on the model's assumed exchange time, so the rule waits for a measurement;
-      - above, triton first: cupy's kernels stage every batch row of h in every block each step, so
-        their step grows with B, while triton spreads batch tiles over programs: B64 H768 LSTM
-        triton 5.08 / 8.19 against cupy 5.28 / 12.91, B256 6.38 / 10.32 against 18.3 / 48.5 (triton
-        ahead for training in every one-direction bf16 / fp16 row at B 64 and 256)."""
-    return ("triton", "cupy") if batch > CUPY_FIRST_MAX_BATCH else ("cupy", "triton")
+      - above, triton first where its plans are persistent: cupy's kernels stage every batch row
+        of h in every block each step, so their step grows with B (B64 H256 LSTM triton 2.07 /
+        2.66 against cupy 3.58 / 4.76);
+      - where triton runs per step (W_hh streamed from L2 every step: LSTM / GRU at H >= 768 from
+        B = 64 in bf16), cupy first up to B = 64 (B64 H768 LSTM cupy 5.55 / 13.16 against triton
+        7.93 / 20.53), triton above (B256 H768 LSTM triton 12.44 / 22.23 against cupy 19.35 /
+        49.52; triton ahead for training in every one-direction bf16 row at B = 256)."""
+    if batch <= CUPY_FIRST_MAX_BATCH or (not triton_persistent and batch <= CUPY_FIRST_PER_STEP_MAX_BATCH):
+        return ("cupy", "triton")
+    return ("triton", "cupy")
 
 
 def choose(name, device, spec, hidden, batch, dtype, both=False) -> Choice:
@@ -145,13 +153,17 @@ def choose(name, device, spec, hidden, batch, dtype, both=False) -> Choice:
         return Choice(impl, name, "requested explicitly")
     skipped = []
     if device.type == "cuda":
-        order = auto_order(batch)
+        persistent = True
+        if CUPY_FIRST_MAX_BATCH < batch <= CUPY_FIRST_PER_STEP_MAX_BATCH:
+            impl, why = _unavailable("triton", device, spec, hidden, batch, dtype)
+            persistent = bool(why) or impl.runs_persistent(device, spec, hidden, batch, dtype, both)
+        order = auto_order(batch, persistent)
         for candidate in order:
             impl, why = _unavailable(candidate, device, spec, hidden, batch, dtype)
             if not why:
                 note = "; ".join(skipped)
                 why = (f"first of {' / '.join(order)} for batch {batch}{', both directions in one launch' if both else ''}"
-                       " on CUDA (rnn.backends.auto_order)")
+                       f"{'' if persistent else ', triton per step'} on CUDA (rnn.backends.auto_order)")
                 return Choice(impl, candidate, f"{why}{' (' + note + ')' if note else ''}")
             skipped.append(f"{candidate}: {why}")
     else:

@@ -83,16 +83,35 @@ def test_spec_errors():
 
 
 def test_auto_order_on_cuda(monkeypatch):
-    """On CUDA "auto" takes cupy first up to B = 32, triton first above it, for one direction and
-    for both of a bidirectional layer; the other where the first cannot run."""
+    """On CUDA "auto" takes cupy first up to B = 32, triton first above it where triton's plans are
+    persistent, cupy first up to B = 64 where triton would run per step, for one direction and for
+    both of a bidirectional layer; the other where the first cannot run."""
     ready = {"cupy": None, "triton": None}
-    monkeypatch.setattr(backends, "_unavailable", lambda name, *a: (name, ready.get(name, "not here")))
+    persistent = {"value": True}
+    asked = []
+
+    class Impl:
+        def runs_persistent(self, device, spec, hidden, batch, dtype, both=False):
+            asked.append((hidden, batch, both))
+            return persistent["value"]
+
+    monkeypatch.setattr(backends, "_unavailable", lambda name, *a: (Impl(), ready.get(name, "not here")))
     spec = CellSpec("lstm")
     limit = backends.CUPY_FIRST_MAX_BATCH
+    per_step_limit = backends.CUPY_FIRST_PER_STEP_MAX_BATCH
     assert backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16).name == "cupy"
     assert backends.choose("auto", "cuda", spec, 768, limit, torch.bfloat16).name == "cupy"
+    assert not asked  # up to the limit the plans are not consulted
     big = backends.choose("auto", "cuda", spec, 768, limit + 1, torch.bfloat16)
     assert big.name == "triton" and f"batch {limit + 1}" in big.reason and "auto_order" in big.reason
+    assert asked == [(768, limit + 1, False)]
+    persistent["value"] = False
+    per_step = backends.choose("auto", "cuda", spec, 768, per_step_limit, torch.bfloat16)
+    assert per_step.name == "cupy" and "triton per step" in per_step.reason
+    assert backends.choose("auto", "cuda", spec, 768, per_step_limit + 1, torch.bfloat16).name == "triton"
+    assert backends.choose("auto", "cuda", spec, 768, per_step_limit, torch.bfloat16, both=True).name == "cupy"
+    assert asked[-1] == (768, per_step_limit, True)
+    persistent["value"] = True
     both = backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16, both=True)
     assert both.name == "cupy" and "both directions" in both.reason
     assert backends.choose("auto", "cuda", spec, 768, limit + 1, torch.bfloat16, both=True).name == "triton"
@@ -101,4 +120,5 @@ def test_auto_order_on_cuda(monkeypatch):
     ready["cupy"] = None
     ready["triton"] = "no triton"
     assert backends.choose("auto", "cuda", spec, 768, 16, torch.bfloat16, both=True).name == "cupy"
+    assert backends.choose("auto", "cuda", spec, 768, limit + 1, torch.bfloat16).name == "cupy"
     assert backends.choose("auto", "cpu", spec, 768, 16, torch.float32, both=True).name == "torch"

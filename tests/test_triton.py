@@ -389,6 +389,25 @@ def test_plan_choices():
         make_plan(10, 1, 4, 4, 132, False, direction="sideways")
 
 
+def test_runs_persistent_on_an_h100(monkeypatch):
+    """What rnn.backends.auto_order asks: both directions' plans persistent on the device (H100
+    limits; both directions in one launch plan on half of the SMs)."""
+    monkeypatch.setattr(tb, "INTERPRET", False)
+    monkeypatch.setattr(tb.DeviceLimits, "of", staticmethod(lambda device: tb.SM90))
+    monkeypatch.delenv(tb.PERSISTENT_ENV, raising=False)
+    lstm = CellSpec("lstm")
+    backend = TritonBackend()
+    assert backend.runs_persistent("cuda", lstm, 256, 64, torch.bfloat16)
+    assert backend.runs_persistent("cuda", lstm, 768, 16, torch.bfloat16)
+    # B64 H768: the forward runs per step; B16 H1024: the backward does
+    assert not backend.runs_persistent("cuda", lstm, 768, 64, torch.bfloat16)
+    assert not backend.runs_persistent("cuda", lstm, 1024, 16, torch.bfloat16)
+    monkeypatch.setenv(tb.PERSISTENT_ENV, "off")
+    assert not backend.runs_persistent("cuda", lstm, 256, 64, torch.bfloat16)
+    monkeypatch.setenv(tb.PERSISTENT_ENV, "on")
+    assert not backend.runs_persistent("cuda", lstm, 768, 64, torch.bfloat16)  # that call would raise
+
+
 @pytest.mark.parametrize("hidden,split,parts,parts4", [
     (768, 8, (512, 256), (512, 256)), (37, 1, (32, 16), (32, 16)), (1000, 1, (512, 256, 256), (512, 256, 256)),
     (1024, 8, (1024,), (512, 512)), (1536, 8, (1024, 512), (512, 512, 512)), (100, 1, (64, 32, 16), (64, 32, 16)),

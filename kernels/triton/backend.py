@@ -563,6 +563,17 @@ class TritonBackend:
         )
         return cdt, args, consts
 
+    def runs_persistent(self, device, spec, hidden, batch, dtype, both=False) -> bool:
+        """Whether this call's forward and backward both get a persistent plan on `device`
+        (rnn.backends.auto_order weighs it: the per-step path streams W_hh from L2 every step)."""
+        device = torch.device(device)
+        w = torch.empty((), dtype=dtype)  # the matmul dtype is the I/O dtype
+        try:
+            return all(self._plan(spec, device, batch, hidden, w, False, d, 2 if both else 1).persistent
+                       for d in ("forward", "backward"))
+        except RuntimeError:  # FUSED_RNN_TRITON_PERSISTENT=on without a persistent plan: the call raises
+            return False
+
     def _plan(self, spec, device, B, H, w, per_step, direction="forward", D=1):
         """The plan for this call (make_plan with this device's limits and the persistent mode); with
         both directions in one launch (D = 2) each direction gets half of the SMs."""
