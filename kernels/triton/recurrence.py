@@ -47,9 +47,10 @@ so one grid barrier per step suffices); phase 3 is ONE split-K dot
 the units as M (W_hh^T rows in registers as in the forward, K in up to three power-of-two pieces,
 SPLIT = num_warps warps each one K slice, every MMA issued once). dh and dc are carried in
 registers; dxg[t] is the output. The per-step backward streams W_hh and exchanges dgates through
-the first half of the same buffer. Reductions use no atomics: bitwise reproducible. Compute dtype CDT is float32 (float64 for
-float64 inputs); the cell state and every gate value are kept in CDT, h and the exchanged dgates
-are in the I/O dtype (as cuDNN does), every matmul accumulates in CDT.
+the first half of the same buffer. Reductions use no atomics: bitwise reproducible. Compute
+dtype CDT is float32 (float64 for float64 inputs); the cell state and every gate value are kept
+in CDT, h and the exchanged dgates are in the I/O dtype (as cuDNN does), every matmul
+accumulates in CDT.
 
 Activation codes: 0 tanh, 1 relu, 2 sigmoid, 3 hard_sigmoid (clip(x/6 + 1/2, 0, 1)), 4 linear.
 Cell codes: 0 LSTM, 1 GRU, 2 SimpleRNN.
