@@ -143,27 +143,16 @@ def _load_w(w_ptr, g, k, j, j_ok, H, W_T: tl.constexpr):
 
 
 @triton.jit
-def _operand(src_ptr, src_stride, scale_ptr, scale_stride, b, b_ok, k, H, HAS_SCALE: tl.constexpr,
-             MM: tl.constexpr):
-    """(BLOCK_B, K) left operand src[b, k] (* scale[b, k]), cast to the matmul dtype MM."""
-    m = b_ok[:, None] & (k < H)[None, :]
-    a = tl.load(src_ptr + b[:, None] * src_stride + k[None, :], mask=m, other=0.0, cache_modifier=".cg")
-    if HAS_SCALE:
-        s = tl.load(scale_ptr + b[:, None] * scale_stride + k[None, :], mask=m, other=0.0, cache_modifier=".cg")
-        a = a.to(s.dtype) * s
-    return a.to(MM)
-
-
-@triton.jit
-def _rec(acc, src_ptr, src_stride, scale_ptr, scale_stride, w_ptr, g, b, b_ok, j, j_ok, H,
-         HAS_SCALE: tl.constexpr, W_T: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr):
-    """acc + (src * scale)[b, :H] @ W_g-operand (see _load_w) with CDT accumulation, W streamed
-    from memory in BLOCK_K chunks (the per-step path)."""
-    MM: tl.constexpr = w_ptr.dtype.element_ty
+def _rec(acc, src_ptr, src_stride, w_ptr, g, b, b_ok, j, j_ok, H, BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+    """acc + src[b, :H] @ W_g (W rows g*H + k, columns j) with CDT accumulation, W streamed from
+    memory in BLOCK_K chunks: the per-step backward's dgates_g @ W_g, src the exchanged dgates
+    (written by other programs: bypass L1)."""
     for k0 in range(0, H, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        a = _operand(src_ptr, src_stride, scale_ptr, scale_stride, b, b_ok, k, H, HAS_SCALE, MM)
-        acc = tl.dot(a, _load_w(w_ptr, g, k, j, j_ok, H, W_T), acc, input_precision=PREC)
+        m = b_ok[:, None] & (k < H)[None, :]
+        a = tl.load(src_ptr + b[:, None] * src_stride + k[None, :], mask=m, other=0.0, cache_modifier=".cg")
+        acc = tl.dot(a.to(w_ptr.dtype.element_ty), _load_w(w_ptr, g, k, j, j_ok, H, True), acc,
+                     input_precision=PREC)
     return acc
 
 
@@ -690,8 +679,7 @@ def _bwd_tile(P: tl.constexpr, t, hp, cp, b0, j, j_ok, w_ptr, mask_ptr, rmask_pt
         if KIND == 0:
             _store(dc_ptr, b, j, H, m, dc)
     elif P == 2:  # GRU reset_after=False: u = r * h * rm_n feeds u @ W_n^T; du = dn_pre @ W_n
-        du = _rec(zero, xchg_ptr + 2 * H, GH, xchg_ptr, GH, w_ptr, 2, b, b_ok, j, j_ok, H, False, True, BLOCK_K,
-                  PREC)
+        du = _rec(zero, xchg_ptr + 2 * H, GH, w_ptr, 2, b, b_ok, j, j_ok, H, BLOCK_K, PREC)
         hr = _load(hp, b, j, H, m, CDT)
         if HAS_RMASK:
             hr = hr * _load(rmask_ptr + 2 * rm_stride, b, j, H, m, CDT)
@@ -706,8 +694,7 @@ def _bwd_tile(P: tl.constexpr, t, hp, cp, b0, j, j_ok, w_ptr, mask_ptr, rmask_pt
             if KIND == 1 and g == 2 and not RESET_AFTER:  # through u = r * h * rm_n, du from phase 2
                 part = _load(scratch_ptr, b, j, H, m, CDT) * _load(g_t + 0 * H, b, j, GH, m, CDT)
             else:  # GRU reset_after's n rows hold d(hn) = dn_pre * r (_bwd_dgates)
-                part = _rec(zero, xchg_ptr + g * H, GH, xchg_ptr, GH, w_ptr, g, b, b_ok, j, j_ok, H, False, True,
-                            BLOCK_K, PREC)
+                part = _rec(zero, xchg_ptr + g * H, GH, w_ptr, g, b, b_ok, j, j_ok, H, BLOCK_K, PREC)
             if HAS_RMASK:
                 part = part * _load(rmask_ptr + g * rm_stride, b, j, H, m, CDT)
             acc += part
