@@ -755,25 +755,20 @@ def plan_grid(cfg):
                 launches[name] = fam.launches(cell, dtype, batch, hidden, direction, cfg["tf32"])
             except Unavailable as exc:
                 launches[name] = str(exc)
-        # auto: cupy when its plan accepts both directions (rnn.backends + CupyBackend.unavailable_reason);
-        # the order weighs whether triton's plans of both directions are persistent (one-direction
-        # plans: the both-directions rows share the pick)
-        try:
-            persistent = all(la.persistent for d in DIRECTIONS
-                             for la in FAMILIES["triton"].launches(cell, dtype, batch, hidden, d, cfg["tf32"]))
-        except Unavailable:
-            persistent = True
-        auto_pick = None
-        for name in auto_order(batch, persistent):  # rnn.backends.choose's order on CUDA
-            ok = True
+        def both_directions(name):
+            """The family's launches of both directions, or None where its planner refuses one."""
             try:
-                for d in DIRECTIONS:
-                    FAMILIES[name].launches(cell, dtype, batch, hidden, d, cfg["tf32"])
+                return [la for d in DIRECTIONS for la in FAMILIES[name].launches(cell, dtype, batch, hidden, d,
+                                                                                 cfg["tf32"])]
             except Unavailable:
-                ok = False
-            if ok:
-                auto_pick = name
-                break
+                return None
+
+        # auto: the first backend of rnn.backends.choose's order on CUDA whose plans accept both
+        # directions (CupyBackend.unavailable_reason); the order weighs whether triton's plans of
+        # both directions are persistent (one-direction plans: the both-directions rows share the pick)
+        triton_both = both_directions("triton")
+        persistent = triton_both is None or all(la.persistent for la in triton_both)
+        auto_pick = next((name for name in auto_order(batch, persistent) if both_directions(name) is not None), None)
         for name, fam in FAMILIES.items():
             auto = name == auto_pick
             parent = fam.alternative_of
