@@ -344,7 +344,7 @@ _CUPY_NULL = {"mask", "rec_mask"}  # the benchmark passes no mask and no recurre
 # has its cluster size, register-held fragments and batch tiles as template arguments)
 _CUPY_COMPILE_FIELDS = ("kind", "activation", "recurrent_activation", "reset_after", "dtype", "rec_mask", "mma",
                         "threads", "rows", "directions")
-_CUPY_CLUSTER_FIELDS = ("grid", "reg_frags", "ntiles")
+_CUPY_CLUSTER_FIELDS = ("grid", "reg_frags", "ntiles", "mpw")
 # the cluster kernels use sm_90a (cp.async.bulk into distributed shared memory, mbarrier tx counts)
 _CUPY_ARCH = {"grid": f"sm_{ARCH}", "cluster": f"sm_{ARCH}a"}
 

@@ -77,7 +77,7 @@ def test_describe_names_the_matvec_path(monkeypatch, set_tf32):
     dev = torch.device("cuda:0")
     text = backend.describe(dev, spec("lstm"), 768, 16, torch.bfloat16)
     # sm_90: "auto" runs the cluster kernel where W_hh fits one cluster (tests/test_cupy_cluster.py)
-    assert text == ("forward mma, cluster of 16 CTAs x 48 units, 384 threads, 24 weight fragments per warp in "
+    assert text == ("forward mma, cluster of 16 CTAs x 48 units, 256 threads, 40 weight fragments per warp in "
                     "registers; backward mma, 96 blocks x 8 units, batch tile 16")
     assert backend.describe(dev, spec("gru"), 768, 16, torch.float32).startswith("forward fma, 128 blocks x 6 units")
     set_tf32(True)

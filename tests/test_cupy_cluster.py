@@ -7,8 +7,9 @@ mma.sync fragment layouts; imported from there, not copied) to clusters: every C
 memory is reachable from the others at the same offset (mapa), mbarriers keep an arrival count,
 a transaction count and a phase (arrive.expect_tx, complete_tx, try_wait.parity), cp.async.bulk
 copies shared memory to another CTA and completes bytes on its mbarrier after a random delay (so
-a read that does not wait for its data sees stale or poisoned values), and barrier.cluster is a
-barrier over the cluster's threads. The copies also check the hardware's rules: 16-byte aligned
+a read that does not wait for its data sees stale or poisoned values), cp.async global-to-shared
+copies land only when their thread waits for them, and barrier.cluster is a barrier over the
+cluster's threads. The copies also check the hardware's rules: 16-byte aligned
 addresses and sizes, destinations inside the planned shared memory, never the CTA itself.
 """
 import ctypes
@@ -112,6 +113,19 @@ inline void frnn_emu_bulk_push(const void* dst, const void* src, unsigned bytes,
     it->second.tx -= bytes;
     emu::settle(it->second);
 }
+// cp.async: a thread's copies land only when it waits for them (a legal schedule, and the one in
+// which a read that does not wait sees the stale buffer); the hardware's 16-byte alignment checked
+static thread_local std::vector<std::pair<void*, const void*>> async_copies;
+inline void frnn_emu_copy_async16(void* dst, const void* src) {
+    if (((size_t)dst | (size_t)src) % 16) emu::violation("cp.async: 16-byte alignment");
+    if (static_cast<unsigned char*>(dst) + 16 > emu::block->smem + emu::smem_size || static_cast<unsigned char*>(dst) < emu::block->smem)
+        emu::violation("cp.async: destination outside the planned shared memory");
+    async_copies.emplace_back(dst, src);
+}
+inline void frnn_emu_wait_async() {
+    for (auto& c : async_copies) std::memcpy(c.first, c.second, 16);
+    async_copies.clear();
+}
 
 // Launch `clusters` clusters of `nc` CTAs; returns shared-memory overruns + rule violations.
 template <class F> int emu_cluster_launch(int clusters, int nc, int threads, size_t smem_bytes, F kernel) {
@@ -167,6 +181,10 @@ CASES = [
     ("gru", "tanh", "sigmoid", True, torch.float32, 7, 3, 37, False, False, False, "fma", 64, 0, 1),
     ("rnn", "tanh", "sigmoid", True, torch.float32, 7, 3, 37, False, True, True, "mma", 64, 2, 1),  # tf32
     ("rnn", "relu", "sigmoid", True, torch.float64, 7, 3, 37, True, True, False, "fma", 64, 0, 1),
+    # H x itemsize a multiple of 16: xg staged by 16-byte cp.async (H=40: 5 CTAs x 8 units; H=44
+    # fp32: 16/16/12, the last CTA owning fewer)
+    ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 6, 5, 40, True, True, False, "mma", 64, 2, 2),
+    ("gru", "tanh", "sigmoid", False, torch.float32, 6, 3, 44, False, True, False, "mma", 64, 2, 1),  # tf32
     # two batch tiles (B=11), a one-CTA cluster (H=8), a single step
     ("lstm", "tanh", "sigmoid", True, torch.bfloat16, 5, 11, 21, False, True, True, "mma", 64, 2, 1),
     ("gru", "tanh", "sigmoid", True, torch.bfloat16, 4, 2, 8, False, False, False, "mma", 64, 0, 1),
@@ -323,9 +341,15 @@ def test_cluster_plan_h768():
     c = kc.plan_cluster("forward", "lstm", 768, 16, torch.bfloat16, kc.H100)
     assert (c.kernel, c.grid, c.units, c.mma, c.ntiles) == ("cluster", 16, 48, True, 2)
     assert c.smem <= kc.H100.smem_per_block_optin
-    smem, busiest = kc._cluster_geometry("forward", "lstm", True, 768, 16, torch.bfloat16, False, True, c.units,
-                                         c.ntiles, c.ks, c.threads, c.reg_frags)
-    assert smem == c.smem and busiest == 48  # 12 m-tiles x 48 k-tiles over 12 busy warps
+    smem, busiest, traffic = kc._cluster_geometry("forward", "lstm", True, 768, 16, torch.bfloat16, False, True,
+                                                  c.units, c.ntiles, c.ks, c.threads, c.reg_frags)
+    # 12 m-tiles x 48 k-tiles on 8 warps: 4 m groups of 3 m-tiles x 2 k groups of 24 k-tiles, so
+    # each k-tile's h fragment is loaded by 4 warps, not by every warp
+    assert (c.threads, c.ks, c.mpw) == (256, 2, 3) and smem == c.smem and busiest == 72
+    # no other k split of 8 warps moves less shared memory a step; one warp per m-tile pair moves more
+    others = {ks: kc._cluster_geometry("forward", "lstm", True, 768, 16, torch.bfloat16, False, True, c.units,
+                                       c.ntiles, ks, 256, c.reg_frags)[2] for ks in (1, 4, 8)}
+    assert all(v >= traffic for v in others.values()) and others[1] > traffic
     # portable clusters only (8 CTAs): 96 units per CTA do not fit
     with pytest.raises(kc.SizeLimitError, match="8-CTA cluster"):
         kc.plan_cluster("forward", "lstm", 768, 16, torch.bfloat16, kc.H100, max_cluster=8)

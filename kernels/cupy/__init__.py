@@ -122,6 +122,7 @@ class Config:
     ks: int = 1  # k splits of the MMA schedule
     reg_frags: int = 0  # weight fragment pairs per warp held in registers (RF)
     ntiles: int = 1  # 8-row batch tiles (NT), MMA
+    mpw: int = 1  # 16-row m-tiles per warp (MPW), MMA: the accumulators are ntiles x mpw fragments
     # directions of a bidirectional layer in the launch: 2 launches 2 x `grid` blocks (grid family,
     # planned on half of the SMs) or two clusters, group d running direction d (recurrence.cuh)
     directions: int = 1
@@ -131,7 +132,7 @@ class Config:
         head = (KIND_CODES[self.kind], ACT_CODES[self.activation], ACT_CODES[self.recurrent_activation],
                 "true" if self.reset_after else "false", DTYPES[self.dtype][0], "true" if self.rec_mask else "false",
                 "true" if self.mma else "false")
-        tail = (self.grid, self.reg_frags, self.ntiles, self.threads) if self.kernel == "cluster" else \
+        tail = (self.grid, self.reg_frags, self.ntiles, self.mpw, self.threads) if self.kernel == "cluster" else \
             (self.rows, self.threads)
         return ", ".join(str(a) for a in head + tail + (self.directions,))
 
@@ -317,17 +318,30 @@ CLUSTER_MAX_BATCH = 64  # MMA: 8 batch tiles of accumulators per weight fragment
 # B2 1.71 / 1.89 vs 1.74 / 2.39, B4 2.93 / 3.13 vs 1.75 / 2.43, B16 10.4 / 11.2 vs 2.28 / 3.98)
 CLUSTER_FMA_AUTO_MAX_BATCH = 2
 CLUSTER_THREADS = (256, 384, 512)
-CLUSTER_REGS_BASE = 64  # registers besides weight fragments (4 each) and accumulators (4 per batch tile):
-#   ptxas (sm_90a) gives 160 for RF=24, NT=2 at 384 threads (the cap, 168, holds) and spills at RF=16 on
-#   512 threads (cap 128 < 64 + 64 + 8); the launch re-checks ptxas' count
+# The planner weighs a schedule by the static report's throughput terms (profiling/static.py,
+# ESTIMATE_MODEL, an estimate): one mma.sync per warp every 16 clocks, 2 clocks per mma per SM,
+# 128 bytes of shared memory per clock.
+CLUSTER_MMA_WARP_CLK, CLUSTER_MMA_SM_CLK, CLUSTER_SMEM_BYTES_PER_CLK = 16, 2, 128
+CLUSTER_REGS_BASE = 64  # registers besides weight fragments (4 each) and accumulators (4 per batch tile and
+#   m-tile): ptxas (sm_90a) gives 242 for the LSTM B16 H768 forward (RF=40, NT=2, MPW=3, 256 threads: 248
+#   planned, cap 255); the launch re-checks ptxas' count
 CLUSTER_REGS_BOTH = 8  # more with both directions in the launch (DIRS = 2: the direction's shifted pointers;
 #   ptxas spilled 16 B for the GRU B1 H768 backward at RF=24 on 384 threads without this allowance)
 
 
+def _cluster_schedule(gates, units, ks, threads):
+    """(m groups, m-tiles per warp) of the cluster MMA schedule (cl::geometry): warp w is k group
+    w % ks of m group w // ks; m group i owns the 16-row m-tiles [i * mpw, (i + 1) * mpw)."""
+    mg = threads // 32 // ks
+    if mg < 1:
+        raise ValueError(f"a k split of {ks} needs at least {ks} warps, got {threads} threads")
+    return mg, -(-(gates * _round_up(units, 16) // 16) // mg)
+
+
 def _cluster_geometry(direction, kind, reset_after, hidden, batch, dtype, rec_mask, mma, units, ntiles, ks, threads,
                       reg_frags):
-    """(dynamic shared memory bytes, fragment pairs of the busiest warp), as cl::geometry and
-    cl::carve (cluster.cu) lay them out."""
+    """(dynamic shared memory bytes, fragment pairs of the busiest warp, shared-memory bytes a step's
+    matvec and epilogue move), as cl::geometry, cl::carve and cl::matvec (cluster.cu) lay them out."""
     g = _gates(kind)
     _, itemsize, acc = _dtype_info(dtype)
     acc_size = 8 if acc == torch.float64 else 4
@@ -342,9 +356,19 @@ def _cluster_geometry(direction, kind, reset_after, hidden, batch, dtype, rec_ma
     else:
         slots = 2 if two_phase else 1
     mt, nk, nw = g * ug // 16, kpad // k, threads // 32
-    kper = -(-nk // ks)
-    ipw = -(-(mt * ks) // nw)
-    wpw = max(0, ipw * kper - reg_frags)
+    if mma:
+        mg, mpw = _cluster_schedule(g, units, ks, threads)
+        kper = -(-nk // ks)
+        wpw = max(0, mpw * kper - reg_frags)
+        # per step: weights from shared memory, one h (dA) fragment per k-tile and operand (the
+        # backward's and dropout's operand differs per gate), partial sums out and back in
+        per_gate = direction == "backward" or rec_mask
+        operands = sum(len({m * 16 // ug for m in range(i * mpw, min(mt, (i + 1) * mpw))}) if per_gate else
+                       int(i * mpw < mt) for i in range(mg))
+        traffic = mg * ks * wpw * 512 + operands * ks * kper * ntiles * 256 + mt * ks * ntiles * 512 + \
+            g * units * batch * ks * 4
+    else:
+        wpw, kper, mpw, traffic = 0, 0, 0, 0
     npin = g if direction == "forward" else g + 3
     a = _align16
     total = a(4 * 8) + a(2 * slots * bp * ld * itemsize)
@@ -355,16 +379,17 @@ def _cluster_geometry(direction, kind, reset_after, hidden, batch, dtype, rec_ma
     total += a(g * units * acc_size) + a(g * batch * units * acc_size if rec_mask else 0)
     pin_size = itemsize if direction == "forward" else acc_size  # forward stages xg as stored
     total += 2 * a(batch * units * acc_size) + a(2 * batch * units * npin * pin_size) + a(2 * batch * 4)
-    busiest = ipw * kper if mma else -(-(g * ug * batch) // threads) * kpad
-    return total, busiest
+    busiest = mpw * kper if mma else -(-(g * ug * batch) // threads) * kpad
+    return total, busiest, traffic
 
 
 def plan_cluster(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *, activation="tanh",
                  recurrent_activation="sigmoid", reset_after=True, rec_mask=False, mma=None, tf32=False,
                  max_cluster=None, threads=None, reg_frags=None, ks=None, units=None, directions=1) -> Config:
     """The cluster kernel's configuration: the largest cluster the device allows (fewest units per
-    CTA), then the threads / k split / register-held weight fragments that put the least work on
-    the busiest warp while the slice fits in shared memory + registers. Raises SizeLimitError where
+    CTA), then the threads / k split / register-held weight fragments whose step the static model's
+    throughput terms price lowest (tensor-core issue + shared-memory traffic) while the slice fits
+    in shared memory + registers. Raises SizeLimitError where
     it does not fit (the grid-wide family takes over). Keyword overrides pin a choice (tests)."""
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
@@ -390,27 +415,33 @@ def plan_cluster(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *,
         if nc > nc_max:
             continue
         best = None
+        nk = _round_up(hidden, 8 * (4 // DTYPES[dtype][1]) if mma else 8) // (8 * (4 // DTYPES[dtype][1]) if mma else 8)
         for th in ([threads] if threads else CLUSTER_THREADS):
             regs_cap = min(255, limits.regs_per_sm // th // 8 * 8)
-            mt = g * _round_up(u, 16) // 16
-            nk = _round_up(hidden, 8 * (4 // DTYPES[dtype][1]) if mma else 8) // (8 * (4 // DTYPES[dtype][1]) if mma else 8)
-            for k_split in ([ks] if ks else ([1, 2, 4, 8] if mma else [1])):
-                if not ks and (k_split > max(1, nk) or (mma and k_split > 1 and mt * k_split > 2 * (th // 32))):
-                    continue
+            nw = th // 32
+            splits = [ks] if ks else ([d for d in range(1, nw + 1) if nw % d == 0 and d <= max(1, nk)] if mma else [1])
+            for k_split in splits:
+                mpw = _cluster_schedule(g, u, k_split, th)[1] if mma else 1
                 for rf in ([reg_frags] if reg_frags is not None else (range(0, 65, 2) if mma else [0])):
-                    regs = CLUSTER_REGS_BASE + 4 * rf + 4 * ntiles + (CLUSTER_REGS_BOTH if directions == 2 else 0)
+                    regs = CLUSTER_REGS_BASE + 4 * rf + 4 * ntiles * mpw + (CLUSTER_REGS_BOTH if directions == 2 else 0)
                     if regs > regs_cap and reg_frags is None:
                         break
-                    smem, busiest = _cluster_geometry(direction, kind, reset_after, hidden, batch_eff, dtype, rec_mask,
-                                                      mma, u, ntiles, k_split, th, rf)
+                    smem, busiest, traffic = _cluster_geometry(direction, kind, reset_after, hidden, batch_eff, dtype,
+                                                               rec_mask, mma, u, ntiles, k_split, th, rf)
                     if smem > cap:
                         continue
-                    score = (busiest, th, rf)
+                    if mma:  # clocks a step: the tensor-core issue bound, then the shared-memory traffic
+                        mmas = g * _round_up(u, 16) // 16 * nk * ntiles
+                        cost = max(busiest * ntiles * CLUSTER_MMA_WARP_CLK, mmas * CLUSTER_MMA_SM_CLK) + \
+                            traffic / CLUSTER_SMEM_BYTES_PER_CLK
+                    else:
+                        cost = busiest
+                    score = (cost, th, rf)
                     if best is None or score < best[0]:
                         best = (score, Config(direction, kind, activation, recurrent_activation,
                                               bool(reset_after) if kind == "gru" else True, dtype, bool(rec_mask),
                                               hidden, batch, u, nc, batch_eff, smem, 1, mma, th, ROWS, "cluster",
-                                              k_split, rf, ntiles))
+                                              k_split, rf, ntiles, mpw))
                     break  # the fewest register-held fragments that fit
         if best is not None:
             return best[1]

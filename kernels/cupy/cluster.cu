@@ -68,6 +68,8 @@ __device__ __forceinline__ void push(const void* dst, const void* src, unsigned 
                                      unsigned to) {
     frnn_emu_bulk_push(dst, src, bytes, bar, to);
 }
+__device__ __forceinline__ void copy_async16(void* dst, const void* src) { frnn_emu_copy_async16(dst, src); }
+__device__ __forceinline__ void wait_async() { frnn_emu_wait_async(); }
 #else
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     unsigned a;
@@ -113,17 +115,28 @@ __device__ __forceinline__ void push(const void* dst, const void* src, unsigned 
                  "r"(smem_u32(src)), "r"(bytes), "r"(b)
                  : "memory");
 }
+// 16 bytes global -> shared memory, completing in the background (the load is not waited for
+// here); wait_async waits for all of this thread's copies (other threads see them after a barrier)
+__device__ __forceinline__ void copy_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_u32(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void wait_async() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 #endif
 
 // ---- geometry shared by the host (kernels/cupy/__init__.py: _cluster_geometry) and the kernel --
+// MMA schedule: warp w is (k group w % ks, m group w / ks); m group i owns the MPW consecutive
+// m-tiles [i * MPW, (i + 1) * MPW) and k group kg the k-tiles kg, kg + ks, ... (kper of them).
+// The warp walks its k-tiles once and, per k-tile, loads the h (backward: dA) fragment once for
+// all of its m-tiles of one gate: consecutive m-tiles share a gate, so even the backward, whose
+// operand differs per gate, reuses it. Its fragment pair j is (k-tile j / MPW, m-tile j % MPW).
 struct Geometry {
     int G, U, nu, j0, ug, bp, kpad, ld, slots;  // ld: exchange / weight row stride (elements)
-    int mt, nk, ks, kper, items, ipw, wpw;      // MMA schedule (see file comment)
+    int mt, nk, ks, mg, kper, wpw;              // MMA schedule (above); wpw: pairs per warp in smem
 };
 
 template <typename T, bool MMA>
-__device__ __forceinline__ Geometry geometry(int G, int H, int B, int U, int NT, int KS, int NW, int RF, int slots,
-                                             int rank) {
+__device__ __forceinline__ Geometry geometry(int G, int H, int B, int U, int NT, int KS, int NW, int RF, int MPW,
+                                             int slots, int rank) {
     Geometry g;
     constexpr int K = MMA ? MmaShape<T>::K : 8;
     g.G = G;
@@ -138,17 +151,17 @@ __device__ __forceinline__ Geometry geometry(int G, int H, int B, int U, int NT,
     g.mt = G * g.ug / 16;
     g.nk = g.kpad / K;
     g.ks = KS;
+    g.mg = NW / KS;
     g.kper = (g.nk + KS - 1) / KS;
-    g.items = g.mt * KS;
-    g.ipw = (g.items + NW - 1) / NW;
-    g.wpw = max(0, g.ipw * g.kper - RF);
+    g.wpw = max(0, MPW * g.kper - RF);
     return g;
 }
 
 // The CTA's dynamic shared memory, carved in this order (each region 16-byte aligned):
 //   bars[4] (exchange e, parity p at 2e + p) | xbuf[2][slots][bp][ld] T | res | w | bias[G][U]
-//   | rm[G][B][U] (REC_MASK) | st0[B][U] | st1[B][U] | stage[2][B][U][npin] | valid[2][B] int
-//   stage holds prefetched inputs: forward xg in the storage type, backward saved tensors in acc.
+//   | rm[G][B][U] (REC_MASK) | st0[B][U] | st1[B][U] | stage[2][...] | valid[2][B] int
+//   stage holds prefetched inputs: forward xg [G][B][U] in the storage type, backward saved
+//   tensors [B][U][npin] in acc.
 //   res: MMA [ks][G*ug][bp] float; FMA [G*ug][B] acc.   w: MMA [NW][wpw][32 lanes] uint4;
 //   FMA [G*ug][ld] T.  st0 / st1: forward h, c; backward dh, dc (acc, owned units).
 template <typename T, bool MMA>
@@ -251,16 +264,17 @@ __device__ __forceinline__ void wait_exchange(const Smem<T, MMA>& s, int e, int 
 
 // Load the weight slice once. w(g, u, k): element of gate g, local row u (< nu), reduction k (< H).
 // MMA: fragment pair j of warp `warp` goes to registers (j < RF) or to shared memory.
-template <int RF, int THREADS, bool MMA, typename T, typename F>
+template <int RF, int MPW, int THREADS, bool MMA, typename T, typename F>
 __device__ __forceinline__ void load_w(const Smem<T, MMA>& s, const Geometry& g, int H, unsigned (&areg)[RF > 0 ? RF : 1][4],
                                        F&& w) {
     if constexpr (MMA) {
         constexpr int E = MmaShape<T>::E, K = MmaShape<T>::K;
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-        constexpr int NW = THREADS / 32;
         const int gr = lane >> 2, q = lane & 3;
-        auto frag = [&](int item, int kt, unsigned (&a)[4]) {
-            const int mtile = item % g.mt;
+        const int kg = warp % g.ks, m0 = warp / g.ks * MPW;
+        if (warp / g.ks >= g.mg) return;  // a warp outside the schedule (ks does not divide the warps)
+        auto frag = [&](int j, unsigned (&a)[4]) {
+            const int mtile = m0 + j % MPW, kt = kg + j / MPW * g.ks;
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 const int r = mtile * 16 + gr + 8 * (i & 1);
@@ -270,7 +284,7 @@ __device__ __forceinline__ void load_w(const Smem<T, MMA>& s, const Geometry& g,
                 for (int e = 0; e < E; ++e) {
                     const int k = kt * K + E * q + 4 * E * (i >> 1) + e;
                     T v{};
-                    if (u < g.nu && k < H && kt < g.nk) v = mma_operand<T>(to_acc(w(gate, u, k)));
+                    if (mtile < g.mt && u < g.nu && k < H && kt < g.nk) v = mma_operand<T>(to_acc(w(gate, u, k)));
                     unsigned bits;
                     if constexpr (sizeof(T) == 2) {
                         bits = *reinterpret_cast<const unsigned short*>(&v);
@@ -282,17 +296,14 @@ __device__ __forceinline__ void load_w(const Smem<T, MMA>& s, const Geometry& g,
                 a[i] = word;
             }
         };
-        const int mine = warp < g.items ? (g.items - 1 - warp) / NW + 1 : 0;
-        const int npairs = mine * g.kper;
-        // pair j of this warp: item warp + (j / kper) * NW, k tile item / mt + (j % kper) * ks
-        auto kt_of = [&](int j) { return (warp + (j / g.kper) * NW) / g.mt + (j % g.kper) * g.ks; };
+        const int npairs = MPW * g.kper;
 #pragma unroll
         for (int j = 0; j < (RF > 0 ? RF : 0); ++j)
-            if (j < npairs) frag(warp + (j / g.kper) * NW, kt_of(j), areg[j]);
+            if (j < npairs) frag(j, areg[j]);
         unsigned* ws = reinterpret_cast<unsigned*>(s.w);
         for (int j = RF; j < npairs; ++j) {
             unsigned a[4];
-            frag(warp + (j / g.kper) * NW, kt_of(j), a);
+            frag(j, a);
             unsigned* dst = ws + (((size_t)warp * g.wpw + (j - RF)) * 32 + lane) * 4;
 #pragma unroll
             for (int i = 0; i < 4; ++i) dst[i] = a[i];
@@ -311,71 +322,85 @@ __device__ __forceinline__ void load_w(const Smem<T, MMA>& s, const Geometry& g,
 
 // The matvec of one phase over the rows of gates [glo, ghi): res[(ks,) row, b] = W[row, :] . x[b, :]
 // with x = xbuf[p][slot0 + (PER_GATE ? gate - glo : 0)]. Ends with __syncthreads.
-template <int RF, int NT, int THREADS, bool MMA, typename T>
+template <int RF, int NT, int MPW, int THREADS, bool PER_GATE, bool MMA, typename T>
 __device__ __forceinline__ void matvec(const Smem<T, MMA>& s, const Geometry& g, const unsigned (&areg)[RF > 0 ? RF : 1][4],
-                                       int p, int glo, int ghi, int slot0, bool per_gate, int B) {
+                                       int p, int glo, int ghi, int slot0, int B) {
     if constexpr (MMA) {
         constexpr int E = MmaShape<T>::E, K = MmaShape<T>::K;
-        constexpr int NW = THREADS / 32;
+        constexpr int RJ = (RF + MPW - 1) / MPW;  // k-tiles whose pairs start in registers
         const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         const int gr = lane >> 2, q = lane & 3;
-        const int mine = warp < g.items ? (g.items - 1 - warp) / NW + 1 : 0;
-        const int npairs = mine * g.kper;
-        const int rows = g.G * g.ug;
-        const uint4* ws = reinterpret_cast<const uint4*>(s.w) + (size_t)warp * g.wpw * 32 + lane;
-        float d[NT][4];
+        const int kg = warp % g.ks, m0 = warp / g.ks * MPW;
+        if (warp / g.ks < g.mg) {
+            const uint4* ws = reinterpret_cast<const uint4*>(s.w) + (size_t)warp * g.wpw * 32 + lane;
+            float d[MPW][NT][4];
+            bool act[MPW], reload[MPW];  // reload: the operand differs from the previous active m-tile's
+            const T* xr[MPW];
+            const T* last = nullptr;
 #pragma unroll
-        for (int n = 0; n < NT; ++n)
+            for (int i = 0; i < MPW; ++i) {
+                const int mtile = m0 + i, gate = mtile * 16 / g.ug;
+                act[i] = mtile < g.mt && gate >= glo && gate < ghi;
+                xr[i] = s.x(p, slot0 + (PER_GATE && act[i] ? gate - glo : 0), g) + (size_t)gr * g.ld + E * q;
+                reload[i] = PER_GATE ? act[i] && xr[i] != last : i == 0;  // one operand for all without PER_GATE
+                if (act[i]) last = xr[i];
 #pragma unroll
-            for (int i = 0; i < 4; ++i) d[n][i] = 0.f;
-        // one fragment pair: accumulate, and at the end of an item store its partial sums
-        // a cursor over this warp's pairs: per-item values are computed once per item, so the
-        // per-pair work is the loads, the MMAs and two adds (no integer division)
-        int item = warp, kk = 0, kt = 0, mtile = 0, ks = 0;
-        bool active = false;
-        const T* xrow = s.xbuf;
-        auto start_item = [&]() {
-            mtile = item % g.mt;
-            ks = item / g.mt;
-            kt = ks;
-            const int gate = mtile * 16 / g.ug;
-            active = gate >= glo && gate < ghi;
-            xrow = s.x(p, slot0 + (per_gate && active ? gate - glo : 0), g) + (size_t)gr * g.ld + E * q;
-        };
-        start_item();
-        auto step = [&](const unsigned (&a)[4]) {
-            if (active && kt < g.nk) {
-                const T* xb = xrow + kt * K;
+                for (int n = 0; n < NT; ++n)
 #pragma unroll
-                for (int n = 0; n < NT; ++n) {
-                    const unsigned b[2] = {word_at(xb + n * 8 * g.ld), word_at(xb + n * 8 * g.ld + 4 * E)};
-                    mma_16x8<T>(d[n], a, b);
-                }
+                    for (int c = 0; c < 4; ++c) d[i][n][c] = 0.f;
             }
-            kt += g.ks;
-            if (++kk == g.kper) {  // end of the item: store its partial sums
-                if (active) {
-                    float* out = s.res + ((size_t)ks * rows + mtile * 16) * g.bp;
+            // k-tile jj of this warp: its h fragment once per operand, then one MMA per m-tile and batch tile
+            auto ktile = [&](int jj, auto&& a_of) {
+                const int kt = kg + jj * g.ks;
+                if (kt >= g.nk) return;
+                unsigned b[NT][2];
 #pragma unroll
-                    for (int n = 0; n < NT; ++n)
+                for (int i = 0; i < MPW; ++i) {
+                    if (reload[i]) {
+                        const T* xb = xr[i] + kt * K;
 #pragma unroll
-                        for (int i = 0; i < 4; ++i) {
-                            out[(gr + 8 * (i >> 1)) * g.bp + n * 8 + 2 * q + (i & 1)] = d[n][i];  // D fragment layout
-                            d[n][i] = 0.f;
+                        for (int n = 0; n < NT; ++n) {
+                            b[n][0] = word_at(xb + n * 8 * g.ld);
+                            b[n][1] = word_at(xb + n * 8 * g.ld + 4 * E);
                         }
-                }
-                kk = 0;
-                item += NW;
-                if (item < g.items) start_item();
-            }
-        };
+                    }
+                    if (!act[i]) continue;
+                    unsigned a[4];
+                    a_of(jj * MPW + i, a);
 #pragma unroll
-        for (int j = 0; j < (RF > 0 ? RF : 0); ++j)
-            if (j < npairs) step(areg[j]);
-        for (int j = RF; j < npairs; ++j) {
-            const uint4 v = ws[(size_t)(j - RF) * 32];
-            const unsigned a[4] = {v.x, v.y, v.z, v.w};
-            step(a);
+                    for (int n = 0; n < NT; ++n) mma_16x8<T>(d[i][n], a, b[n]);
+                }
+            };
+            auto from_smem = [&](int j, unsigned (&a)[4]) {
+                const uint4 v = ws[(size_t)(j - RF) * 32];
+                a[0] = v.x;
+                a[1] = v.y;
+                a[2] = v.z;
+                a[3] = v.w;
+            };
+#pragma unroll
+            for (int jj = 0; jj < RJ; ++jj)
+                if (jj < g.kper)
+                    ktile(jj, [&](int j, unsigned (&a)[4]) {
+                        if (j < RF) {
+#pragma unroll
+                            for (int c = 0; c < 4; ++c) a[c] = areg[j < RF ? j : 0][c];
+                        } else {
+                            from_smem(j, a);
+                        }
+                    });
+            for (int jj = RJ; jj < g.kper; ++jj) ktile(jj, from_smem);
+            // partial sums of k group kg: plane kg of res (D fragment layout)
+            const int rows = g.G * g.ug;
+#pragma unroll
+            for (int i = 0; i < MPW; ++i) {
+                if (!act[i]) continue;
+                float* out = s.res + ((size_t)kg * rows + (m0 + i) * 16) * g.bp;
+#pragma unroll
+                for (int n = 0; n < NT; ++n)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) out[(gr + 8 * (c >> 1)) * g.bp + n * 8 + 2 * q + (c & 1)] = d[i][n][c];
+            }
         }
     } else {
         (void)areg;
@@ -388,7 +413,7 @@ __device__ __forceinline__ void matvec(const Smem<T, MMA>& s, const Geometry& g,
             const int gate = r / g.ug;
             if (r % g.ug >= g.nu) continue;
             const T* w = ws + (size_t)r * g.ld;
-            const T* x = s.x(p, slot0 + (per_gate ? gate - glo : 0), g) + (size_t)b * g.ld;
+            const T* x = s.x(p, slot0 + (PER_GATE ? gate - glo : 0), g) + (size_t)b * g.ld;
             A acc = A(0);
             for (int k = 0; k < g.kpad; ++k) acc += to_acc(w[k]) * to_acc(x[k]);
             res[(size_t)r * B + b] = acc;
@@ -424,9 +449,10 @@ __device__ __forceinline__ T exch(acc_t<T> v) {
 
 // =============================================================================================
 // Forward. Template parameters as in forward.cu, plus NC (CTAs in the cluster), RF (weight
-// fragment pairs per warp kept in registers, MMA), NT (8-row batch tiles, MMA: B <= 8 * NT).
+// fragment pairs per warp kept in registers, MMA), NT (8-row batch tiles, MMA: B <= 8 * NT), MPW
+// (m-tiles per warp, MMA: its accumulators are NT x MPW fragments).
 template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int NC, int RF, int NT,
-          int THREADS, int DIRS>
+          int MPW, int THREADS, int DIRS>
 __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_forward(
     const T* __restrict__ xg,                      // (T, B, GH) input projection incl. b_ih
     const T* __restrict__ w_hh,                    // (GH, H)
@@ -462,7 +488,7 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
         reverse ^= dir;
     }
     const int me = (int)cl::rank();
-    const cl::Geometry g = cl::geometry<T, MMA>(G, H, B, U, NT, KS, NW, RF, SLOTS, me);
+    const cl::Geometry g = cl::geometry<T, MMA>(G, H, B, U, NT, KS, NW, RF, MPW, SLOTS, me);
     const cl::Smem<T, MMA> s = cl::carve<T, MMA, REC_MASK>(dynamic_smem(), g, B, G, sizeof(T), NW);
     const int GH = G * H, nu = g.nu, j0 = g.j0;
     A* hs = s.st0;  // owned h (acc), [b][u]
@@ -481,7 +507,7 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
         }
     }
 
-    cl::load_w<RF, THREADS>(s, g, H, areg, [&](int gate, int u, int k) { return w_hh[(size_t)(gate * H + j0 + u) * H + k]; });
+    cl::load_w<RF, MPW, THREADS>(s, g, H, areg, [&](int gate, int u, int k) { return w_hh[(size_t)(gate * H + j0 + u) * H + k]; });
     for (int i = threadIdx.x; i < G * U; i += THREADS) {
         const int gate = i / U, u = i % U;
         s.bias[i] = (b_hh && u < nu) ? to_acc(b_hh[gate * H + j0 + u]) : A(0);
@@ -507,14 +533,26 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
         if constexpr (REC_MASK) v *= rec_mask[((size_t)slot * B + b) * H + k];
         s.x(0, slot, g)[(size_t)b * g.ld + k] = cl::exch<MMA, T>(v);
     }
-    // prefetch: xg[t] of the owned units and the mask row of step s into stage[s & 1]
+    // prefetch: xg[t] of the owned units ([gate][b][u]) and the mask row of step s into stage[s & 1].
+    // Rows of whole 16-byte pieces go by cp.async, waited for after the next exchange wait, so the
+    // loads overlap the exchange; other shapes (or an unaligned xg) are copied by plain loads.
+    const bool vec = (size_t)xg % 16 == 0 && ((size_t)H * sizeof(T)) % 16 == 0;
     auto prefetch = [&](int st) {
         const int t = reverse ? steps - 1 - st : st;
-        T* x = reinterpret_cast<T*>(s.stage) + (size_t)(st & 1) * B * U * G;
-        const T* xt = xg + (size_t)t * B * GH;
-        for (int i = threadIdx.x; i < G * B * nu; i += THREADS) {
-            const int u = i % nu, b = (i / nu) % B, gate = i / (nu * B);
-            x[((size_t)b * U + u) * G + gate] = xt[(size_t)b * GH + gate * H + j0 + u];
+        T* x = reinterpret_cast<T*>(s.stage) + (size_t)(st & 1) * G * B * U;
+        const T* xt = xg + (size_t)t * B * GH + j0;
+        if (vec) {
+            constexpr int V = 16 / (int)sizeof(T);
+            const int per = nu / V;  // nu * sizeof(T) is a multiple of 16 here
+            for (int i = threadIdx.x; i < G * B * per; i += THREADS) {
+                const int c = i % per, row = i / per, b = row % B, gate = row / B;
+                cl::copy_async16(x + (size_t)row * U + c * V, xt + (size_t)b * GH + gate * H + c * V);
+            }
+        } else {
+            for (int i = threadIdx.x; i < G * B * nu; i += THREADS) {
+                const int u = i % nu, row = i / nu, b = row % B, gate = row / B;
+                x[(size_t)row * U + u] = xt[(size_t)b * GH + gate * H + u];
+            }
         }
         for (int b = threadIdx.x; b < B; b += THREADS) s.valid[(st & 1) * B + b] = mask == nullptr || mask[(size_t)t * B + b] != 0;
     };
@@ -526,9 +564,10 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
         const int p = st & 1, pn = p ^ 1;
         const bool more = st + 1 < steps;
         if (st > 0) cl::wait_exchange<NC>(s, 0, p, (st - 1) >> 1, st + 2 < steps ? rx0 : 0u, status);
-        cl::matvec<RF, NT, THREADS>(s, g, areg, p, 0, NG1, 0, REC_MASK, B);
+        cl::wait_async();  // this step's stage (the matvec's closing barrier shows it to every thread)
+        cl::matvec<RF, NT, MPW, THREADS, REC_MASK>(s, g, areg, p, 0, NG1, 0, B);
 
-        const T* x = reinterpret_cast<const T*>(s.stage) + (size_t)p * B * U * G;
+        const T* x = reinterpret_cast<const T*>(s.stage) + (size_t)p * G * B * U;
         const int* valid = s.valid + p * B;
         A* gt = gates + (size_t)t * B * GH;
         // h_t of (b, u): keep it, store it, and write it (masked per gate) into the next buffer
@@ -544,8 +583,8 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
         for (int i = threadIdx.x; i < B * nu; i += THREADS) {
             const int b = i / nu, u = i % nu, j = j0 + u;
             const bool ok = valid[b] != 0;
-            const T* xr = x + ((size_t)b * U + u) * G;
-            auto pre = [&](int gate) { return to_acc(xr[gate]) + cl::result<MMA, T>(s, g, gate, u, b, B) + s.bias[gate * U + u]; };
+            auto xv = [&](int gate) { return to_acc(x[((size_t)gate * B + b) * U + u]); };
+            auto pre = [&](int gate) { return xv(gate) + cl::result<MMA, T>(s, g, gate, u, b, B) + s.bias[gate * U + u]; };
             A* gr = gt + (size_t)b * GH;
             if constexpr (KIND == LSTM) {
                 const A ig = activate<RACT>(pre(0)), fg = activate<RACT>(pre(1));
@@ -564,7 +603,7 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
             } else if constexpr (KIND == GRU && RESET_AFTER) {
                 const A r = activate<RACT>(pre(0)), z = activate<RACT>(pre(1));
                 const A hn = cl::result<MMA, T>(s, g, 2, u, b, B) + s.bias[2 * U + u];
-                const A n = activate<ACT>(to_acc(xr[2]) + r * hn);
+                const A n = activate<ACT>(xv(2) + r * hn);
                 gr[j] = r;
                 gr[H + j] = z;
                 gr[2 * H + j] = n;
@@ -588,11 +627,11 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
             cl::push_slices<NC, THREADS>(s, g, p, RH, 1, 1, B, me);
             cl::wait_exchange<NC>(s, 1, p, st >> 1, st + 2 < steps ? rx1 : 0u, status);
             __syncthreads();  // the own slice of r*h, written by other threads
-            cl::matvec<RF, NT, THREADS>(s, g, areg, p, 2, 3, RH, false, B);
+            cl::matvec<RF, NT, MPW, THREADS, false>(s, g, areg, p, 2, 3, RH, B);
             for (int i = threadIdx.x; i < B * nu; i += THREADS) {
                 const int b = i / nu, u = i % nu, j = j0 + u;
                 const A z = cs[b * U + u];
-                const A n = activate<ACT>(to_acc(x[((size_t)b * U + u) * G + 2]) + cl::result<MMA, T>(s, g, 2, u, b, B) + s.bias[2 * U + u]);
+                const A n = activate<ACT>(to_acc(x[((size_t)2 * B + b) * U + u]) + cl::result<MMA, T>(s, g, 2, u, b, B) + s.bias[2 * U + u]);
                 gt[(size_t)b * GH + 2 * H + j] = n;
                 finish(b, u, (A(1) - z) * n + z * hs[b * U + u], valid[b] != 0);
             }
@@ -601,9 +640,8 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
         __syncthreads();
         if (more) {
             cl::push_slices<NC, THREADS>(s, g, pn, 0, NST, 0, B, me);
-            prefetch(st + 1);
+            prefetch(st + 1);  // read after the next matvec's closing barrier
         }
-        __syncthreads();  // stage / valid of the next step
     }
 
     for (int i = threadIdx.x; i < B * nu; i += THREADS) {
@@ -619,7 +657,7 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
 // its W slice is rows (g, kl) = W_g[:, k0 + kl]; exchange 0 carries dA of the gates that phase A
 // knows, exchange 1 (GRU classic) the reset gate's dA found after d(r*h) = dA_n W_n.
 template <int KIND, int ACT, int RACT, bool RESET_AFTER, typename T, bool REC_MASK, bool MMA, int NC, int RF, int NT,
-          int THREADS, int DIRS>
+          int MPW, int THREADS, int DIRS>
 __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_backward(
     const T* __restrict__ w_hh,                    // (GH, H)
     const T* __restrict__ h0,                      // (B, H) or nullptr
@@ -653,7 +691,7 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
         reverse ^= dir;
     }
     const int me = (int)cl::rank();
-    const cl::Geometry g = cl::geometry<T, MMA>(G, H, B, U, NT, KS, NW, RF, G, me);
+    const cl::Geometry g = cl::geometry<T, MMA>(G, H, B, U, NT, KS, NW, RF, MPW, G, me);
     const cl::Smem<T, MMA> s = cl::carve<T, MMA, REC_MASK>(dynamic_smem(), g, B, NPIN, sizeof(A), NW);
     const int GH = G * H, nu = g.nu, k0 = g.j0;
     A* dsh = s.st0;
@@ -669,7 +707,7 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
             if (TWO_PHASE) cl::arrive_expect_tx(&s.bars[2 + p], rx1);
         }
     }
-    cl::load_w<RF, THREADS>(s, g, H, areg, [&](int gate, int u, int j) { return w_hh[(size_t)(gate * H + j) * H + k0 + u]; });
+    cl::load_w<RF, MPW, THREADS>(s, g, H, areg, [&](int gate, int u, int j) { return w_hh[(size_t)(gate * H + j) * H + k0 + u]; });
     if constexpr (REC_MASK)
         for (int i = threadIdx.x; i < G * B * U; i += THREADS) {
             const int u = i % U, gb = i / U;
@@ -762,7 +800,7 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
 
         // ---- phase B: dh_{t-1}[b, k] += sum_g m_g[b, k] * (dA_g[b, :] . W_g[:, k])
         if constexpr (TWO_PHASE) {
-            cl::matvec<RF, NT, THREADS>(s, g, areg, p, 2, 3, 2, false, B);
+            cl::matvec<RF, NT, MPW, THREADS, false>(s, g, areg, p, 2, 3, 2, B);
             for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
                 const int b = idx / nu, u = idx % nu, k = k0 + u;
                 const bool ok = valid[b] != 0;
@@ -778,14 +816,14 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
             __syncthreads();
             cl::push_slices<NC, THREADS>(s, g, p, 0, 1, 1, B, me);
             cl::wait_exchange<NC>(s, 1, p, i >> 1, i + 2 < steps ? rx1 : 0u, status);
-            cl::matvec<RF, NT, THREADS>(s, g, areg, p, 0, 2, 0, true, B);
+            cl::matvec<RF, NT, MPW, THREADS, true>(s, g, areg, p, 0, 2, 0, B);
             for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
                 const int b = idx / nu, u = idx % nu;
                 dsh[b * U + u] += rmask(0, b, u) * cl::result<MMA, T>(s, g, 0, u, b, B) +
                                   rmask(1, b, u) * cl::result<MMA, T>(s, g, 1, u, b, B);
             }
         } else {
-            cl::matvec<RF, NT, THREADS>(s, g, areg, p, 0, G, 0, true, B);
+            cl::matvec<RF, NT, MPW, THREADS, true>(s, g, areg, p, 0, G, 0, B);
             for (int idx = threadIdx.x; idx < B * nu; idx += THREADS) {
                 const int b = idx / nu, u = idx % nu;
                 A sum = A(0);
@@ -807,27 +845,27 @@ __global__ void FRNN_CLUSTER_DIMS(NC) __launch_bounds__(THREADS, 1) rnn_cluster_
 
 }  // namespace frnn
 
-#define FRNN_INSTANTIATE_CLUSTER_FORWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS, DIRS)            \
-    template __global__ void frnn::rnn_cluster_forward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS, DIRS>( \
+#define FRNN_INSTANTIATE_CLUSTER_FORWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, MPW, THREADS, DIRS)            \
+    template __global__ void frnn::rnn_cluster_forward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, MPW, THREADS, DIRS>( \
         const T*, const T*, const T*, const T*, const T*, const unsigned char*, const frnn::acc_t<T>*, T*, T*, T*,         \
         frnn::acc_t<T>*, frnn::acc_t<T>*, unsigned*, int, int, int, int, int, int);
-#define FRNN_INSTANTIATE_CLUSTER_BACKWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS, DIRS)            \
-    template __global__ void frnn::rnn_cluster_backward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, THREADS, DIRS>( \
+#define FRNN_INSTANTIATE_CLUSTER_BACKWARD(KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, MPW, THREADS, DIRS)            \
+    template __global__ void frnn::rnn_cluster_backward<KIND, ACT, RACT, RESET_AFTER, T, REC_MASK, MMA, NC, RF, NT, MPW, THREADS, DIRS>( \
         const T*, const T*, const T*, const unsigned char*, const frnn::acc_t<T>*, const T*, const frnn::acc_t<T>*,         \
         const frnn::acc_t<T>*, const T*, const T*, const T*, T*, T*, T*, unsigned*, int, int, int, int, int, int);
 
 // Standalone compilation (CI: nvcc -arch=sm_90a) builds every code path: each cell, both GRU
 // forms, tensor cores (bf16 / fp16 / tf32, weights partly in registers) and FMA (fp32, fp64), one
 // direction and both.
-#define FRNN_CLUSTER_DEFAULT_CONFIGS(X)                           \
-    X(0, 0, 2, true, frnn::bf16, false, true, 16, 16, 2, 384, 1) \
-    X(0, 0, 2, true, frnn::bf16, false, true, 16, 16, 2, 384, 2) \
-    X(0, 0, 2, true, frnn::f16, true, true, 8, 0, 1, 256, 1)     \
-    X(1, 0, 2, true, frnn::bf16, true, true, 8, 4, 2, 256, 2)    \
-    X(1, 0, 2, false, float, true, true, 8, 4, 2, 256, 1)        \
-    X(1, 4, 3, false, float, false, false, 4, 0, 1, 256, 1)      \
-    X(2, 0, 2, true, double, true, false, 4, 0, 1, 256, 2)       \
-    X(2, 1, 2, true, frnn::bf16, false, true, 2, 8, 1, 128, 1)
+#define FRNN_CLUSTER_DEFAULT_CONFIGS(X)                              \
+    X(0, 0, 2, true, frnn::bf16, false, true, 16, 16, 2, 3, 384, 1) \
+    X(0, 0, 2, true, frnn::bf16, false, true, 16, 16, 2, 3, 384, 2) \
+    X(0, 0, 2, true, frnn::f16, true, true, 8, 0, 1, 1, 256, 1)     \
+    X(1, 0, 2, true, frnn::bf16, true, true, 8, 4, 2, 2, 256, 2)    \
+    X(1, 0, 2, false, float, true, true, 8, 4, 2, 2, 256, 1)        \
+    X(1, 4, 3, false, float, false, false, 4, 0, 1, 1, 256, 1)      \
+    X(2, 0, 2, true, double, true, false, 4, 0, 1, 1, 256, 2)       \
+    X(2, 1, 2, true, frnn::bf16, false, true, 2, 8, 1, 1, 128, 1)
 
 #ifndef FRNN_NO_DEFAULT_INSTANTIATIONS
 FRNN_CLUSTER_DEFAULT_CONFIGS(FRNN_INSTANTIATE_CLUSTER_FORWARD)
