@@ -325,6 +325,7 @@ CLUSTER_MMA_WARP_CLK, CLUSTER_MMA_SM_CLK, CLUSTER_SMEM_BYTES_PER_CLK = 16, 2, 12
 CLUSTER_REGS_BASE = 64  # registers besides weight fragments (4 each) and accumulators (4 per batch tile and
 #   m-tile): ptxas (sm_90a) gives 242 for the LSTM B16 H768 forward (RF=40, NT=2, MPW=3, 256 threads: 248
 #   planned, cap 255); the launch re-checks ptxas' count
+CLUSTER_REGS_BACKWARD = 4  # more for the backward (ptxas spilled 12 B for LSTM bf16 B1 H768 at 252 planned)
 CLUSTER_REGS_BOTH = 8  # more with both directions in the launch (DIRS = 2: the direction's shifted pointers;
 #   ptxas spilled 16 B for the GRU B1 H768 backward at RF=24 on 384 threads without this allowance)
 
@@ -423,7 +424,8 @@ def plan_cluster(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *,
             for k_split in splits:
                 mpw = _cluster_schedule(g, u, k_split, th)[1] if mma else 1
                 for rf in ([reg_frags] if reg_frags is not None else (range(0, 65, 2) if mma else [0])):
-                    regs = CLUSTER_REGS_BASE + 4 * rf + 4 * ntiles * mpw + (CLUSTER_REGS_BOTH if directions == 2 else 0)
+                    regs = CLUSTER_REGS_BASE + 4 * rf + 4 * ntiles * mpw + (CLUSTER_REGS_BOTH if directions == 2 else 0) + \
+                        (CLUSTER_REGS_BACKWARD if direction == "backward" else 0)
                     if regs > regs_cap and reg_frags is None:
                         break
                     smem, busiest, traffic = _cluster_geometry(direction, kind, reset_after, hidden, batch_eff, dtype,
