@@ -178,11 +178,17 @@ def _smem_bytes(direction, kind, hidden, dtype, rec_mask, units, batch_tile, mma
     if not mma:
         acc_size = torch.empty((), dtype=acc).element_size()
         return _align16(copies * batch_tile * hidden * acc_size) + g * units * hidden * itemsize
-    k = 8 * (4 // itemsize)  # mma reduction depth: 16 for 16-bit inputs, 8 for tf32
+    k = _k_tile(dtype, True)
     ld = _round_up(hidden, k) + k // 2
     ug, bbp = _round_up(units, 8), _round_up(batch_tile, 16)
     result_floats = g * bbp * max(8 * (threads // 32), ug)  # mma_result_floats: ksplit partial sums
     return _align16(copies * bbp * ld * itemsize) + _align16(result_floats * 4) + g * ug * ld * itemsize
+
+
+def _k_tile(dtype, mma):
+    """Reduction depth of one k-tile (MmaShape<T>::K, recurrence.cuh): the mma's K, 16 for 16-bit
+    inputs and 8 for tf32; 8 for the FMA path."""
+    return 8 * (4 // _dtype_info(dtype)[1]) if mma else 8
 
 
 def use_mma(dtype, limits: DeviceLimits, tf32=False, mma=None):
@@ -349,7 +355,7 @@ def _cluster_geometry(direction, kind, reset_after, hidden, batch, dtype, rec_ma
     two_phase = kind == "gru" and not reset_after
     ug = _round_up(units, 16)
     bp = ntiles * 8 if mma else batch
-    k = 8 * (4 // itemsize) if mma else 8
+    k = _k_tile(dtype, mma)
     kpad = _round_up(hidden, k)
     ld = kpad + 16 // itemsize
     if direction == "backward" or rec_mask:
@@ -416,7 +422,7 @@ def plan_cluster(direction, kind, hidden, batch, dtype, limits: DeviceLimits, *,
         if nc > nc_max:
             continue
         best = None
-        nk = _round_up(hidden, 8 * (4 // DTYPES[dtype][1]) if mma else 8) // (8 * (4 // DTYPES[dtype][1]) if mma else 8)
+        nk = -(-hidden // _k_tile(dtype, mma))
         for th in ([threads] if threads else CLUSTER_THREADS):
             regs_cap = min(255, limits.regs_per_sm // th // 8 * 8)
             nw = th // 32
