@@ -216,7 +216,7 @@ def triton_launches(cell, dtype, batch, hidden, direction, tf32=False, both=Fals
 
     G = GATES[cell]
     plan = TB.make_plan(hidden, batch, G, ITEMSIZE[dtype], SM_COUNT // (2 if both else 1), False, False,
-                        direction=direction)
+                        direction=direction, reduce_scatter=True)
     two = False  # torch.nn GRU is reset_after=True: one phase per step
     consts = dict(KIND=R.KIND_CODES[cell], NG=G, ACT=R.ACTIVATION_CODES["tanh"],
                   RACT=R.ACTIVATION_CODES["sigmoid"], RESET_AFTER=True, HAS_MASK=False, HAS_RMASK=False,
@@ -225,8 +225,8 @@ def triton_launches(cell, dtype, batch, hidden, direction, tf32=False, both=Fals
     sync = plan.persistent and plan.grid != (1, 1)
     if direction == "forward":
         consts["HAS_BIAS"] = True
-        consts["NGP"] = TB.gates_padded(G)
         phases = (0,) if plan.persistent else ((1, 2) if two else (1,))
+        consts["NGP"] = TB.gates_padded(G)
         fn_name = "forward_kernel"
     else:
         phases = (0,) if plan.persistent else ((1, 2, 3) if two else (1, 3))
@@ -242,7 +242,7 @@ def triton_launches(cell, dtype, batch, hidden, direction, tf32=False, both=Fals
         spec = ("triton", fn_name, dtype, tuple(sorted(c.items())), tuple(sorted(plan.compile_options.items())),
                 _spec_class(batch), _spec_class(hidden), steps)
         label = ("persistent" if plan.persistent else "per_step") + (", " + c["PREC"] if dtype == "fp32" else "") \
-            + (", both directions" if both else "")
+            + (", reduce-scatter" if plan.reduce else "") + (", both directions" if both else "")
         out.append(Launch("triton", f"triton.{fn_name}[{label}]",
                           "persistent" if plan.persistent else "per-step", spec,
                           plan.grid + ((2,) if both else ()), 32 * plan.num_warps,

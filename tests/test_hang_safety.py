@@ -285,10 +285,14 @@ N_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
 def _plan_space():
-    """{(form, dtype, H, B, direction): plan} over the whole enumerated space."""
-    return {(form, dt, H, B, d): make_plan(H, B, N_GATES[FORMS[form][0]], size, tb.SM90.n_sm, False, direction=d)
+    """{(form, dtype, H, B, direction): plan} over the whole enumerated space; "backward-rs": the
+    backward of a call that allows the reduce-scatter exchange (no recurrent dropout, one phase)."""
+    def plan(form, H, B, size, d):
+        return make_plan(H, B, N_GATES[FORMS[form][0]], size, tb.SM90.n_sm, False,
+                         direction=d.split("-")[0], reduce_scatter=d == "backward-rs" and form != "gru_classic")
+    return {(form, dt, H, B, d): plan(form, H, B, size, d)
             for form in FORMS for dt, size in DTYPES.items() for H in H_VALUES for B in B_VALUES
-            for d in ("forward", "backward")}
+            for d in ("forward", "backward", "backward-rs")}
 
 
 def test_plan_space_estimates_fit_sm90():
@@ -314,6 +318,7 @@ def test_plan_space_estimates_fit_sm90():
     # ... while the headline sizes keep their persistent plans
     assert space["lstm", "bf16", 768, 16, "forward"].persistent and space["lstm", "bf16", 768, 16, "backward"].persistent
     assert space["gru", "fp16", 1024, 16, "backward"].persistent
+    assert space["lstm", "bf16", 768, 16, "backward-rs"].reduce == 48
 
 
 # (form, dtype, H, B, direction, matmul precision): real persistent plans of the space above, every
@@ -331,6 +336,10 @@ COMPILED_POINTS = [
     ("gru_classic", "fp64", 40, 100, "backward", "ieee"), ("rnn", "fp16", 1025, 1, "forward", "ieee"),
     ("rnn", "fp32", 513, 1, "backward", "tf32"), ("rnn", "fp64", 20, 200, "forward", "ieee"),
     ("lstm", "fp32", 768, 16, "forward", "tf32x3"), ("gru", "fp32", 256, 16, "backward", "tf32x3"),
+    # the reduce-scatter backward (compiled without recurrent dropout): the headline (W_hh rows in
+    # registers), W_hh rows in shared memory (GRU H1024), 32-row batch tiles with odd sizes
+    ("lstm", "bf16", 768, 16, "backward-rs", "ieee"), ("gru", "fp16", 1024, 16, "backward-rs", "ieee"),
+    ("lstm", "bf16", 100, 40, "backward-rs", "ieee"),
 ]
 
 
@@ -338,8 +347,9 @@ def _compile_jobs():
     """One job per distinct constexpr set of COMPILED_POINTS (each compiles once)."""
     jobs = {}
     for form, dt, H, B, direction, prec in COMPILED_POINTS:
-        p = make_plan(H, B, N_GATES[FORMS[form][0]], DTYPES[dt], tb.SM90.n_sm, False, direction=direction)
-        assert p.persistent, (form, dt, H, B, p)
+        p = make_plan(H, B, N_GATES[FORMS[form][0]], DTYPES[dt], tb.SM90.n_sm, False, direction=direction.split("-")[0],
+                      reduce_scatter=direction == "backward-rs")
+        assert p.persistent and bool(p.reduce) == (direction == "backward-rs"), (form, dt, H, B, p)
         est = tb.plan_shared_bytes(p, N_GATES[FORMS[form][0]], H, DTYPES[dt], direction)
         key = (form, dt, direction, prec, p)
         jobs.setdefault(key, dict(form=form, dtype=dt, H=H, B=B, direction=direction, prec=prec, plan=p, estimate=est))
@@ -410,7 +420,8 @@ def _compile_job(job):
         io = job["dtype"]
         plan = Plan(**dict(p, grid=tuple(p["grid"]), k_parts=tuple(p["k_parts"])))
         consts = dict(KIND=R.KIND_CODES[kind], NG=N_GATES[kind], ACT=0, RACT=2, RESET_AFTER=reset_after,
-                      REVERSE=True, HAS_MASK=True, HAS_RMASK=True, TWO_PHASE=kind == "gru" and not reset_after,
+                      REVERSE=True, HAS_MASK=True, HAS_RMASK=not p["reduce"],
+                      TWO_PHASE=kind == "gru" and not reset_after,
                       PHASE=0, SYNC=p["grid"][0] * p["grid"][1] > 1, PREC=job["prec"],
                       **tb.plan_constexprs(plan, job["direction"]))
         fn = R.forward_kernel if job["direction"] == "forward" else R.backward_kernel

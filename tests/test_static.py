@@ -440,18 +440,34 @@ def test_triton_family_bf16(tmp_path):
 
 def test_triton_per_step_kernel_counts_its_whole_launch(tmp_path):
     """A per-step kernel is one step per launch: every K chunk of its dot counts (LSTM bf16 B16
-    H1024: the backward runs per step, 32 programs of 32 units, K = 4H = 4096: one program's dot
-    is 2 * 32 * 16 * 4096 FLOPs, 1024 m16n8k16 MMAs)."""
+    H2048: the backward runs per step (its W_hh slices fit no persistent plan), 64 programs of 32
+    units, K = 4H = 8192: one program's dot is 2 * 32 * 16 * 8192 FLOPs, 2048 m16n8k16 MMAs)."""
     record, _ = _run_static(tmp_path, "--cells", "lstm", "--dtypes", "bf16", "--batches", "16", "--hiddens",
-                            "1024", "--backends", "triton")
+                            "2048", "--backends", "triton")
     row = _row(record, "triton", "backward")
-    assert row["path"] == "per-step" and row["grid"][0] == 32, row
-    assert row["mma_per_step"] * 16 * 8 * 16 * 2 == 2 * 32 * 16 * 4096, row
+    assert row["path"] == "per-step" and row["grid"][0] == 64, row
+    assert row["mma_per_step"] * 16 * 8 * 16 * 2 == 2 * 32 * 16 * 8192, row
     assert "step loop" not in row["note"] and row["launches_per_step"] >= 1
-    # its K loop is software-pipelined (cp.async): W_hh (4096 x 1024 bf16) read once a step and the
-    # dgates operand (16 x 4096 bf16) once per program are L2 traffic; dh (16 x 1024 fp32) is stored
-    assert row["l2_load_bytes_per_step"] >= 2 * 4096 * 1024 + 32 * 2 * 16 * 4096, row
-    assert row["l2_store_bytes_per_step"] >= 4 * 16 * 1024, row
+    # its K loop is software-pipelined (cp.async): W_hh (8192 x 2048 bf16) read once a step and the
+    # dgates operand (16 x 8192 bf16) once per program are L2 traffic; dh (16 x 2048 fp32) is stored
+    assert row["l2_load_bytes_per_step"] >= 2 * 8192 * 2048 + 64 * 2 * 16 * 8192, row
+    assert row["l2_store_bytes_per_step"] >= 4 * 16 * 2048, row
+
+
+def test_triton_reduce_scatter_backward_counts(tmp_path):
+    """The headline backward exchanges partial sums (LSTM bf16 B16 H768: 48 programs, each storing
+    its fp32 partial dh of all 768 units and loading the 48 partials of its 16 units a step): one
+    grid barrier, every MMA issued once (768 / 64 m-tiles x 4 gates = 48 wgmma m64n16k16 a program,
+    each executed by the 4 warps of one warpgroup), no dgates staged in shared memory, no spill; the
+    partial sums are L2 traffic both ways."""
+    record, _ = _run_static(tmp_path, "--cells", "lstm", "--dtypes", "bf16", "--batches", "16", "--hiddens",
+                            "768", "--backends", "triton")
+    row = _row(record, "triton", "backward")
+    assert "reduce-scatter" in row["kernel"] and row["path"] == "persistent" and row["grid"][:2] == [48, 1], row
+    assert row["spill_bytes"] == 0 and row["grid_barriers_per_step"] == 1 and row["mma_per_step"] == 0, row
+    assert row["wgmma_per_step"] == 4 * 48 and row["sts_bytes_per_step"] + row["lds_bytes_per_step"] < 8 * 1024, row
+    partials = 48 * 16 * 768 * 4
+    assert row["l2_store_bytes_per_step"] >= partials and row["l2_load_bytes_per_step"] >= partials, row
 
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None,

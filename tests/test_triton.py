@@ -7,6 +7,7 @@ pre-activations the kernel receives, rounded to the dtype under test) with w_ih 
 dx IS the dxg the kernel must produce. GPU-only cases (real sizes, the multi-program persistent
 path with its grid barrier, the CUDA-graph per-step path) are marked `gpu`.
 """
+import inspect
 import types
 
 import numpy as np
@@ -151,6 +152,57 @@ def test_persistent_split_k_widths(rng, name, spec, hidden):
         k, f = make_case(rng, spec, dtype, T=4, H=hidden, mask="some")
         saved, grads = run_kernel(TritonBackend(), spec, k)
         check(f"{name}/H{hidden}/{dtype}", spec, saved, grads, f, dtype)
+
+
+RS_CELLS = [c for c in CELLS if c[1].kind in ("lstm", "gru") and c[1].reset_after]
+
+
+@pytest.mark.parametrize("opts", ["plain", "rev-mask"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name,spec", RS_CELLS, ids=[c[0] for c in RS_CELLS])
+def test_reduce_scatter_backward(rng, monkeypatch, name, spec, dtype, opts):
+    """The persistent backward's reduce-scatter exchange with SEVERAL programs: 3 hidden programs
+    (the last with 5 of 16 units) x 2 batch tiles (the second with 4 of 16 rows), so every partial
+    plane, its offsets and the sum over programs are exercised. The interpreter runs programs one
+    after another, so each step is split at the exchange into two launches (PHASE 1 / 3, the
+    kernel boundary as the barrier); the persistent one-program plan runs too. Against the oracle."""
+    reverse, mask = (True, "some") if opts == "rev-mask" else (False, None)
+    kB = 20
+    k, f = make_case(rng, spec, dtype, reverse=reverse, mask=mask, B=kB)
+    one = make_plan(H, kB, spec.n_gates, 4, 1, interpret=True, direction="backward", reduce_scatter=True)
+    assert one.persistent and one.reduce == 1 and one.grid == (1, 1)
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    check(f"{name}/rs-one/{opts}", spec, saved, grads, f, dtype)
+
+    split = tb.Plan(False, 16, 16, 16, 64, True, (3, 2), tb.RS_WARPS, 1, tb.RS_WARPS, tb.k_parts(H, tb.RS_WARPS, 2),
+                    True, reduce=3)
+    real = tb.make_plan
+    seen = []
+
+    def plan(*args, **kw):
+        call = inspect.signature(real).bind(*args, **kw)
+        call.apply_defaults()
+        if call.arguments["direction"] == "backward":
+            assert call.arguments["reduce_scatter"]  # the call allows it: no recurrent dropout, one phase a step
+            seen.append(split)
+            return split
+        return real(*args, **kw)
+
+    monkeypatch.setattr(tb, "make_plan", plan)
+    saved, grads = run_kernel(TritonBackend(), spec, k)
+    assert seen
+    check(f"{name}/rs-3x2/{opts}", spec, saved, grads, f, dtype)
+
+
+def test_reduce_scatter_only_where_it_applies():
+    """Recurrent dropout (per-gate scaling of each part), GRU reset_after=False (a second exchange)
+    and SimpleRNN keep the all-gather; the forward never exchanges partial sums."""
+    backend = TritonBackend()
+    w = torch.empty((), dtype=torch.bfloat16)
+    for spec, rmask, want in ((CellSpec("lstm"), False, 1), (CellSpec("gru"), False, 1), (CellSpec("lstm"), True, 0),
+                              (CellSpec("gru", reset_after=False), False, 0), (CellSpec("rnn"), False, 0)):
+        assert backend._plan(spec, torch.device("cpu"), B, H, w, False, "backward", 1, rmask).reduce == want, spec
+        assert backend._plan(spec, torch.device("cpu"), B, H, w, False, "forward", 1, rmask).reduce == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
@@ -317,6 +369,33 @@ def test_plan_gpu_backward(hidden, batch, gates, itemsize):
 
 
 @pytest.mark.parametrize("hidden,batch,gates,itemsize", PLAN_CASES)
+def test_plan_gpu_reduce_scatter(hidden, batch, gates, itemsize):
+    """The backward's reduce-scatter plan (calls without recurrent dropout, one phase a step): 16
+    units a program, all programs co-resident, REDUCE = the hidden programs, every unit's partial
+    sum in some piece of H (pieces powers of two, multiples of 16 x warps), the W_hh rows on chip,
+    the partial sums a program adds within RS_SUM_ELEMS; SimpleRNN keeps the all-gather."""
+    n_sm = 132
+    p = make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, direction="backward", reduce_scatter=True)
+    if gates == 1:
+        assert p.reduce == 0
+    if not p.reduce:
+        assert p == make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, direction="backward")
+        return
+    assert p.persistent and p.w_resident and p.num_stages == 1 and p.num_warps == tb.RS_WARPS
+    assert p.block_h == tb.RS_BLOCK_H and p.block_b <= tb.RS_BLOCK_B
+    assert p.grid == (-(-hidden // p.block_h), -(-batch // p.block_b)) and p.reduce == p.grid[0], p
+    assert p.grid[0] * p.grid[1] <= n_sm and p.reduce * p.block_h * p.block_b <= tb.RS_SUM_ELEMS
+    assert len(p.k_parts) <= 3 and all(q & (q - 1) == 0 and q % (16 * p.num_warps) == 0 for q in p.k_parts), p
+    assert 0 <= sum(p.k_parts) - hidden < 16 * p.num_warps or len(p.k_parts) == 3, p
+    w_bytes = gates * p.block_h * sum(p.k_parts) * itemsize
+    if p.w_reg:
+        assert itemsize == 2 and w_bytes <= tb.W_REG_BYTES_PER_THREAD["backward"] * 32 * p.num_warps
+    else:
+        assert w_bytes <= tb.W_BUDGET_BYTES
+    assert tb.plan_shared_bytes(p, gates, hidden, itemsize, "backward") <= tb.SM90.smem_per_block_optin
+
+
+@pytest.mark.parametrize("hidden,batch,gates,itemsize", PLAN_CASES)
 def test_plan_gpu_forward(hidden, batch, gates, itemsize):
     """The forward's split-K plan: one batch tile per program, >= 16 gate rows (one MMA tile),
     warps = K split, K pieces powers of two and multiples of 16 * split, padded by < 16."""
@@ -349,7 +428,18 @@ def test_plan_choices():
     # in registers), 8 warps each doing 384 of K
     q = make_plan(768, 16, 4, 2, 132, False, direction="backward")
     assert q.persistent and q.grid == (48, 1) and q.block_h == 16 and q.split == q.num_warps == 8
-    assert q.k_parts == (2048, 1024) and q.w_reg
+    assert q.k_parts == (2048, 1024) and q.w_reg and not q.reduce
+    # ... and where the call allows it, the reduce-scatter: 48 programs of 16 units, each with its 64
+    # gate rows of W_hh over all 768 units in registers (M pieces 512 + 256), adding 48 partial sums;
+    # at B64 two batch tiles of 32 with M pieces of at most 256 (32 fp32 registers of output a thread)
+    q = make_plan(768, 16, 4, 2, 132, False, direction="backward", reduce_scatter=True)
+    assert q.persistent and q.grid == (48, 1) and q.reduce == 48 and q.k_parts == (512, 256) and q.w_reg
+    q = make_plan(768, 64, 4, 2, 132, False, direction="backward", reduce_scatter=True)
+    assert q.persistent and q.grid == (48, 2) and q.block_b == 32 and q.k_parts == (256, 256, 256)
+    # B16 H1024: 128 KiB of W_hh rows a program, in shared memory (per step without the reduce-scatter)
+    q = make_plan(1024, 16, 4, 2, 132, False, direction="backward", reduce_scatter=True)
+    assert q.persistent and q.grid == (64, 1) and not q.w_reg
+    assert not make_plan(1024, 16, 4, 2, 132, False, direction="backward").persistent
     assert not make_plan(1024, 64, 4, 4, 132, False).persistent     # fp32 W slice too big: per step
     assert not make_plan(4096, 8, 4, 2, 132, False).persistent      # too many programs
     # SimpleRNN fp32 H=2048: a 128 KiB W_hh slice plus a 128 KiB h operand exceed 227 KiB
@@ -399,9 +489,12 @@ def test_runs_persistent_on_an_h100(monkeypatch):
     backend = TritonBackend()
     assert backend.runs_persistent("cuda", lstm, 256, 64, torch.bfloat16)
     assert backend.runs_persistent("cuda", lstm, 768, 16, torch.bfloat16)
-    # B64 H768: the forward runs per step; B16 H1024: the backward does
+    # B64 H768: the forward runs per step; LSTM fp32 B16 H768: the backward does (a 192 KiB W_hh
+    # slice either way); B16 H1024 bf16: both persistent (the backward's reduce-scatter plan)
     assert not backend.runs_persistent("cuda", lstm, 768, 64, torch.bfloat16)
-    assert not backend.runs_persistent("cuda", lstm, 1024, 16, torch.bfloat16)
+    assert not backend.runs_persistent("cuda", lstm, 768, 16, torch.float32)
+    assert make_plan(768, 16, 4, 4, 132, False).persistent
+    assert backend.runs_persistent("cuda", lstm, 1024, 16, torch.bfloat16)
     monkeypatch.setenv(tb.PERSISTENT_ENV, "off")
     assert not backend.runs_persistent("cuda", lstm, 256, 64, torch.bfloat16)
     monkeypatch.setenv(tb.PERSISTENT_ENV, "on")

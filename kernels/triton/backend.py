@@ -37,6 +37,15 @@ H_OPERAND_ELEMS = 16 * 1024  # cap on BLOCK_B * K_PAD, the h operand loaded per 
 # LSTM bf16 forward 3.41 -> 2.44 / 5.36 -> 3.96 us with tiles of 32, SimpleRNN fp32 B256 8.32
 # (788 B spill) -> 3.20, no spill; B <= 32 unchanged)
 BLOCK_B_MAX = 32
+# the reduce-scatter backward (_reduce_plan): warps, units per program (16 x NGP = 64 gate rows, the
+# dot's K), and the partial sums one program loads after the barrier (REDUCE x BLOCK_H x BLOCK_B)
+RS_WARPS = 8
+RS_BLOCK_H = 16
+RS_SUM_ELEMS = 32 * 1024
+RS_BLOCK_B = 32
+# the dot's output piece (M x BLOCK_B fp32): at most 32 registers a thread where three pieces still
+# cover H (sm_90, LSTM bf16 B64 H768: a 512 x 32 piece spilled 64 B of the W_hh rows; 3 x 256 none)
+RS_PIECE_ELEMS = 8 * 1024
 MAX_REGISTERS = 255  # a thread's registers on sm_70 .. sm_90 (Plan.maxnreg)
 SMEM_STATIC_BYTES = 1024    # static shared memory in the sm_90 cubins of these kernels (cuobjdump SHARED:1024
                             # wherever they use shared memory), on top of Triton's dynamic metadata.shared
@@ -181,6 +190,10 @@ class Plan:
     k_parts: tuple = ()    # K pieces (powers of two, multiples of 16 * split) covering K (forward H,
                            # backward G*H)
     w_reg: bool = False    # W_hh rows held in registers (2-byte matmul dtypes)
+    # backward only: the reduce-scatter exchange (recurrence.py docstring): the number of hidden
+    # programs (grid[0]), whose partial sums each program adds; k_parts are then the pieces of H
+    # (the dot's M); 0: all-gather
+    reduce: int = 0
     # ptxas's register cap. Where the grid fits on the SMs (every persistent plan, and per-step
     # ones up to n_sm programs) one program runs per SM and occupancy gains nothing, but without a
     # cap ptxas aims for one anyway and spills below it (sm_90, triton 3.6: SimpleRNN bf16 B64
@@ -210,10 +223,10 @@ def gates_padded(n_gates) -> int:
 K_PIECE_MAX = {4: 512}
 
 
-def k_parts(hidden, split, itemsize=2) -> tuple:
+def k_parts(hidden, split, itemsize=2, cap=None) -> tuple:
     """K pieces of the split-K dot: K rounded up to 16 * split, as at most three powers of two
     (the last one rounded up when more would be needed), each a multiple of 16 * split and, where
-    three pieces of K_PIECE_MAX[itemsize] cover K with no more padding, at most that."""
+    three pieces of `cap` (default K_PIECE_MAX[itemsize]) cover K with no more padding, at most that."""
     def pieces(cap):
         left, parts = _round_up(hidden, 16 * split), []
         while left > 0:
@@ -223,7 +236,7 @@ def k_parts(hidden, split, itemsize=2) -> tuple:
         return tuple(parts)
 
     free = pieces(1 << 62)
-    cap = K_PIECE_MAX.get(itemsize)
+    cap = K_PIECE_MAX.get(itemsize) if cap is None else cap
     if cap is None or cap < 16 * split:
         return free
     capped = pieces(cap)
@@ -269,8 +282,22 @@ def backward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_
     return _splitk_shared_bytes(block_h, block_b, sum(parts), max(parts), itemsize, split, w_reg)
 
 
+def reduce_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, w_reg) -> int:
+    """Reduce-scatter backward (_reduce_plan): an upper bound like _splitk_shared_bytes. Set-up: the
+    W_hh rows staged for the identity dot beside the identity (or, without w_reg, kept); a step: the
+    dgates operand [NGP * BLOCK_H, BLOCK_B] and the largest dot output piece converted for its store."""
+    n = n_gates * block_h
+    parts = k_parts(hidden, RS_WARPS, itemsize, RS_PIECE_ELEMS // block_b)
+    w = n * sum(parts) * itemsize
+    init = max(parts) * block_h * itemsize + block_h * block_h * itemsize
+    step = 2 * n * block_b * itemsize
+    return (max(init, step) if w_reg else w + step) + SMEM_STATIC_BYTES + SMEM_SLACK_BYTES
+
+
 def plan_shared_bytes(plan, n_gates, hidden, itemsize, direction) -> int:
     """forward_shared_bytes / backward_shared_bytes of a persistent plan."""
+    if plan.reduce:
+        return reduce_shared_bytes(n_gates, plan.block_h, plan.block_b, hidden, itemsize, plan.w_reg)
     f = forward_shared_bytes if direction == "forward" else backward_shared_bytes
     return f(n_gates, plan.block_h, plan.block_b, hidden, itemsize, plan.split, plan.w_reg)
 
@@ -278,8 +305,40 @@ def plan_shared_bytes(plan, n_gates, hidden, itemsize, direction) -> int:
 def plan_constexprs(plan, direction) -> dict:
     """The kernel constexprs that come from the plan (the same set for both directions)."""
     parts = (tuple(plan.k_parts) or (plan.k_pad,)) + (0, 0, 0)
-    return dict(W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
-                SPLIT=plan.split, K1=parts[0], K2=parts[1], K3=parts[2], W_REG=plan.w_reg)
+    out = dict(W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
+               SPLIT=plan.split, K1=parts[0], K2=parts[1], K3=parts[2], W_REG=plan.w_reg)
+    return out if direction == "forward" else dict(out, REDUCE=plan.reduce)
+
+
+def _reduce_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block):
+    """The persistent backward with the reduce-scatter exchange (recurrence.py), or None. Each program
+    owns the NGP gate rows of BLOCK_H units and multiplies their dgates by those rows of W_hh over
+    all H columns (one dot, M = H in k_parts pieces, N = the batch tile, K = NGP * BLOCK_H): a
+    partial dh of every unit, exchanged in CDT; after the barrier it sums the partials of its own
+    units. Against the all-gather it moves the same L2 bytes for the LSTM (8 B x B x H a program,
+    written and read, against 4 gates x 2 B read) without staging G*H dgates in shared memory, and
+    its dot has no split-K sum. 2-byte matmul dtypes with 3 or 4 gates (GRU pads to 4 rows a unit)."""
+    if n_gates < 3:
+        return None
+    if interpret:
+        parts = k_parts(hidden, RS_WARPS, itemsize)
+        bh, bb = _pow2(hidden), _pow2(batch)
+        return Plan(True, bh, bb, bh, _pow2(hidden), True, (1, 1), RS_WARPS, 1, RS_WARPS, parts, itemsize == 2,
+                    reduce=1)
+    block_h = RS_BLOCK_H
+    block_b = min(_pow2(batch), RS_BLOCK_B)
+    parts = k_parts(hidden, RS_WARPS, itemsize, RS_PIECE_ELEMS // block_b)
+    grid = (triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b))
+    if grid[0] * grid[1] > n_sm or grid[0] * block_h * block_b > RS_SUM_ELEMS:
+        return None
+    w_bytes = n_gates * block_h * sum(parts) * itemsize
+    w_reg = itemsize == 2 and w_bytes <= W_REG_BYTES_PER_THREAD["backward"] * 32 * RS_WARPS
+    if not w_reg and w_bytes > W_BUDGET_BYTES:
+        return None
+    if reduce_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, w_reg) > smem_per_block:
+        return None
+    return Plan(True, block_h, block_b, block_h, _pow2(hidden), True, grid, RS_WARPS, 1, RS_WARPS, parts, w_reg,
+                reduce=grid[0])
 
 
 def _splitk_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block, direction):
@@ -329,13 +388,14 @@ def _splitk_tile_plan(hidden, batch, n_gates, itemsize, n_sm, smem_per_block, pe
 
 
 def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False,
-              smem_per_block=SM90.smem_per_block_optin, direction="forward") -> Plan:
+              smem_per_block=SM90.smem_per_block_optin, direction="forward", reduce_scatter=False) -> Plan:
     """Pure function choosing how to launch one direction's kernel (itemsize: bytes of the matmul
     dtype). Interpreter: programs run one after another, so the persistent path is ONE program
     covering all of H and B (no cross-program wait), and the per-step path uses small blocks to
     exercise the multi-program slicing. GPU: the persistent path needs every program co-resident
     (grid <= n_sm, one program per SM) and everything on chip within smem_per_block; otherwise one
-    fused launch per step (CUDA-graph replayed). Persistent plans of both directions: _splitk_plan."""
+    fused launch per step (CUDA-graph replayed). Persistent plans of both directions: _splitk_plan;
+    reduce_scatter: the backward call may use _reduce_plan (no recurrent dropout, one phase a step)."""
     if hidden < 1 or batch < 1 or n_gates < 1:
         raise ValueError(f"hidden, batch and n_gates must be >= 1, got {hidden}, {batch}, {n_gates}")
     if direction not in ("forward", "backward"):
@@ -344,6 +404,10 @@ def make_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, per_step=False,
     if interpret and per_step:
         return Plan(False, MIN_BLOCK, MIN_BLOCK, MIN_BLOCK, k_pad, False,
                     (triton.cdiv(hidden, MIN_BLOCK), triton.cdiv(batch, MIN_BLOCK)), 4, 1)
+    if (interpret or not per_step) and reduce_scatter and direction == "backward":
+        plan = _reduce_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block)
+        if plan is not None:
+            return plan
     if interpret or not per_step:
         plan = _splitk_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block, direction)
         if plan is not None:
@@ -574,32 +638,34 @@ class TritonBackend:
         except RuntimeError:  # FUSED_RNN_TRITON_PERSISTENT=on without a persistent plan: the call raises
             return False
 
-    def _plan(self, spec, device, B, H, w, per_step, direction="forward", D=1):
+    def _plan(self, spec, device, B, H, w, per_step, direction="forward", D=1, rmask=False):
         """The plan for this call (make_plan with this device's limits and the persistent mode); with
-        both directions in one launch (D = 2) each direction gets half of the SMs."""
+        both directions in one launch (D = 2) each direction gets half of the SMs. A backward may
+        exchange partial sums (reduce-scatter) unless it has recurrent dropout or two phases a step."""
         mode = persistent_mode()
         on_gpu = device.type == "cuda" and not INTERPRET
         limits = DeviceLimits.of(device) if on_gpu else SM90
         plan = make_plan(H, B, spec.n_gates, w.element_size(), max(1, limits.n_sm // D) if on_gpu else 1, INTERPRET,
-                         per_step or self.per_step or mode == "off", limits.smem_per_block_optin, direction)
+                         per_step or self.per_step or mode == "off", limits.smem_per_block_optin, direction,
+                         reduce_scatter=not rmask and not (spec.kind == "gru" and not spec.reset_after))
         if mode == "on" and not plan.persistent and not (per_step or self.per_step):
             raise RuntimeError(f"{PERSISTENT_ENV}=on, but {spec.kind} H={H} B={B} {w.dtype} gets no persistent plan "
                                f"on {limits.name} (W_hh slices or shared memory too large); unset it to run per step")
         return plan
 
-    def _with_fallback(self, attempt, key, spec, device, B, H, w, direction="forward", D=1):
+    def _with_fallback(self, attempt, key, spec, device, B, H, w, direction="forward", D=1, rmask=False):
         """attempt(plan) with this call's plan; a persistent grid found not co-resident before its
         launch is replanned per step ("auto": warned once per configuration `key`, which then goes
         per step directly) or raises (FUSED_RNN_TRITON_PERSISTENT=on)."""
         if key not in self._not_resident:
             try:
-                return attempt(self._plan(spec, device, B, H, w, False, direction, D))
+                return attempt(self._plan(spec, device, B, H, w, False, direction, D, rmask))
             except NotResidentError as exc:
                 if persistent_mode() == "on":
                     raise RuntimeError(f"{exc}; {PERSISTENT_ENV}=on forbids the per-step fallback") from exc
                 warnings.warn(f"{exc}; running it per step instead", RuntimeWarning, stacklevel=3)
                 self._not_resident.add(key)
-        return attempt(self._plan(spec, device, B, H, w, True, direction, D))
+        return attempt(self._plan(spec, device, B, H, w, True, direction, D, rmask))
 
     def _run(self, device, plan, key, sequence, inputs):
         """sequence(inputs) issues the launches and returns the outputs. A per-step sequence on a
@@ -728,12 +794,15 @@ class TritonBackend:
                 dxg = new_empty((*lead, T, B, G * H), cdt, device)
                 scratch = new_empty((*lead, B, H), cdt, device) if two else None
                 # the dgates exchange in the I/O dtype (persistent: double-buffered by step)
-                xchg = new_empty((*lead, 2, B, G * H), dtype, device)
+                xchg = None if plan.reduce else new_empty((*lead, 2, B, G * H), dtype, device)
+                # the partial sums of dh of the reduce-scatter exchange (double-buffered by step)
+                part = new_empty((*lead, 2, plan.grid[1], plan.grid[0], plan.block_b, sum(plan.k_parts)), cdt,
+                                 device) if plan.reduce else None
 
                 def args(status):
                     return (w_, h0_, _or(c0_, dxg), _or(mask_, dxg), _or(rmask_, dxg), out_, gates_,
-                            _or(extra_, dxg), dout_, dxg, dh_, _or(dc_, dxg), _or(scratch, dxg), xchg,
-                            _or(status, dxg),
+                            _or(extra_, dxg), dout_, dxg, dh_, _or(dc_, dxg), _or(scratch, dxg), _or(xchg, out_),
+                            _or(part, dxg), _or(status, dxg),
                             self.spin_cap, T, B, H)
 
                 # grid barriers per step: after phase 1 and (GRU reset_after=False) phase 2
@@ -745,7 +814,7 @@ class TritonBackend:
 
         key = ("bwd", spec, T, B, H, dtype, str(device), reverse, mask is not None,
                rec_mask is not None, consts["PREC"])
-        return self._with_fallback(attempt, key, spec, device, B, H, a["w"], "backward", D)
+        return self._with_fallback(attempt, key, spec, device, B, H, a["w"], "backward", D, rec_mask is not None)
 
 
 def _or(t, fallback):

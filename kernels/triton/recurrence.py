@@ -45,8 +45,17 @@ program (ph, pb) owns units j (BLOCK_H >= 16) and batch rows b; phase 1 writes i
 so one grid barrier per step suffices); phase 3 is ONE split-K dot
     dh^T[BLOCK_H, BB] = W_hh^T[j, K] @ dgates^T[K, BB],  K = G*H gate rows,
 the units as M (W_hh^T rows in registers as in the forward, K in up to three power-of-two pieces,
-SPLIT = num_warps warps each one K slice, every MMA issued once). dh and dc are carried in
-registers; dxg[t] is the output. The per-step backward streams W_hh and exchanges dgates through
+SPLIT = num_warps warps each one K slice, every MMA issued once). That is an all-gather: every
+program reads all of the step's dgates and stages them in shared memory. Where the call has no
+recurrent dropout and one phase a step, the persistent backward exchanges partial sums instead
+(reduce-scatter, REDUCE > 0): each program multiplies the dgates it just computed by its own gate
+rows of W_hh over ALL units, one K = BLOCK_H dot a gate,
+    part[ph]^T[H, BB] = sum_g W_g[j, :]^T @ dgates_g^T[j, BB],   j this program's units,
+stores that partial dh in CDT (fp32) to a double buffer, and after the grid barrier sums the
+REDUCE = grid[0] partials of its own units, in program order. The L2 bytes are those of the
+all-gather for the LSTM (its 4 gates in 2 bytes against 4 fp32 bytes written and read), but no
+dgates pass through shared memory and no split-K partials are summed across warps. dh and dc are
+carried in registers; dxg[t] is the output. The per-step backward streams W_hh and exchanges dgates through
 the first half of the same buffer. Reductions use no atomics: bitwise reproducible. Compute
 dtype CDT is float32 (float64 for float64 inputs); the cell state and every gate value are kept
 in CDT, h and the exchanged dgates are in the I/O dtype (as cuDNN does), every matmul
@@ -67,6 +76,8 @@ from .barrier import STATUS_WORDS, grid_barrier
 BOTH_DIRECTIONS = 2
 BOTH = tl.constexpr(BOTH_DIRECTIONS)
 _STATUS_WORDS = tl.constexpr(STATUS_WORDS)
+# the interpreter (which this module's kernels become under TRITON_INTERPRET=1) runs no inline PTX
+_ASM_STORES = tl.constexpr(not triton.knobs.runtime.interpret)
 
 LSTM, GRU, RNN = 0, 1, 2
 ACTIVATION_CODES = {"tanh": 0, "relu": 1, "sigmoid": 2, "hard_sigmoid": 3, "linear": 4}
@@ -674,8 +685,8 @@ def _bwd_tile(P: tl.constexpr, t, hp, cp, b0, j, j_ok, w_ptr, mask_ptr, rmask_pt
         dc = zero
         if KIND == 0:
             dc = _load(dc_ptr, b, j, H, m, CDT)
-        dc = _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr, xchg_ptr,
-                         B, H, KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, BLOCK_B)
+        dc, _, _, _, _ = _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr,
+                                     xchg_ptr, B, H, KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, BLOCK_B, True)
         if KIND == 0:
             _store(dc_ptr, b, j, H, m, dc)
     elif P == 2:  # GRU reset_after=False: u = r * h * rm_n feeds u @ W_n^T; du = dn_pre @ W_n
@@ -717,10 +728,12 @@ def _bwd_mm(src_ptr, wa, wb, wc, b, b_ok, GH, lo, hi, SPLIT: tl.constexpr, K1: t
 @triton.jit
 def _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr, xchg_ptr, B, H,
                 KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
-                RESET_AFTER: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr):
+                RESET_AFTER: tl.constexpr, HAS_MASK: tl.constexpr, BLOCK_B: tl.constexpr, XCHG: tl.constexpr):
     """Phase 1 of step t (both paths) from dh (upstream dout[t] included) and the dc carry:
-    this program's dgates, stored in dxg[t] (CDT) and in the exchange buffer (I/O dtype, the dh
-    matmul's operand: GRU reset_after's n gate there is dn * r). Returns the new dc carry."""
+    this program's dgates, stored in dxg[t] (CDT) and, with XCHG, in the exchange buffer (I/O
+    dtype). Returns the new dc carry and the dh matmul's operand of each gate slot, e0..e3 (0 where
+    a cell has no such gate; GRU reset_after's n slot is dn * r; GRU reset_after=False's r slot is
+    0 here, its dr comes in phase 2)."""
     CDT: tl.constexpr = dxg_ptr.dtype.element_ty
     GH = NG * H
     m = b_ok[:, None] & j_ok[None, :]
@@ -739,7 +752,7 @@ def _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_
         df = tl.where(valid, dct * c_old * _dact(f, RACT), 0.0)
         dg = tl.where(valid, dct * i * _dact(g, ACT), 0.0)
         do = tl.where(valid, dh * ac * _dact(o, RACT), 0.0)
-        for q in tl.static_range(2):
+        for q in tl.static_range(1 + XCHG):
             dst = d_t
             if q == 1:
                 dst = xchg_ptr
@@ -748,6 +761,7 @@ def _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_
             _store(dst + 2 * H, b, j, GH, m, dg)
             _store(dst + 3 * H, b, j, GH, m, do)
         dc = tl.where(valid, dct * f, dc)
+        e0, e1, e2, e3 = di, df, dg, do
     elif KIND == 1:  # GRU: h = (1 - z) n + z h_old
         z = _load(g_t + 1 * H, b, j, GH, m, CDT)
         n = _load(g_t + 2 * H, b, j, GH, m, CDT)
@@ -756,46 +770,149 @@ def _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_
         dz = tl.where(valid, dh * (h_old - n) * _dact(z, RACT), 0.0)
         _store(d_t + 1 * H, b, j, GH, m, dz)
         _store(d_t + 2 * H, b, j, GH, m, dn)
-        _store(xchg_ptr + 1 * H, b, j, GH, m, dz)
+        e0 = tl.zeros_like(dn)
+        e1 = dz
+        e2 = dn  # dr needs du = dn @ W_n of every unit: phase 2
+        e3 = e0
         if RESET_AFTER:  # n = act(xn + r * hn): dr = dn * hn; hn's gradient dn * r feeds the matmul
             r = _load(g_t + 0 * H, b, j, GH, m, CDT)
             hn = _load(extra_ptr + t * B * H, b, j, H, m, CDT)
-            dr = tl.where(valid, dn * hn * _dact(r, RACT), 0.0)
-            _store(d_t + 0 * H, b, j, GH, m, dr)
-            _store(xchg_ptr + 0 * H, b, j, GH, m, dr)
-            _store(xchg_ptr + 2 * H, b, j, GH, m, dn * r)
-        else:  # dr needs du = dn @ W_n of every unit: phase 2
-            _store(xchg_ptr + 2 * H, b, j, GH, m, dn)
+            e0 = tl.where(valid, dn * hn * _dact(r, RACT), 0.0)
+            e2 = dn * r
+            _store(d_t + 0 * H, b, j, GH, m, e0)
+            if XCHG:
+                _store(xchg_ptr + 0 * H, b, j, GH, m, e0)
+        if XCHG:
+            _store(xchg_ptr + 1 * H, b, j, GH, m, e1)
+            _store(xchg_ptr + 2 * H, b, j, GH, m, e2)
     else:
         a = _load(g_t, b, j, GH, m, CDT)
-        da = tl.where(valid, dh * _dact(a, ACT), 0.0)
-        _store(d_t, b, j, GH, m, da)
-        _store(xchg_ptr, b, j, GH, m, da)
-    return dc
+        e0 = tl.where(valid, dh * _dact(a, ACT), 0.0)
+        e1 = tl.zeros_like(e0)
+        e2 = e1
+        e3 = e1
+        _store(d_t, b, j, GH, m, e0)
+        if XCHG:
+            _store(xchg_ptr, b, j, GH, m, e0)
+    return dc, e0, e1, e2, e3
+
+
+@triton.jit
+def _w_cols(w_ptr, row, row_ok, H, m0, M: tl.constexpr, W_REG: tl.constexpr):
+    """A operand [M, BLOCK_H] of the reduce-scatter backward: W[row[u], m0 + mm] (one gate's W_hh rows
+    of this program's units, transposed: all units m as M), 0 outside; with W_REG in the MMA
+    accumulator layout of the step's dots (identity dot, exact), which the compiler keeps in
+    registers."""
+    if M > 0:
+        m = m0 + tl.arange(0, M)
+        w = tl.load(w_ptr + row[None, :] * H + m[:, None], mask=row_ok[None, :] & (m < H)[:, None], other=0.0)
+        if W_REG:
+            n = tl.arange(0, row.shape[0])
+            w = tl.dot(w, (n[:, None] == n[None, :]).to(w.dtype), out_dtype=tl.float32).to(w.dtype)
+    else:
+        w = 0
+    return w
+
+
+@triton.jit
+def _w_gate(w_ptr, g, j, j_ok, H, K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, W_REG: tl.constexpr):
+    """Gate g's W_hh rows of units j as _w_cols operands over the pieces K1, K2, K3 of H."""
+    row = g * H + j
+    return (_w_cols(w_ptr, row, j_ok, H, 0, K1, W_REG), _w_cols(w_ptr, row, j_ok, H, K1, K2, W_REG),
+            _w_cols(w_ptr, row, j_ok, H, K1 + K2, K3, W_REG))
+
+
+@triton.jit
+def _store_cg(ptrs, val, mask, ASM: tl.constexpr):
+    """tl.store(ptrs, val, mask) of fp32 values, bypassing L1. ASM (compiled kernels): as inline PTX,
+    which keeps val in the layout it has: tl.store would first move a dot's output into a
+    coalesced layout through shared memory (sm_90, LSTM bf16 B16 H768 backward: 96 KB a step)."""
+    if ASM:
+        tl.inline_asm_elementwise("{\n.reg .pred %rs_p;\nsetp.ne.b32 %rs_p, $3, 0;\n@%rs_p st.global.cg.f32 [$1], $2;\n}\n"
+                                  "mov.b32 $0, 0;", "=r,l,r,r", [ptrs.to(tl.int64), val, mask.to(tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.store(ptrs, val, mask=mask, cache_modifier=".cg")
+
+
+@triton.jit
+def _rs_part(plane, w0, w1, w2, w3, d0, d1, d2, d3, m0, M: tl.constexpr, b_ok, H, NG: tl.constexpr,
+             HP: tl.constexpr, PREC: tl.constexpr):
+    """Store this program's partial dh of units [m0, m0 + M): sum over its gates g of
+    w_g [M, BLOCK_H] @ d_g [BLOCK_H, BB] (one K = BLOCK_H dot a gate, chained), into the
+    [BB, HP] partial-sum plane `plane` (its rows b_ok, units < H: what _rs_sum reads)."""
+    if M > 0:
+        acc = tl.dot(w0, d0, input_precision=PREC)
+        if NG > 1:
+            acc = tl.dot(w1, d1, acc, input_precision=PREC)
+            acc = tl.dot(w2, d2, acc, input_precision=PREC)
+        if NG > 3:
+            acc = tl.dot(w3, d3, acc, input_precision=PREC)
+        m = m0 + tl.arange(0, M)
+        _store_cg(plane + tl.arange(0, acc.shape[1])[None, :] * HP + m[:, None], acc,
+                  (m < H)[:, None] & b_ok[None, :], _ASM_STORES)
+
+
+@triton.jit
+def _rs_sum(base, j, m, CDT: tl.constexpr, REDUCE: tl.constexpr, HP: tl.constexpr):
+    """[BB, BLOCK_H]: the sum of the REDUCE hidden programs' [BB, HP] partial-sum planes at `base`
+    at this program's units j, in program order (bitwise reproducible). One independent load a
+    plane (written by other programs: bypass L1), all in flight at once; the planes' constexpr
+    stride keeps the addresses immediate offsets of one register (run-time strides spilled them)."""
+    acc = tl.zeros(m.shape, CDT)
+    off = tl.arange(0, m.shape[0])[:, None] * HP + j[None, :]
+    for p in tl.static_range(REDUCE):
+        acc += tl.load(base + p * m.shape[0] * HP + off, mask=m, other=0.0, cache_modifier=".cg")
+    return acc
 
 
 @triton.jit
 def _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, dout_ptr, dxg_ptr,
-                    dh_ptr, dc_ptr, xchg_ptr, sync_ptr, spin_cap, T, B, H, step_begin, step_end,
+                    dh_ptr, dc_ptr, xchg_ptr, part_ptr, sync_ptr, spin_cap, T, B, H, step_begin, step_end,
                     KIND: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr, RACT: tl.constexpr,
                     RESET_AFTER: tl.constexpr, REVERSE: tl.constexpr, HAS_MASK: tl.constexpr,
                     HAS_RMASK: tl.constexpr, TWO_PHASE: tl.constexpr, SYNC: tl.constexpr, SPLIT: tl.constexpr,
                     K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr, W_REG: tl.constexpr,
+                    REDUCE: tl.constexpr, PHASE: tl.constexpr,
                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, PREC: tl.constexpr):
-    """The persistent backward (module docstring): W_hh^T rows of this program's units on chip,
-    dh / dc carried in registers, dgates exchanged through a double buffer (2, B, G*H) in the I/O
-    dtype, ONE grid barrier per step (two for GRU reset_after=False)."""
+    """The persistent backward (module docstring): dh / dc carried in registers, ONE grid barrier
+    per step (two for GRU reset_after=False). All-gather (REDUCE 0): W_hh^T rows of this program's
+    units on chip, dgates exchanged through a double buffer (2, B, G*H) in the I/O dtype.
+    Reduce-scatter (REDUCE > 0): W_hh rows of this program's gate rows on chip, partial sums of dh
+    exchanged through a double buffer (2, n_pb, n_ph, BLOCK_B, K1+K2+K3) in CDT. PHASE 1 / 3 (one
+    step a launch, SYNC off): only the part before / after the exchange, the kernel boundary being
+    the barrier, so that the interpreter (programs one after another) can run several programs."""
     CDT: tl.constexpr = dxg_ptr.dtype.element_ty
+    HP: tl.constexpr = K1 + K2 + K3  # reduce-scatter: H padded, the units of a partial-sum plane
+    PLANE: tl.constexpr = BLOCK_B * HP
     GH = NG * H
     n_prog = tl.num_programs(0) * tl.num_programs(1)
+    n_ph = tl.num_programs(0)
     j = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
     j_ok = j < H
     b = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
     b_ok = b < B
     m = b_ok[:, None] & j_ok[None, :]
-    wa = _w_piece(w_ptr, j, j_ok, H, GH, 0, SPLIT, K1 // SPLIT, W_REG, True)
-    wb = _w_piece(w_ptr, j, j_ok, H, GH, K1, SPLIT, K2 // SPLIT, W_REG, True)
-    wc = _w_piece(w_ptr, j, j_ok, H, GH, K1 + K2, SPLIT, K3 // SPLIT, W_REG, True)
+    tl.static_assert(PHASE == 0 or PHASE == 1 or PHASE == 3)
+    tl.static_assert(PHASE == 0 or not TWO_PHASE)
+    if REDUCE:
+        tl.static_assert(not HAS_RMASK and not TWO_PHASE)  # per-gate scaling / a second exchange: all-gather
+        w0 = _w_gate(w_ptr, 0, j, j_ok, H, K1, K2, K3, W_REG)
+        w1 = w0
+        w2 = w0
+        w3 = w0
+        if NG > 1:
+            w1 = _w_gate(w_ptr, 1, j, j_ok, H, K1, K2, K3, W_REG)
+            w2 = _w_gate(w_ptr, 2, j, j_ok, H, K1, K2, K3, W_REG)
+        if NG > 3:
+            w3 = _w_gate(w_ptr, 3, j, j_ok, H, K1, K2, K3, W_REG)
+        wa = 0
+        wb = 0
+        wc = 0
+    else:
+        wa = _w_piece(w_ptr, j, j_ok, H, GH, 0, SPLIT, K1 // SPLIT, W_REG, True)
+        wb = _w_piece(w_ptr, j, j_ok, H, GH, K1, SPLIT, K2 // SPLIT, W_REG, True)
+        wc = _w_piece(w_ptr, j, j_ok, H, GH, K1 + K2, SPLIT, K3 // SPLIT, W_REG, True)
     dh = _load(dh_ptr, b, j, H, m, CDT)  # what reaches h_t from later steps (dout excluded)
     dc = tl.zeros((BLOCK_B, BLOCK_H), CDT)
     if KIND == 0:
@@ -815,9 +932,22 @@ def _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_p
             # steps alternate between the two exchange buffers: a program still reading step s's
             # dgates holds back (at the next barrier) anyone who would overwrite them at step s + 2
             xg_s = xchg_ptr + (step % 2) * B * GH
-            dh = dh + _load(dout_ptr + t * B * H, b, j, H, m, CDT)
-            dc = _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr, dxg_ptr, xg_s,
-                             B, H, KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK, BLOCK_B)
+            part_s = part_ptr + (tl.cast(step % 2, tl.int64) * tl.num_programs(1) + tl.program_id(1)) * n_ph * PLANE
+            if PHASE != 3:
+                dh = dh + _load(dout_ptr + t * B * H, b, j, H, m, CDT)
+                dc, e0, e1, e2, e3 = _bwd_dgates(t, hp, cp, dh, dc, b, b_ok, j, j_ok, mask_ptr, gates_ptr, extra_ptr,
+                                                 dxg_ptr, xg_s, B, H, KIND, NG, ACT, RACT, RESET_AFTER, HAS_MASK,
+                                                 BLOCK_B, not REDUCE)
+                if REDUCE:  # this program's gate rows times all of W_hh's columns: a partial dh of every unit
+                    WDT: tl.constexpr = w_ptr.dtype.element_ty
+                    d0 = tl.trans(e0).to(WDT)
+                    d1 = tl.trans(e1).to(WDT)
+                    d2 = tl.trans(e2).to(WDT)
+                    d3 = tl.trans(e3).to(WDT)
+                    plane = part_s + tl.program_id(0) * PLANE
+                    _rs_part(plane, w0[0], w1[0], w2[0], w3[0], d0, d1, d2, d3, 0, K1, b_ok, H, NG, HP, PREC)
+                    _rs_part(plane, w0[1], w1[1], w2[1], w3[1], d0, d1, d2, d3, K1, K2, b_ok, H, NG, HP, PREC)
+                    _rs_part(plane, w0[2], w1[2], w2[2], w3[2], d0, d1, d2, d3, K1 + K2, K3, b_ok, H, NG, HP, PREC)
             # what the rest of the step needs besides the exchange: loaded before the barrier
             valid = _step_valid(mask_ptr, t, B, b, b_ok, HAS_MASK, BLOCK_B)
             if KIND == 1:
@@ -840,8 +970,10 @@ def _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_p
                     _store(xg_s, b, j, GH, m, dr)
                     arrived += n_prog
                     live = _barrier(sync_ptr, arrived, spin_cap, live, SYNC)
-            if live != 0:
-                if HAS_RMASK:  # dropout scales each gate's part per unit: one dot per gate
+            if live != 0 and PHASE != 1:
+                if REDUCE:
+                    acc = _rs_sum(part_s, j, m, CDT, REDUCE, HP)
+                elif HAS_RMASK:  # dropout scales each gate's part per unit: one dot per gate
                     acc = tl.zeros((BLOCK_B, BLOCK_H), CDT)
                     for g in tl.static_range(NG):
                         if not (TWO_PHASE and g == 2):
@@ -880,6 +1012,7 @@ def backward_kernel(
     dc_ptr,       # (B, H) CDT: in dcT, out dc0 (LSTM)
     scratch_ptr,  # (B, H) CDT: du of GRU reset_after=False (per-step path)
     xchg_ptr,     # (2, B, G*H) I/O dtype: the dgates exchange (the per-step path uses the first half)
+    part_ptr,     # (2, n_pb, n_ph, BLOCK_B, K1+K2+K3) CDT: partial sums of dh (REDUCE only)
     sync_ptr,     # int32 (STATUS_WORDS,) barrier status of barrier.py, zero at launch (SYNC only)
     spin_cap,     # polls of a barrier wait before the launch is aborted (SYNC only)
     T, B, H,
@@ -893,6 +1026,7 @@ def backward_kernel(
     SPLIT: tl.constexpr,      # K split of its dot = num_warps
     K1: tl.constexpr, K2: tl.constexpr, K3: tl.constexpr,  # its K pieces over the G*H gate rows
     W_REG: tl.constexpr,      # W_hh^T rows in registers (tensor-core dtypes)
+    REDUCE: tl.constexpr,     # persistent: reduce-scatter exchange (= grid[0], the hidden programs) or 0
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
 ):
     if REVERSE == BOTH:
@@ -903,11 +1037,12 @@ def backward_kernel(
         dh_ptr = _direction(dh_ptr, B * H)
         dc_ptr = _direction(dc_ptr, B * H)
         xchg_ptr = _direction(xchg_ptr, 2 * B * NG * H)
+        part_ptr = _direction(part_ptr, 2 * tl.num_programs(0) * tl.num_programs(1) * BLOCK_B * (K1 + K2 + K3))
     if W_RESIDENT:
         _bwd_persistent(w_ptr, h0_ptr, c0_ptr, mask_ptr, rmask_ptr, out_ptr, gates_ptr, extra_ptr, dout_ptr, dxg_ptr,
-                        dh_ptr, dc_ptr, xchg_ptr, sync_ptr, spin_cap, T, B, H, step_begin, step_end, KIND, NG, ACT,
-                        RACT, RESET_AFTER, REVERSE, HAS_MASK, HAS_RMASK, TWO_PHASE, SYNC, SPLIT, K1, K2, K3, W_REG,
-                        BLOCK_B, BLOCK_H, PREC)
+                        dh_ptr, dc_ptr, xchg_ptr, part_ptr, sync_ptr, spin_cap, T, B, H, step_begin, step_end, KIND,
+                        NG, ACT, RACT, RESET_AFTER, REVERSE, HAS_MASK, HAS_RMASK, TWO_PHASE, SYNC, SPLIT, K1, K2, K3,
+                        W_REG, REDUCE, PHASE, BLOCK_B, BLOCK_H, PREC)
     else:  # per step: one launch per step and phase, W_hh streamed, dgates exchanged through xchg
         pid_b = tl.program_id(1)
         n_pb = tl.num_programs(1)
