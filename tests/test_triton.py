@@ -195,14 +195,16 @@ def test_reduce_scatter_backward(rng, monkeypatch, name, spec, dtype, opts):
 
 
 def test_reduce_scatter_only_where_it_applies():
-    """Recurrent dropout (per-gate scaling of each part), GRU reset_after=False (a second exchange)
-    and SimpleRNN keep the all-gather; the forward never exchanges partial sums."""
+    """Recurrent dropout (per-gate scaling of each part), GRU reset_after=False (a second exchange),
+    SimpleRNN and fp64 keep the all-gather; the forward never exchanges partial sums."""
     backend = TritonBackend()
     w = torch.empty((), dtype=torch.bfloat16)
     for spec, rmask, want in ((CellSpec("lstm"), False, 1), (CellSpec("gru"), False, 1), (CellSpec("lstm"), True, 0),
                               (CellSpec("gru", reset_after=False), False, 0), (CellSpec("rnn"), False, 0)):
         assert backend._plan(spec, torch.device("cpu"), B, H, w, False, "backward", 1, rmask).reduce == want, spec
         assert backend._plan(spec, torch.device("cpu"), B, H, w, False, "forward", 1, rmask).reduce == 0
+    f64 = torch.empty((), dtype=torch.float64)
+    assert backend._plan(CellSpec("lstm"), torch.device("cpu"), B, H, f64, False, "backward").reduce == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])

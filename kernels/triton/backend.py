@@ -37,8 +37,9 @@ H_OPERAND_ELEMS = 16 * 1024  # cap on BLOCK_B * K_PAD, the h operand loaded per 
 # LSTM bf16 forward 3.41 -> 2.44 / 5.36 -> 3.96 us with tiles of 32, SimpleRNN fp32 B256 8.32
 # (788 B spill) -> 3.20, no spill; B <= 32 unchanged)
 BLOCK_B_MAX = 32
-# the reduce-scatter backward (_reduce_plan): warps, units per program (16 x NGP = 64 gate rows, the
-# dot's K), and the partial sums one program loads after the barrier (REDUCE x BLOCK_H x BLOCK_B)
+# the reduce-scatter backward (_reduce_plan): warps, units per program (each gate's dot has K = 16),
+# the largest batch tile, and the partial sums one program loads after the barrier (REDUCE x
+# BLOCK_H x BLOCK_B elements, all in flight at once)
 RS_WARPS = 8
 RS_BLOCK_H = 16
 RS_SUM_ELEMS = 32 * 1024
@@ -283,9 +284,9 @@ def backward_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, split, w_
 
 
 def reduce_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, w_reg) -> int:
-    """Reduce-scatter backward (_reduce_plan): an upper bound like _splitk_shared_bytes. Set-up: the
-    W_hh rows staged for the identity dot beside the identity (or, without w_reg, kept); a step: the
-    dgates operand [NGP * BLOCK_H, BLOCK_B] and the largest dot output piece converted for its store."""
+    """Reduce-scatter backward (_reduce_plan): an upper bound like _splitk_shared_bytes. Set-up: one
+    piece of W_hh rows staged for the identity dot beside the identity (without w_reg: all of them,
+    kept); a step: the G dgates tiles [BLOCK_H, BLOCK_B] staged as dot operands (twice, as slack)."""
     n = n_gates * block_h
     parts = k_parts(hidden, RS_WARPS, itemsize, RS_PIECE_ELEMS // block_b)
     w = n * sum(parts) * itemsize
@@ -312,13 +313,16 @@ def plan_constexprs(plan, direction) -> dict:
 
 def _reduce_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block):
     """The persistent backward with the reduce-scatter exchange (recurrence.py), or None. Each program
-    owns the NGP gate rows of BLOCK_H units and multiplies their dgates by those rows of W_hh over
-    all H columns (one dot, M = H in k_parts pieces, N = the batch tile, K = NGP * BLOCK_H): a
-    partial dh of every unit, exchanged in CDT; after the barrier it sums the partials of its own
-    units. Against the all-gather it moves the same L2 bytes for the LSTM (8 B x B x H a program,
-    written and read, against 4 gates x 2 B read) without staging G*H dgates in shared memory, and
-    its dot has no split-K sum. 2-byte matmul dtypes with 3 or 4 gates (GRU pads to 4 rows a unit)."""
-    if n_gates < 3:
+    owns the G gate rows of BLOCK_H units and multiplies their dgates by those rows of W_hh over all
+    H columns (one dot a gate, M = H in k_parts pieces, N = the batch tile, K = BLOCK_H): a partial
+    dh of every unit, exchanged in CDT; after the barrier it sums the partials of its own units.
+    Against the all-gather it moves the same L2 bytes for the LSTM (8 B x B x H a program, written
+    and read, against 4 gates x 2 B read) without staging G*H dgates in shared memory, and its dots
+    have no split-K sum (sm_90 estimates: LSTM bf16 B16 H768 3.48 -> 2.27 us). Cells with 3 or 4
+    gates (SimpleRNN's partials would be 4x its dgates), W_hh rows in registers (2-byte types) or
+    shared memory (within W_BUDGET_BYTES); M pieces capped so that one dot's fp32 output stays at
+    32 registers a thread."""
+    if n_gates < 3 or itemsize > 4:  # fp64 keeps the all-gather (the partials are stored as fp32)
         return None
     if interpret:
         parts = k_parts(hidden, RS_WARPS, itemsize)

@@ -828,9 +828,10 @@ def _store_cg(ptrs, val, mask, ASM: tl.constexpr):
     which keeps val in the layout it has: tl.store would first move a dot's output into a
     coalesced layout through shared memory (sm_90, LSTM bf16 B16 H768 backward: 96 KB a step)."""
     if ASM:
-        tl.inline_asm_elementwise("{\n.reg .pred %rs_p;\nsetp.ne.b32 %rs_p, $3, 0;\n@%rs_p st.global.cg.f32 [$1], $2;\n}\n"
-                                  "mov.b32 $0, 0;", "=r,l,r,r", [ptrs.to(tl.int64), val, mask.to(tl.int32)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
+        tl.static_assert(val.dtype == tl.float32)
+        tl.inline_asm_elementwise("{\n.reg .pred %rs_p;\nsetp.ne.b32 %rs_p, $3, 0;\n"
+                                  "@%rs_p st.global.cg.f32 [$1], $2;\n}\nmov.b32 $0, 0;", "=r,l,r,r",
+                                  [ptrs.to(tl.int64), val, mask.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
     else:
         tl.store(ptrs, val, mask=mask, cache_modifier=".cg")
 
