@@ -242,7 +242,7 @@ def triton_launches(cell, dtype, batch, hidden, direction, tf32=False, both=Fals
         spec = ("triton", fn_name, dtype, tuple(sorted(c.items())), tuple(sorted(plan.compile_options.items())),
                 _spec_class(batch), _spec_class(hidden), steps)
         label = ("persistent" if plan.persistent else "per_step") + (", " + c["PREC"] if dtype == "fp32" else "") \
-            + (", reduce-scatter" if plan.reduce else "") + (", both directions" if both else "")
+            + (", reduce-scatter" if plan.reduce_scatter else "") + (", both directions" if both else "")
         out.append(Launch("triton", f"triton.{fn_name}[{label}]",
                           "persistent" if plan.persistent else "per-step", spec,
                           plan.grid + ((2,) if both else ()), 32 * plan.num_warps,

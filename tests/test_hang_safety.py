@@ -318,7 +318,8 @@ def test_plan_space_estimates_fit_sm90():
     # ... while the headline sizes keep their persistent plans
     assert space["lstm", "bf16", 768, 16, "forward"].persistent and space["lstm", "bf16", 768, 16, "backward"].persistent
     assert space["gru", "fp16", 1024, 16, "backward"].persistent
-    assert space["lstm", "bf16", 768, 16, "backward-rs"].reduce == 48
+    rs = space["lstm", "bf16", 768, 16, "backward-rs"]
+    assert rs.reduce_scatter and tb.plan_constexprs(rs, "backward")["REDUCE"] == 48
 
 
 # (form, dtype, H, B, direction, matmul precision): real persistent plans of the space above, every
@@ -349,7 +350,7 @@ def _compile_jobs():
     for form, dt, H, B, direction, prec in COMPILED_POINTS:
         p = make_plan(H, B, N_GATES[FORMS[form][0]], DTYPES[dt], tb.SM90.n_sm, False, direction=direction.split("-")[0],
                       reduce_scatter=direction == "backward-rs")
-        assert p.persistent and bool(p.reduce) == (direction == "backward-rs"), (form, dt, H, B, p)
+        assert p.persistent and p.reduce_scatter == (direction == "backward-rs"), (form, dt, H, B, p)
         est = tb.plan_shared_bytes(p, N_GATES[FORMS[form][0]], H, DTYPES[dt], direction)
         key = (form, dt, direction, prec, p)
         jobs.setdefault(key, dict(form=form, dtype=dt, H=H, B=B, direction=direction, prec=prec, plan=p, estimate=est))
@@ -420,7 +421,7 @@ def _compile_job(job):
         io = job["dtype"]
         plan = Plan(**dict(p, grid=tuple(p["grid"]), k_parts=tuple(p["k_parts"])))
         consts = dict(KIND=R.KIND_CODES[kind], NG=N_GATES[kind], ACT=0, RACT=2, RESET_AFTER=reset_after,
-                      REVERSE=True, HAS_MASK=True, HAS_RMASK=not p["reduce"],
+                      REVERSE=True, HAS_MASK=True, HAS_RMASK=not p["reduce_scatter"],
                       TWO_PHASE=kind == "gru" and not reset_after,
                       PHASE=0, SYNC=p["grid"][0] * p["grid"][1] > 1, PREC=job["prec"],
                       **tb.plan_constexprs(plan, job["direction"]))

@@ -170,12 +170,14 @@ def test_reduce_scatter_backward(rng, monkeypatch, name, spec, dtype, opts):
     kB = 20
     k, f = make_case(rng, spec, dtype, reverse=reverse, mask=mask, B=kB)
     one = make_plan(H, kB, spec.n_gates, 4, 1, interpret=True, direction="backward", reduce_scatter=True)
-    assert one.persistent and one.reduce == 1 and one.grid == (1, 1)
+    assert one.persistent and one.reduce_scatter and one.grid == (1, 1)
+    assert tb.plan_constexprs(one, "backward")["REDUCE"] == 1
     saved, grads = run_kernel(TritonBackend(), spec, k)
     check(f"{name}/rs-one/{opts}", spec, saved, grads, f, dtype)
 
     split = tb.Plan(False, 16, 16, 16, 64, True, (3, 2), tb.RS_WARPS, 1, tb.RS_WARPS, tb.k_parts(H, tb.RS_WARPS, 2),
-                    True, reduce=3)
+                    True, reduce_scatter=True)
+    assert tb.plan_constexprs(split, "backward")["REDUCE"] == 3
     real = tb.make_plan
     seen = []
 
@@ -199,12 +201,14 @@ def test_reduce_scatter_only_where_it_applies():
     SimpleRNN and fp64 keep the all-gather; the forward never exchanges partial sums."""
     backend = TritonBackend()
     w = torch.empty((), dtype=torch.bfloat16)
-    for spec, rmask, want in ((CellSpec("lstm"), False, 1), (CellSpec("gru"), False, 1), (CellSpec("lstm"), True, 0),
-                              (CellSpec("gru", reset_after=False), False, 0), (CellSpec("rnn"), False, 0)):
-        assert backend._plan(spec, torch.device("cpu"), B, H, w, False, "backward", 1, rmask).reduce == want, spec
-        assert backend._plan(spec, torch.device("cpu"), B, H, w, False, "forward", 1, rmask).reduce == 0
+    for spec, rmask, want in ((CellSpec("lstm"), False, True), (CellSpec("gru"), False, True),
+                              (CellSpec("lstm"), True, False), (CellSpec("gru", reset_after=False), False, False),
+                              (CellSpec("rnn"), False, False)):
+        back = backend._plan(spec, torch.device("cpu"), B, H, w, False, "backward", 1, rmask)
+        assert back.reduce_scatter is want and tb.plan_constexprs(back, "backward")["REDUCE"] == int(want), spec
+        assert not backend._plan(spec, torch.device("cpu"), B, H, w, False, "forward", 1, rmask).reduce_scatter
     f64 = torch.empty((), dtype=torch.float64)
-    assert backend._plan(CellSpec("lstm"), torch.device("cpu"), B, H, f64, False, "backward").reduce == 0
+    assert not backend._plan(CellSpec("lstm"), torch.device("cpu"), B, H, f64, False, "backward").reduce_scatter
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=["fp64", "bf16"])
@@ -379,14 +383,15 @@ def test_plan_gpu_reduce_scatter(hidden, batch, gates, itemsize):
     n_sm = 132
     p = make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, direction="backward", reduce_scatter=True)
     if gates == 1:
-        assert p.reduce == 0
-    if not p.reduce:
+        assert not p.reduce_scatter
+    if not p.reduce_scatter:
         assert p == make_plan(hidden, batch, gates, itemsize, n_sm, interpret=False, direction="backward")
         return
     assert p.persistent and p.w_resident and p.num_stages == 1 and p.num_warps == tb.RS_WARPS
     assert p.block_h == tb.RS_BLOCK_H and p.block_b <= tb.RS_BLOCK_B
-    assert p.grid == (-(-hidden // p.block_h), -(-batch // p.block_b)) and p.reduce == p.grid[0], p
-    assert p.grid[0] * p.grid[1] <= n_sm and p.reduce * p.block_h * p.block_b <= tb.RS_SUM_ELEMS
+    assert p.grid == (-(-hidden // p.block_h), -(-batch // p.block_b)), p
+    assert tb.plan_constexprs(p, "backward")["REDUCE"] == p.grid[0], p
+    assert p.grid[0] * p.grid[1] <= n_sm and p.grid[0] * p.block_h * p.block_b <= tb.RS_SUM_ELEMS
     assert len(p.k_parts) <= 3 and all(q & (q - 1) == 0 and q % (16 * p.num_warps) == 0 for q in p.k_parts), p
     assert 0 <= sum(p.k_parts) - hidden < 16 * p.num_warps or len(p.k_parts) == 3, p
     w_bytes = gates * p.block_h * sum(p.k_parts) * itemsize
@@ -430,12 +435,13 @@ def test_plan_choices():
     # in registers), 8 warps each doing 384 of K
     q = make_plan(768, 16, 4, 2, 132, False, direction="backward")
     assert q.persistent and q.grid == (48, 1) and q.block_h == 16 and q.split == q.num_warps == 8
-    assert q.k_parts == (2048, 1024) and q.w_reg and not q.reduce
+    assert q.k_parts == (2048, 1024) and q.w_reg and not q.reduce_scatter
     # ... and where the call allows it, the reduce-scatter: 48 programs of 16 units, each with its 64
     # gate rows of W_hh over all 768 units in registers (M pieces 512 + 256), adding 48 partial sums;
     # at B64 two batch tiles of 32 with M pieces of at most 256 (32 fp32 registers of output a thread)
     q = make_plan(768, 16, 4, 2, 132, False, direction="backward", reduce_scatter=True)
-    assert q.persistent and q.grid == (48, 1) and q.reduce == 48 and q.k_parts == (512, 256) and q.w_reg
+    assert q.persistent and q.grid == (48, 1) and q.reduce_scatter and q.k_parts == (512, 256) and q.w_reg
+    assert tb.plan_constexprs(q, "backward")["REDUCE"] == 48
     q = make_plan(768, 64, 4, 2, 132, False, direction="backward", reduce_scatter=True)
     assert q.persistent and q.grid == (48, 2) and q.block_b == 32 and q.k_parts == (256, 256, 256)
     # B16 H1024: 128 KiB of W_hh rows a program, in shared memory (per step without the reduce-scatter)

@@ -191,10 +191,9 @@ class Plan:
     k_parts: tuple = ()    # K pieces (powers of two, multiples of 16 * split) covering K (forward H,
                            # backward G*H)
     w_reg: bool = False    # W_hh rows held in registers (2-byte matmul dtypes)
-    # backward only: the reduce-scatter exchange (recurrence.py docstring): the number of hidden
-    # programs (grid[0]), whose partial sums each program adds; k_parts are then the pieces of H
-    # (the dot's M); 0: all-gather
-    reduce: int = 0
+    # backward only: the reduce-scatter exchange (recurrence.py docstring), each program adding the
+    # partial sums of all grid[0] hidden programs; k_parts are then the pieces of H (the dot's M)
+    reduce_scatter: bool = False
     # ptxas's register cap. Where the grid fits on the SMs (every persistent plan, and per-step
     # ones up to n_sm programs) one program runs per SM and occupancy gains nothing, but without a
     # cap ptxas aims for one anyway and spills below it (sm_90, triton 3.6: SimpleRNN bf16 B64
@@ -288,16 +287,21 @@ def reduce_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, w_reg) -> i
     piece of W_hh rows staged for the identity dot beside the identity (without w_reg: all of them,
     kept); a step: the G dgates tiles [BLOCK_H, BLOCK_B] staged as dot operands (twice, as slack)."""
     n = n_gates * block_h
-    parts = k_parts(hidden, RS_WARPS, itemsize, RS_PIECE_ELEMS // block_b)
+    parts = _rs_parts(hidden, itemsize, block_b)
     w = n * sum(parts) * itemsize
     init = max(parts) * block_h * itemsize + block_h * block_h * itemsize
     step = 2 * n * block_b * itemsize
     return (max(init, step) if w_reg else w + step) + SMEM_STATIC_BYTES + SMEM_SLACK_BYTES
 
 
+def _rs_parts(hidden, itemsize, block_b) -> tuple:
+    """The reduce-scatter dot's M pieces of H (RS_PIECE_ELEMS: one piece's fp32 output per block)."""
+    return k_parts(hidden, RS_WARPS, itemsize, RS_PIECE_ELEMS // block_b)
+
+
 def plan_shared_bytes(plan, n_gates, hidden, itemsize, direction) -> int:
     """forward_shared_bytes / backward_shared_bytes of a persistent plan."""
-    if plan.reduce:
+    if plan.reduce_scatter:
         return reduce_shared_bytes(n_gates, plan.block_h, plan.block_b, hidden, itemsize, plan.w_reg)
     f = forward_shared_bytes if direction == "forward" else backward_shared_bytes
     return f(n_gates, plan.block_h, plan.block_b, hidden, itemsize, plan.split, plan.w_reg)
@@ -308,7 +312,7 @@ def plan_constexprs(plan, direction) -> dict:
     parts = (tuple(plan.k_parts) or (plan.k_pad,)) + (0, 0, 0)
     out = dict(W_RESIDENT=plan.w_resident, BLOCK_B=plan.block_b, BLOCK_H=plan.block_h, BLOCK_K=plan.block_k,
                SPLIT=plan.split, K1=parts[0], K2=parts[1], K3=parts[2], W_REG=plan.w_reg)
-    return out if direction == "forward" else dict(out, REDUCE=plan.reduce)
+    return out if direction == "forward" else dict(out, REDUCE=plan.grid[0] if plan.reduce_scatter else 0)
 
 
 def _reduce_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block):
@@ -328,10 +332,10 @@ def _reduce_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_blo
         parts = k_parts(hidden, RS_WARPS, itemsize)
         bh, bb = _pow2(hidden), _pow2(batch)
         return Plan(True, bh, bb, bh, _pow2(hidden), True, (1, 1), RS_WARPS, 1, RS_WARPS, parts, itemsize == 2,
-                    reduce=1)
+                    reduce_scatter=True)
     block_h = RS_BLOCK_H
     block_b = min(_pow2(batch), RS_BLOCK_B)
-    parts = k_parts(hidden, RS_WARPS, itemsize, RS_PIECE_ELEMS // block_b)
+    parts = _rs_parts(hidden, itemsize, block_b)
     grid = (triton.cdiv(hidden, block_h), triton.cdiv(batch, block_b))
     if grid[0] * grid[1] > n_sm or grid[0] * block_h * block_b > RS_SUM_ELEMS:
         return None
@@ -342,7 +346,7 @@ def _reduce_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_blo
     if reduce_shared_bytes(n_gates, block_h, block_b, hidden, itemsize, w_reg) > smem_per_block:
         return None
     return Plan(True, block_h, block_b, block_h, _pow2(hidden), True, grid, RS_WARPS, 1, RS_WARPS, parts, w_reg,
-                reduce=grid[0])
+                reduce_scatter=True)
 
 
 def _splitk_plan(hidden, batch, n_gates, itemsize, n_sm, interpret, smem_per_block, direction):
@@ -798,10 +802,10 @@ class TritonBackend:
                 dxg = new_empty((*lead, T, B, G * H), cdt, device)
                 scratch = new_empty((*lead, B, H), cdt, device) if two else None
                 # the dgates exchange in the I/O dtype (persistent: double-buffered by step)
-                xchg = None if plan.reduce else new_empty((*lead, 2, B, G * H), dtype, device)
+                xchg = None if plan.reduce_scatter else new_empty((*lead, 2, B, G * H), dtype, device)
                 # the partial sums of dh of the reduce-scatter exchange (double-buffered by step)
                 part = new_empty((*lead, 2, plan.grid[1], plan.grid[0], plan.block_b, sum(plan.k_parts)), cdt,
-                                 device) if plan.reduce else None
+                                 device) if plan.reduce_scatter else None
 
                 def args(status):
                     return (w_, h0_, _or(c0_, dxg), _or(mask_, dxg), _or(rmask_, dxg), out_, gates_,
